@@ -1,0 +1,277 @@
+//! The Istio resource model: `VirtualService` and `DestinationRule` as written in Istio's
+//! own YAML (`networking.istio.io/v1`), with source positions kept for validation.
+//!
+//! Every struct denies unknown fields: a field Istio does not have is an error. Fields
+//! Istio has but meshsim does not simulate yet are typed [`NotSimulated`]; validation
+//! turns each one present into a warning naming it. Semantics (defaults, validation,
+//! compilation into proxy config) live in `validate` and `crate::snapshot`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde_saphyr::Spanned;
+
+use super::duration::IstioDuration;
+
+/// A field of Istio's API that meshsim parses but does not simulate yet.
+pub type NotSimulated = Option<Spanned<IgnoredAny>>;
+
+/// Kubernetes object metadata (the parts meshsim reads; bookkeeping fields are accepted).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Metadata {
+    pub name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    pub creation_timestamp: Option<String>,
+    // Kubernetes bookkeeping, as `kubectl get -o yaml` prints it: no effect on behaviour.
+    pub uid: Option<IgnoredAny>,
+    pub resource_version: Option<IgnoredAny>,
+    pub generation: Option<IgnoredAny>,
+    pub managed_fields: Option<IgnoredAny>,
+    pub owner_references: Option<IgnoredAny>,
+    pub finalizers: Option<IgnoredAny>,
+    pub generate_name: Option<IgnoredAny>,
+    pub self_link: Option<IgnoredAny>,
+}
+
+/// One Kubernetes document holding an Istio resource.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    pub api_version: Spanned<String>,
+    pub kind: Spanned<String>,
+    pub metadata: Metadata,
+    pub spec: Spec,
+}
+
+#[derive(Clone, Debug)]
+pub enum Spec {
+    VirtualService(VirtualServiceSpec),
+    DestinationRule(DestinationRuleSpec),
+    /// A kind meshsim does not simulate; validation reports it at the `kind` field.
+    Unsupported,
+}
+
+pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
+    ("VirtualService", "networking.istio.io"),
+    ("DestinationRule", "networking.istio.io"),
+];
+
+impl Resource {
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_ref().map(|n| n.value.as_str()).unwrap_or("")
+    }
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_ref().map(|n| n.value.as_str()).unwrap_or("default")
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Resource {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ResourceVisitor;
+        impl<'de> Visitor<'de> for ResourceVisitor {
+            type Value = Resource;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a Kubernetes object with apiVersion, kind, metadata and spec")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Resource, A::Error> {
+                let mut api_version: Option<Spanned<String>> = None;
+                let mut kind: Option<Spanned<String>> = None;
+                let mut metadata: Option<Metadata> = None;
+                let mut spec: Option<Spec> = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "apiVersion" => api_version = Some(map.next_value()?),
+                        "kind" => {
+                            kind = Some(map.next_value()?);
+                        }
+                        "metadata" => metadata = Some(map.next_value()?),
+                        "status" => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                        "spec" => {
+                            let Some(k) = &kind else {
+                                return Err(de::Error::custom(
+                                    "`kind` must come before `spec` (meshsim reads spec by kind)",
+                                ));
+                            };
+                            spec = Some(match k.value.as_str() {
+                                "VirtualService" => Spec::VirtualService(map.next_value()?),
+                                "DestinationRule" => Spec::DestinationRule(map.next_value()?),
+                                _ => {
+                                    map.next_value::<IgnoredAny>()?;
+                                    Spec::Unsupported
+                                }
+                            });
+                        }
+                        other => {
+                            return Err(de::Error::custom(format!(
+                                "unknown field `{other}`, expected one of `apiVersion`, `kind`, `metadata`, `spec`"
+                            )));
+                        }
+                    }
+                }
+                let api_version = api_version.ok_or_else(|| de::Error::missing_field("apiVersion"))?;
+                let kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
+                let metadata = metadata.ok_or_else(|| de::Error::missing_field("metadata"))?;
+                let spec = spec.ok_or_else(|| de::Error::missing_field("spec"))?;
+                Ok(Resource { api_version, kind, metadata, spec })
+            }
+        }
+        deserializer.deserialize_map(ResourceVisitor)
+    }
+}
+
+// ---------------------------------------------------------------- VirtualService
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VirtualServiceSpec {
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub gateways: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub http: Vec<HttpRoute>,
+    pub tls: NotSimulated,
+    pub tcp: NotSimulated,
+    pub export_to: NotSimulated,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub match_: NotSimulated,
+    #[serde(default)]
+    pub route: Vec<HttpRouteDestination>,
+    pub timeout: Option<Spanned<IstioDuration>>,
+    pub redirect: NotSimulated,
+    pub direct_response: NotSimulated,
+    pub delegate: NotSimulated,
+    pub rewrite: NotSimulated,
+    pub retries: NotSimulated,
+    pub fault: NotSimulated,
+    pub mirror: NotSimulated,
+    pub mirrors: NotSimulated,
+    pub mirror_percentage: NotSimulated,
+    pub mirror_percent: NotSimulated,
+    pub cors_policy: NotSimulated,
+    pub headers: NotSimulated,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRouteDestination {
+    pub destination: Destination,
+    pub weight: Option<Spanned<i64>>,
+    pub headers: NotSimulated,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Destination {
+    pub host: Spanned<String>,
+    pub subset: Option<Spanned<String>>,
+    pub port: Option<PortSelector>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortSelector {
+    pub number: Spanned<u32>,
+}
+
+// ---------------------------------------------------------------- DestinationRule
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationRuleSpec {
+    pub host: Spanned<String>,
+    pub traffic_policy: Option<TrafficPolicy>,
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    pub export_to: NotSimulated,
+    pub workload_selector: NotSimulated,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Subset {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    pub load_balancer: Option<Spanned<LoadBalancerSettings>>,
+    pub connection_pool: Option<Spanned<ConnectionPoolSettings>>,
+    pub outlier_detection: Option<Spanned<OutlierDetection>>,
+    pub tls: NotSimulated,
+    pub port_level_settings: NotSimulated,
+    pub tunnel: NotSimulated,
+    pub proxy_protocol: NotSimulated,
+    pub retry_budget: NotSimulated,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LoadBalancerSettings {
+    pub simple: Option<Spanned<SimpleLb>>,
+    pub consistent_hash: NotSimulated,
+    pub locality_lb_setting: NotSimulated,
+    pub warmup_duration_secs: NotSimulated,
+    pub warmup: NotSimulated,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SimpleLb {
+    Unspecified,
+    LeastConn,
+    Random,
+    Passthrough,
+    RoundRobin,
+    LeastRequest,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConnectionPoolSettings {
+    pub tcp: Option<TcpSettings>,
+    pub http: NotSimulated,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpSettings {
+    pub connect_timeout: Option<Spanned<IstioDuration>>,
+    pub max_connections: NotSimulated,
+    pub tcp_keepalive: NotSimulated,
+    pub max_connection_duration: NotSimulated,
+    pub idle_timeout: NotSimulated,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub consecutive_5xx_errors: Option<Spanned<u32>>,
+    pub consecutive_gateway_errors: Option<Spanned<u32>>,
+    pub interval: Option<Spanned<IstioDuration>>,
+    pub base_ejection_time: Option<Spanned<IstioDuration>>,
+    pub max_ejection_percent: Option<Spanned<i32>>,
+    pub min_health_percent: Option<Spanned<i32>>,
+    pub split_external_local_origin_errors: NotSimulated,
+    pub consecutive_local_origin_failures: NotSimulated,
+    pub consecutive_errors: NotSimulated,
+}

@@ -1,0 +1,9 @@
+//! meshsim's mesh: sidecar proxy, configuration model and the seam to the world.
+//!
+//! Nothing here names a concrete socket type or reads the wall clock: see [`net`].
+
+pub mod config;
+pub mod net;
+pub mod proxy;
+pub mod registry;
+pub mod snapshot;

@@ -1,0 +1,84 @@
+//! Replies the proxy makes itself, with Envoy's exact status, body and response flag
+//! (MESH_SEMANTICS section 0).
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+/// Envoy response flags meshsim produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Flag {
+    /// No route configured.
+    NoRoute,
+    /// No cluster (route points at a missing subset).
+    NoCluster,
+    /// No healthy upstream host.
+    NoHealthyUpstream,
+    /// Upstream connection failure.
+    UpstreamConnectionFailure,
+    /// Upstream connection terminated before the response headers.
+    UpstreamConnectionTermination,
+    /// Upstream request timeout.
+    UpstreamRequestTimeout,
+}
+
+impl Flag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::NoRoute => "NR",
+            Flag::NoCluster => "NC",
+            Flag::NoHealthyUpstream => "UH",
+            Flag::UpstreamConnectionFailure => "UF",
+            Flag::UpstreamConnectionTermination => "UC",
+            Flag::UpstreamRequestTimeout => "UT",
+        }
+    }
+}
+
+/// Why an upstream connection failed, in Envoy's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectFailure {
+    Refused,
+    Timeout,
+}
+
+pub const BODY_NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
+pub const BODY_TIMEOUT: &str = "upstream request timeout";
+
+pub fn connect_failure_body(reason: ConnectFailure) -> String {
+    let reason = match reason {
+        ConnectFailure::Refused => "remote connection failure",
+        ConnectFailure::Timeout => "connection timeout",
+    };
+    format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+}
+
+pub const BODY_CONNECTION_TERMINATION: &str =
+    "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
+
+/// A local reply: status + flag + body, with `content-type: text/plain` when non-empty.
+pub fn reply(status: StatusCode, body: impl Into<Bytes>, server: &'static str) -> Response<Full<Bytes>> {
+    let body = body.into();
+    let mut resp = Response::new(Full::new(body.clone()));
+    *resp.status_mut() = status;
+    if !body.is_empty() {
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp.headers_mut().insert(http::header::SERVER, HeaderValue::from_static(server));
+    resp
+}
+
+/// The status and body Envoy answers with for `flag`.
+pub fn for_flag(flag: Flag, connect: Option<ConnectFailure>) -> (StatusCode, String) {
+    match flag {
+        Flag::NoRoute => (StatusCode::NOT_FOUND, String::new()),
+        Flag::NoCluster => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
+        Flag::NoHealthyUpstream => (StatusCode::SERVICE_UNAVAILABLE, BODY_NO_HEALTHY_UPSTREAM.into()),
+        Flag::UpstreamConnectionFailure => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            connect_failure_body(connect.unwrap_or(ConnectFailure::Refused)),
+        ),
+        Flag::UpstreamConnectionTermination => (StatusCode::SERVICE_UNAVAILABLE, BODY_CONNECTION_TERMINATION.into()),
+        Flag::UpstreamRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, BODY_TIMEOUT.into()),
+    }
+}

@@ -1,0 +1,101 @@
+//! The service registry: services, their pods (workloads) and where each pod's sidecar
+//! listens. It is what Kubernetes' Services and Endpoints are to Istio. It does not own
+//! routing policy (see `snapshot`) nor pod lifecycles (the world that runs pods does).
+
+use std::collections::BTreeMap;
+
+/// The cluster-local DNS suffix.
+pub const DOMAIN_SUFFIX: &str = "svc.cluster.local";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    /// The service port apps call.
+    pub port: u16,
+}
+
+impl Service {
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}.{}", self.name, self.namespace, DOMAIN_SUFFIX)
+    }
+}
+
+/// One pod of a service: an app plus its sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub service: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    /// Host name (resolved through the `Net` seam) of the machine running the pod.
+    pub host: String,
+    /// Port of the pod's sidecar inbound listener: where other sidecars connect.
+    pub inbound_port: u16,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    /// Services by FQDN.
+    pub services: BTreeMap<String, Service>,
+    /// Pods by name.
+    pub pods: BTreeMap<String, Pod>,
+}
+
+impl Registry {
+    pub fn add_service(&mut self, service: Service) {
+        self.services.insert(service.fqdn(), service);
+    }
+
+    pub fn add_pod(&mut self, pod: Pod) {
+        self.pods.insert(pod.name.clone(), pod);
+    }
+
+    /// Pods of the service `fqdn` whose labels include all of `selector`.
+    pub fn pods_of<'a>(
+        &'a self,
+        fqdn: &'a str,
+        selector: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods.values().filter(move |p| {
+            self.services.get(fqdn).is_some_and(|s| s.name == p.service && s.namespace == p.namespace)
+                && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+        })
+    }
+
+    /// Resolves a host as a client in `namespace` writes it (`reviews`, `reviews.prod`,
+    /// `reviews.prod.svc.cluster.local`, optionally with `:port`) to a service FQDN.
+    pub fn resolve_host(&self, host: &str, namespace: &str) -> Option<&Service> {
+        self.services.get(&qualify(host, namespace))
+    }
+}
+
+/// Expands a short host name the way Kubernetes DNS search paths do.
+pub fn qualify(host: &str, namespace: &str) -> String {
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match host.matches('.').count() {
+        0 => format!("{host}.{namespace}.{DOMAIN_SUFFIX}"),
+        1 => format!("{host}.{DOMAIN_SUFFIX}"),
+        2 if host.ends_with(".svc") => format!("{host}.cluster.local"),
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qualifies_short_names_like_kubernetes_dns() {
+        assert_eq!(qualify("reviews", "default"), "reviews.default.svc.cluster.local");
+        assert_eq!(qualify("reviews:9080", "default"), "reviews.default.svc.cluster.local");
+        assert_eq!(qualify("reviews.prod", "default"), "reviews.prod.svc.cluster.local");
+        assert_eq!(qualify("reviews.prod.svc", "default"), "reviews.prod.svc.cluster.local");
+        assert_eq!(qualify("Reviews.prod.svc.cluster.local", "x"), "reviews.prod.svc.cluster.local");
+    }
+}
