@@ -1,1 +1,12 @@
-pub fn x(){}
+//! The simulated world: scenarios, the turmoil side of the `Net`/`Clock` seam, app
+//! models, workload, faults, the recorder and expectations.
+
+pub mod app;
+pub mod expect;
+pub mod net;
+pub mod recorder;
+pub mod results;
+pub mod scenario;
+pub mod seed;
+pub mod workload;
+pub mod world;

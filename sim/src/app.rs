@@ -1,0 +1,125 @@
+//! App behaviour models: what a pod's application does with a request. Each pod's app
+//! is a real hyper HTTP/1.1 server on loopback behind its sidecar; it waits a latency
+//! drawn from its distribution, answers an error at its configured rate (or as a fault
+//! says), and names itself in the `x-meshsim-pod` response header.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use mesh::net::{Listener, Net};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp, LogNormal};
+
+use crate::net::{Faults, SimNet};
+use crate::scenario::{AppModel, Latency};
+
+/// The response header naming the serving pod.
+pub const POD_HEADER: &str = "x-meshsim-pod";
+
+/// Draws one latency from `l`.
+pub fn sample(l: &Latency, rng: &mut impl Rng) -> Duration {
+    match *l {
+        Latency::Constant(d) => d,
+        Latency::Uniform(a, b) => {
+            if a == b {
+                a
+            } else {
+                Duration::from_nanos(rng.random_range(a.as_nanos() as u64..=b.as_nanos() as u64))
+            }
+        }
+        Latency::Exponential(mean) => {
+            let exp = Exp::new(1.0 / mean.as_secs_f64().max(1e-9)).expect("positive rate");
+            Duration::from_secs_f64(exp.sample(rng).min(3600.0))
+        }
+        Latency::LogNormal { median, p99 } => {
+            // p99 = median · exp(2.326·σ)
+            let mu = median.as_secs_f64().ln();
+            let sigma = ((p99.as_secs_f64() / median.as_secs_f64()).ln() / 2.326_347_874).max(0.0);
+            let ln = LogNormal::new(mu, sigma).expect("finite parameters");
+            Duration::from_secs_f64(ln.sample(rng).min(3600.0))
+        }
+    }
+}
+
+pub struct App {
+    pub pod: usize,
+    pub name: String,
+    pub model: AppModel,
+    pub faults: Arc<Faults>,
+    pub rng: Mutex<ChaCha8Rng>,
+}
+
+impl App {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        // Drain the request body like a real app would.
+        let _ = req.into_body().collect().await;
+        let (delay, status) = {
+            let mut rng = self.rng.lock().expect("app rng lock");
+            let delay = sample(&self.model.latency, &mut *rng);
+            let (status, ppm) = self
+                .faults
+                .app_errors(self.pod)
+                .unwrap_or((self.model.error_status, self.model.error_rate_ppm));
+            let error = ppm > 0 && rng.random_range(0..1_000_000u32) < ppm;
+            (delay, if error { status } else { 200 })
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        resp.headers_mut().insert(POD_HEADER, self.name.parse().expect("pod names are header-safe"));
+        resp
+    }
+
+    /// Serves on `listener` until the task is aborted.
+    pub async fn serve(self: Arc<Self>, mut listener: <SimNet as Net>::Listener) -> std::io::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.handle(req).await) }
+                });
+                let _ = mesh::proxy::pool::server_builder().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn lognormal_hits_its_median_and_p99() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let l = Latency::LogNormal { median: Duration::from_millis(10), p99: Duration::from_millis(100) };
+        let mut xs: Vec<Duration> = (0..20_000).map(|_| sample(&l, &mut rng)).collect();
+        xs.sort();
+        let p50 = xs[10_000].as_secs_f64() * 1e3;
+        let p99 = xs[19_800].as_secs_f64() * 1e3;
+        assert!((p50 - 10.0).abs() < 0.6, "p50 {p50}");
+        assert!((p99 - 100.0).abs() < 12.0, "p99 {p99}");
+    }
+
+    #[test]
+    fn uniform_stays_in_its_range() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let l = Latency::Uniform(Duration::from_millis(2), Duration::from_millis(4));
+        for _ in 0..1000 {
+            let d = sample(&l, &mut rng);
+            assert!(d >= Duration::from_millis(2) && d <= Duration::from_millis(4));
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Checking a run against its expectations. Each check reports what was expected, what
+//! was observed and whether it held; the observations come from the client side's
+//! records (status, serving pod from the app's own header, latency from the intended
+//! send time) and the proxies' outlier events.
+
+use std::time::Duration;
+
+use mesh::proxy::telemetry::OutlierKind;
+use serde::Serialize;
+
+use crate::recorder::{Event, Outcome, Record};
+use crate::scenario::{Expectation, Plan, Window};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    pub expectation: String,
+    pub expected: String,
+    pub observed: String,
+    pub pass: bool,
+}
+
+fn win(w: &Window) -> String {
+    match w {
+        Window::All => "whole run".into(),
+        Window::Between(a, b) => format!("[{}, {})", secs(*a), secs(*b)),
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3}s", d.as_secs_f64())
+}
+
+/// Whether the request was actually sent (it has a latency worth measuring).
+pub fn was_sent(r: &Record) -> bool {
+    !matches!(r.outcome, Outcome::Error("in_flight_limit") | Outcome::Error("source_down"))
+}
+
+pub fn is_success(r: &Record) -> bool {
+    matches!(r.outcome, Outcome::Response { status, .. } if (200..300).contains(&status))
+}
+
+/// The value at `percentile` (0–100] of `values` (sorted in place), nearest rank.
+pub fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    Some(values[rank.clamp(1, values.len()) - 1])
+}
+
+/// Default share tolerance: 4.5 binomial standard deviations (a false alarm about once
+/// in 150,000 checks), and never below one request's worth.
+pub fn binomial_tolerance(p: f64, n: usize) -> f64 {
+    let n = n.max(1) as f64;
+    (4.5 * (p * (1.0 - p) / n).sqrt()).max(1.0 / n)
+}
+
+pub fn check(plan: &Plan, records: &[Record], events: &[Event]) -> Vec<Check> {
+    plan.expectations.iter().map(|e| check_one(plan, records, events, e)).collect()
+}
+
+fn in_window<'a>(records: &'a [Record], workload: usize, w: &'a Window) -> impl Iterator<Item = &'a Record> + 'a {
+    records.iter().filter(move |r| r.workload == workload && w.contains(r.intended))
+}
+
+fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation) -> Check {
+    match e {
+        Expectation::Share { workload, pods, what, window, expected, tolerance } => {
+            let name = &plan.workloads[*workload].name;
+            let (mut n, mut hit) = (0usize, 0usize);
+            for r in in_window(records, *workload, window) {
+                if let Outcome::Response { pod: Some(p), .. } = &r.outcome {
+                    n += 1;
+                    hit += usize::from(pods.contains(p));
+                }
+            }
+            let tol = tolerance.unwrap_or_else(|| binomial_tolerance(*expected, n));
+            let observed = if n == 0 { 0.0 } else { hit as f64 / n as f64 };
+            Check {
+                expectation: format!("share of {name} served by {what} in {}", win(window)),
+                expected: format!("{expected:.4} ± {tol:.4}"),
+                observed: format!("{observed:.4} ({hit} of {n})"),
+                pass: n > 0 && (observed - expected).abs() <= tol,
+            }
+        }
+        Expectation::Ejection { pod, by, nth, at, lasting } => {
+            let ejections = |proxy: &str| -> Vec<&Event> {
+                events
+                    .iter()
+                    .filter(|ev| {
+                        ev.outlier.as_ref().is_some_and(|o| {
+                            o.pod == *pod && o.proxy == proxy && matches!(o.kind, OutlierKind::Ejected { .. })
+                        })
+                    })
+                    .collect()
+            };
+            let proxy = by.clone().or_else(|| {
+                events.iter().find_map(|ev| {
+                    ev.outlier
+                        .as_ref()
+                        .filter(|o| o.pod == *pod && matches!(o.kind, OutlierKind::Ejected { .. }))
+                        .map(|o| o.proxy.clone())
+                })
+            });
+            let mut expected = format!("ejection #{nth} of {pod} in [{}, {}]", secs(at.0), secs(at.1));
+            if let Some((a, b)) = lasting {
+                expected += &format!(", readmitted after [{}, {}]", secs(*a), secs(*b));
+            }
+            let expectation = format!("{pod} ejected by {}", proxy.as_deref().unwrap_or("any client"));
+            let Some(proxy) = proxy else {
+                return Check { expectation, expected, observed: "never ejected".into(), pass: false };
+            };
+            let ej = ejections(&proxy);
+            let Some(ev) = ej.get(*nth as usize - 1) else {
+                return Check { expectation, expected, observed: format!("{} ejection(s) by {proxy}", ej.len()), pass: false };
+            };
+            let mut pass = at.0 <= ev.at && ev.at <= at.1;
+            let mut observed = format!("ejection #{nth} at {}", secs(ev.at));
+            if let Some((a, b)) = lasting {
+                let back = events.iter().find(|x| {
+                    x.at >= ev.at
+                        && x.outlier.as_ref().is_some_and(|o| o.pod == *pod && o.proxy == proxy && o.kind == OutlierKind::Readmitted)
+                });
+                match back {
+                    Some(x) => {
+                        let d = x.at - ev.at;
+                        observed += &format!(", readmitted after {}", secs(d));
+                        pass &= *a <= d && d <= *b;
+                    }
+                    None => {
+                        observed += ", never readmitted";
+                        pass = false;
+                    }
+                }
+            }
+            Check { expectation, expected, observed, pass }
+        }
+        Expectation::NeverEjected { pod } => {
+            let n = events
+                .iter()
+                .filter(|ev| ev.outlier.as_ref().is_some_and(|o| o.pod == *pod && matches!(o.kind, OutlierKind::Ejected { .. })))
+                .count();
+            let overflows = events
+                .iter()
+                .filter(|ev| ev.outlier.as_ref().is_some_and(|o| o.pod == *pod && matches!(o.kind, OutlierKind::Overflow { .. })))
+                .count();
+            Check {
+                expectation: format!("{pod} never ejected"),
+                expected: "0 ejections".into(),
+                observed: format!("{n} ejection(s), {overflows} trigger(s) refused by maxEjectionPercent"),
+                pass: n == 0,
+            }
+        }
+        Expectation::SuccessRate { workload, window, at_least, at_most } => {
+            let (mut n, mut ok) = (0usize, 0usize);
+            for r in in_window(records, *workload, window) {
+                n += 1;
+                ok += usize::from(is_success(r));
+            }
+            let rate = if n == 0 { 0.0 } else { ok as f64 / n as f64 };
+            let mut expected = Vec::new();
+            let mut pass = n > 0;
+            if let Some(l) = at_least {
+                expected.push(format!(">= {l}"));
+                pass &= rate >= *l;
+            }
+            if let Some(m) = at_most {
+                expected.push(format!("<= {m}"));
+                pass &= rate <= *m;
+            }
+            Check {
+                expectation: format!("success rate (2xx) of {} in {}", plan.workloads[*workload].name, win(window)),
+                expected: expected.join(" and "),
+                observed: format!("{rate:.5} ({ok} of {n})"),
+                pass,
+            }
+        }
+        Expectation::Latency { workload, window, percentile: p, at_most } => {
+            let mut lat: Vec<Duration> = in_window(records, *workload, window).filter(|r| was_sent(r)).map(|r| r.latency).collect();
+            let n = lat.len();
+            let got = percentile(&mut lat, *p);
+            Check {
+                expectation: format!("p{p} latency of {} in {}", plan.workloads[*workload].name, win(window)),
+                expected: format!("<= {:.3}ms", at_most.as_secs_f64() * 1e3),
+                observed: match got {
+                    Some(d) => format!("{:.3}ms over {n} requests", d.as_secs_f64() * 1e3),
+                    None => "no requests".into(),
+                },
+                pass: got.is_some_and(|d| d <= *at_most),
+            }
+        }
+        Expectation::Count { workload, window, status, flag, error, pod, at_least, at_most } => {
+            let n = in_window(records, *workload, window)
+                .filter(|r| {
+                    let (st, pd, err) = match &r.outcome {
+                        Outcome::Response { status, pod } => (Some(*status), pod.as_deref(), None),
+                        Outcome::Error(e) => (None, None, Some(*e)),
+                    };
+                    status.is_none_or(|s| st == Some(s))
+                        && flag.as_ref().is_none_or(|f| r.flags.split(',').any(|x| x == f))
+                        && error.as_ref().is_none_or(|e| err == Some(e.as_str()))
+                        && pod.as_ref().is_none_or(|p| pd == Some(p.as_str()))
+                })
+                .count() as u64;
+            let mut what = Vec::new();
+            if let Some(s) = status {
+                what.push(format!("status {s}"));
+            }
+            if let Some(f) = flag {
+                what.push(format!("flag {f}"));
+            }
+            if let Some(e) = error {
+                what.push(format!("error {e}"));
+            }
+            if let Some(p) = pod {
+                what.push(format!("served by {p}"));
+            }
+            let mut expected = Vec::new();
+            let mut pass = true;
+            if let Some(l) = at_least {
+                expected.push(format!(">= {l}"));
+                pass &= n >= *l;
+            }
+            if let Some(m) = at_most {
+                expected.push(format!("<= {m}"));
+                pass &= n <= *m;
+            }
+            Check {
+                expectation: format!(
+                    "requests of {} with {} in {}",
+                    plan.workloads[*workload].name,
+                    if what.is_empty() { "any outcome".into() } else { what.join(", ") },
+                    win(window)
+                ),
+                expected: expected.join(" and "),
+                observed: n.to_string(),
+                pass,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentile() {
+        let mut v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&mut v, 50.0), Some(Duration::from_millis(50)));
+        assert_eq!(percentile(&mut v, 99.0), Some(Duration::from_millis(99)));
+        assert_eq!(percentile(&mut v, 100.0), Some(Duration::from_millis(100)));
+        assert_eq!(percentile(&mut [], 50.0), None);
+    }
+
+    #[test]
+    fn binomial_tolerance_shrinks_with_n() {
+        let t1 = binomial_tolerance(0.05, 1000);
+        let t2 = binomial_tolerance(0.05, 100_000);
+        assert!(t1 > t2);
+        assert!((t2 - 4.5 * (0.05f64 * 0.95 / 100_000.0).sqrt()).abs() < 1e-12);
+    }
+}

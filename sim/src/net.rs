@@ -1,0 +1,381 @@
+//! The turmoil side of the seam: [`SimNet`] (sockets) and [`SimClock`] (time), plus the
+//! pod-level faults applied at the seam ([`Faults`]). A turmoil host is a *node* that
+//! holds many pods, so faults between pods cannot be turmoil's host-level partitions:
+//! every socket a pod's sidecar opens carries the pod's identity, and the fault table
+//! decides, per link, whether bytes flow.
+//!
+//! Partition = blackhole: a connect across it waits (the caller's connect timeout
+//! fires), established connections stall in both directions and resume when the
+//! partition heals, as TCP with retransmits would. Crash = the pod's sockets fail with a
+//! reset and its listeners go away (the world aborts its tasks).
+//!
+//! Traffic inside a node (app ↔ its sidecar, pod ↔ pod on the same node) does not go
+//! through turmoil: turmoil delivers loopback messages one tick late, which would add a
+//! tick to every hop. [`Local`] connects such sockets in memory, with no delay, as a
+//! veth pair on one machine nearly does.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use mesh::net::{Clock, Listener, Net};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::sync::mpsc;
+
+/// Shared pod-level fault state. Cheap to consult when no fault is active.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Number of active partitions: 0 skips the lock on the data path.
+    partitions_active: AtomicU64,
+    state: Mutex<FaultState>,
+    /// Per pod: incremented at each crash; sockets of an older generation fail.
+    generations: Vec<AtomicU64>,
+    /// Ephemeral ports of in-memory connections (for peer addresses only).
+    local_ports: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct FaultState {
+    /// Pod owning each port (every pod port is unique in a world).
+    port_owner: BTreeMap<u16, usize>,
+    /// Unordered pairs of pods that cannot reach each other, with a reference count.
+    partitions: BTreeMap<(usize, usize), u32>,
+    /// Tasks blocked on a partition; woken when any partition heals.
+    blocked: Vec<Waker>,
+    /// App error overrides: pod → (status, rate in ppm).
+    app_errors: BTreeMap<usize, (u16, u32)>,
+    /// Pods currently crashed.
+    crashed: BTreeSet<usize>,
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+impl Faults {
+    pub fn new(pods: usize, port_owner: BTreeMap<u16, usize>) -> Arc<Faults> {
+        Arc::new(Faults {
+            partitions_active: AtomicU64::new(0),
+            state: Mutex::new(FaultState { port_owner, ..FaultState::default() }),
+            generations: (0..pods).map(|_| AtomicU64::new(0)).collect(),
+            local_ports: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FaultState> {
+        self.state.lock().expect("fault table lock")
+    }
+
+    pub fn owner(&self, port: u16) -> Option<usize> {
+        self.lock().port_owner.get(&port).copied()
+    }
+
+    pub fn partition(&self, from: &[usize], to: &[usize]) {
+        let mut s = self.lock();
+        for &a in from {
+            for &b in to {
+                if a != b {
+                    *s.partitions.entry(pair(a, b)).or_default() += 1;
+                }
+            }
+        }
+        self.partitions_active.store(s.partitions.len() as u64, Ordering::SeqCst);
+    }
+
+    pub fn heal(&self, from: &[usize], to: &[usize]) {
+        let mut s = self.lock();
+        for &a in from {
+            for &b in to {
+                if a == b {
+                    continue;
+                }
+                let key = pair(a, b);
+                if let Some(n) = s.partitions.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.partitions.remove(&key);
+                    }
+                }
+            }
+        }
+        self.partitions_active.store(s.partitions.len() as u64, Ordering::SeqCst);
+        for w in s.blocked.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// If `a` and `b` are partitioned, registers `waker` and returns true.
+    fn blocked(&self, a: usize, b: usize, waker: &Waker) -> bool {
+        if self.partitions_active.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let mut s = self.lock();
+        if s.partitions.contains_key(&pair(a, b)) {
+            s.blocked.push(waker.clone());
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn set_app_errors(&self, pod: usize, errors: Option<(u16, u32)>) {
+        let mut s = self.lock();
+        match errors {
+            Some(e) => s.app_errors.insert(pod, e),
+            None => s.app_errors.remove(&pod),
+        };
+    }
+
+    pub fn app_errors(&self, pod: usize) -> Option<(u16, u32)> {
+        self.lock().app_errors.get(&pod).copied()
+    }
+
+    /// Marks `pod` crashed (its sockets fail from now on) or running again.
+    pub fn set_crashed(&self, pod: usize, crashed: bool) {
+        let mut s = self.lock();
+        if crashed {
+            s.crashed.insert(pod);
+            self.generations[pod].fetch_add(1, Ordering::SeqCst);
+        } else {
+            s.crashed.remove(&pod);
+        }
+    }
+
+    pub fn is_crashed(&self, pod: usize) -> bool {
+        self.lock().crashed.contains(&pod)
+    }
+
+    fn next_local_port(&self) -> u16 {
+        49152 + (self.local_ports.fetch_add(1, Ordering::SeqCst) % 16384) as u16
+    }
+
+    fn generation(&self, pod: usize) -> u64 {
+        self.generations[pod].load(Ordering::SeqCst)
+    }
+}
+
+/// Simulated time: the simulation's elapsed time and its fixed epoch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimClock;
+
+impl Clock for SimClock {
+    fn now(&self) -> Duration {
+        turmoil::sim_elapsed().unwrap_or_default()
+    }
+    fn unix_time(&self) -> Duration {
+        turmoil::since_epoch().unwrap_or_default()
+    }
+}
+
+/// In-memory connections between sockets of one node.
+#[derive(Debug, Default)]
+pub struct Local {
+    /// Per port: the node that bound it and its accept queue.
+    listeners: Mutex<BTreeMap<u16, (usize, mpsc::UnboundedSender<(DuplexStream, SocketAddr)>)>>,
+    /// Node IPs, known once the simulation has its hosts.
+    node_ips: OnceLock<Vec<IpAddr>>,
+}
+
+/// Buffer of one direction of an in-memory connection.
+const LOCAL_BUFFER: usize = 64 * 1024;
+
+impl Local {
+    pub fn set_node_ips(&self, ips: Vec<IpAddr>) {
+        self.node_ips.set(ips).expect("node IPs are set once");
+    }
+
+    fn node_ip(&self, node: usize) -> IpAddr {
+        self.node_ips.get().expect("node IPs set before the run")[node]
+    }
+
+    /// Whether `addr` seen from `node` stays on the node.
+    fn is_local(&self, node: usize, addr: SocketAddr) -> bool {
+        addr.ip().is_loopback() || addr.ip() == self.node_ip(node)
+    }
+
+    fn bind(&self, node: usize, port: u16) -> io::Result<mpsc::UnboundedReceiver<(DuplexStream, SocketAddr)>> {
+        let mut l = self.listeners.lock().expect("local lock");
+        if let Some((_, tx)) = l.get(&port)
+            && !tx.is_closed()
+        {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("port {port} in use")));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        l.insert(port, (node, tx));
+        Ok(rx)
+    }
+
+    fn connect(&self, node: usize, addr: SocketAddr, local_port: u16) -> io::Result<DuplexStream> {
+        let l = self.listeners.lock().expect("local lock");
+        let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, format!("nothing listens on {addr}"));
+        let Some((owner, tx)) = l.get(&addr.port()) else { return Err(refused()) };
+        if *owner != node {
+            return Err(refused());
+        }
+        let (a, b) = tokio::io::duplex(LOCAL_BUFFER);
+        let peer = SocketAddr::new(self.node_ip(node), local_port);
+        tx.send((b, peer)).map_err(|_| refused())?;
+        Ok(a)
+    }
+}
+
+/// Sockets of one pod.
+#[derive(Clone, Debug)]
+pub struct SimNet {
+    pod: usize,
+    node: usize,
+    faults: Arc<Faults>,
+    local: Arc<Local>,
+}
+
+impl SimNet {
+    pub fn new(pod: usize, node: usize, faults: Arc<Faults>, local: Arc<Local>) -> SimNet {
+        SimNet { pod, node, faults, local }
+    }
+}
+
+enum Inner {
+    Net(turmoil::net::TcpStream),
+    Local(DuplexStream),
+}
+
+/// A turmoil stream that obeys the fault table.
+pub struct SimStream {
+    inner: Inner,
+    /// (this pod, peer pod) when the peer is another pod.
+    link: Option<(usize, usize)>,
+    generation: u64,
+    faults: Arc<Faults>,
+}
+
+impl SimStream {
+    fn check(&self, cx: &Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.link.map(|l| l.0);
+        if let Some(me) = me
+            && self.faults.generation(me) != self.generation
+        {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionReset, "pod crashed")));
+        }
+        if let Some((a, b)) = self.link
+            && self.faults.blocked(a, b, cx.waker())
+        {
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for SimStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.check(cx) {
+            Poll::Ready(Ok(())) => match &mut self.inner {
+                Inner::Net(s) => Pin::new(s).poll_read(cx, buf),
+                Inner::Local(s) => Pin::new(s).poll_read(cx, buf),
+            },
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.check(cx) {
+            Poll::Ready(Ok(())) => match &mut self.inner {
+                Inner::Net(s) => Pin::new(s).poll_write(cx, buf),
+                Inner::Local(s) => Pin::new(s).poll_write(cx, buf),
+            },
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.check(cx) {
+            Poll::Ready(Ok(())) => match &mut self.inner {
+                Inner::Net(s) => Pin::new(s).poll_flush(cx),
+                Inner::Local(s) => Pin::new(s).poll_flush(cx),
+            },
+            other => other,
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.inner {
+            Inner::Net(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Local(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+pub struct SimListener {
+    net: turmoil::net::TcpListener,
+    local: mpsc::UnboundedReceiver<(DuplexStream, SocketAddr)>,
+    pod: usize,
+    faults: Arc<Faults>,
+}
+
+impl Listener for SimListener {
+    type Stream = SimStream;
+    async fn accept(&mut self) -> io::Result<(SimStream, SocketAddr)> {
+        let (inner, peer) = tokio::select! {
+            biased;
+            Some((s, peer)) = self.local.recv() => (Inner::Local(s), peer),
+            r = self.net.accept() => {
+                let (s, peer) = r?;
+                (Inner::Net(s), peer)
+            }
+        };
+        let generation = self.faults.generation(self.pod);
+        // Partitions are enforced on the connecting side; the accepting side only dies with its pod.
+        Ok((SimStream { inner, link: Some((self.pod, self.pod)), generation, faults: self.faults.clone() }, peer))
+    }
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.net.local_addr()
+    }
+}
+
+impl Net for SimNet {
+    type Stream = SimStream;
+    type Listener = SimListener;
+
+    async fn bind(&self, addr: SocketAddr) -> io::Result<SimListener> {
+        let local = self.local.bind(self.node, addr.port())?;
+        let net = turmoil::net::TcpListener::bind(addr).await?;
+        Ok(SimListener { net, local, pod: self.pod, faults: self.faults.clone() })
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> io::Result<SimStream> {
+        let local = self.local.is_local(self.node, addr);
+        let peer = if addr.ip().is_loopback() { None } else { self.faults.owner(addr.port()) };
+        let link = Some((self.pod, peer.unwrap_or(self.pod)));
+        let generation = self.faults.generation(self.pod);
+        if let Some(peer) = peer {
+            // A partition blackholes the SYN: wait until it heals (or the caller gives up).
+            std::future::poll_fn(|cx| {
+                if self.faults.blocked(self.pod, peer, cx.waker()) { Poll::Pending } else { Poll::Ready(()) }
+            })
+            .await;
+            if self.faults.is_crashed(peer) {
+                return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "pod is down"));
+            }
+        }
+        let inner = if local {
+            let port = self.faults.next_local_port();
+            Inner::Local(self.local.connect(self.node, addr, port)?)
+        } else {
+            Inner::Net(turmoil::net::TcpStream::connect(addr).await?)
+        };
+        Ok(SimStream { inner, link, generation, faults: self.faults.clone() })
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> io::Result<SocketAddr> {
+        let ip: IpAddr = match host.parse() {
+            Ok(ip) => ip,
+            Err(_) => turmoil::lookup(host),
+        };
+        Ok(SocketAddr::new(ip, port))
+    }
+}

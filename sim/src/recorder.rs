@@ -1,0 +1,147 @@
+//! The recorder: one outcome slot per request the workload will issue, filled exactly
+//! once; the source sidecars' access-log flags joined by request id; outlier and fault
+//! events. It checks "nothing lost" itself: [`Recorder::finish`] fails when any slot is
+//! empty, and filling a slot twice is a broken invariant (a panic).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use mesh::proxy::telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, Telemetry};
+
+/// What the client app saw for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response. `pod` = the serving pod named by the app's response header, if any.
+    Response { status: u16, pod: Option<String> },
+    /// No response: `client_timeout`, `in_flight_limit`, `connect_error`, `reset`.
+    Error(&'static str),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub workload: usize,
+    pub source: usize,
+    /// Intended send time (open loop): latency is measured from here.
+    pub intended: Duration,
+    pub latency: Duration,
+    pub outcome: Outcome,
+    /// Envoy response flags logged by the source sidecar (`-` = none); empty when the
+    /// request never reached it.
+    pub flags: String,
+}
+
+/// A world event on the timeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub at: Duration,
+    pub kind: String,
+    pub detail: String,
+    /// For outlier events: (proxy pod, ejected pod, kind).
+    pub outlier: Option<OutlierEvent>,
+}
+
+#[derive(Default)]
+struct Inner {
+    records: Vec<Option<Record>>,
+    flags: Vec<String>,
+    events: Vec<Event>,
+    filled: usize,
+}
+
+pub struct Recorder {
+    inner: Mutex<Inner>,
+}
+
+/// Why a run's records are incomplete.
+#[derive(Debug)]
+pub struct Lost {
+    pub missing: Vec<u64>,
+}
+
+impl Recorder {
+    /// A recorder for exactly `issued` requests, ids `0..issued`.
+    pub fn new(issued: usize) -> Recorder {
+        Recorder {
+            inner: Mutex::new(Inner {
+                records: vec![None; issued],
+                flags: vec![String::new(); issued],
+                events: Vec::new(),
+                filled: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("recorder lock")
+    }
+
+    pub fn record(&self, id: u64, record: Record) {
+        let mut g = self.lock();
+        let slot = &mut g.records[id as usize];
+        assert!(slot.is_none(), "request {id} recorded twice: {slot:?} then {record:?}");
+        *slot = Some(record);
+        g.filled += 1;
+    }
+
+    pub fn is_complete(&self) -> bool {
+        let g = self.lock();
+        g.filled == g.records.len()
+    }
+
+    pub fn event(&self, at: Duration, kind: &str, detail: String) {
+        self.lock().events.push(Event { at, kind: kind.to_string(), detail, outlier: None });
+    }
+
+    /// All records (with flags joined) and events in time order, or the ids never recorded.
+    pub fn finish(&self) -> Result<(Vec<Record>, Vec<Event>), Lost> {
+        let mut g = self.lock();
+        let missing: Vec<u64> = g.records.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i as u64).collect();
+        if !missing.is_empty() {
+            return Err(Lost { missing });
+        }
+        let flags = std::mem::take(&mut g.flags);
+        let records = std::mem::take(&mut g.records)
+            .into_iter()
+            .zip(flags)
+            .map(|(r, f)| {
+                let mut r = r.expect("checked above");
+                r.flags = f;
+                r
+            })
+            .collect();
+        let mut events = std::mem::take(&mut g.events);
+        events.sort_by(|a, b| (a.at, &a.kind, &a.detail).cmp(&(b.at, &b.kind, &b.detail)));
+        Ok((records, events))
+    }
+}
+
+impl Telemetry for Recorder {
+    fn access_log(&self, entry: AccessLog) {
+        if entry.direction != Direction::Outbound {
+            return;
+        }
+        let Some(id) = entry.request_id.as_deref().and_then(|s| s.parse::<usize>().ok()) else {
+            return;
+        };
+        let mut g = self.lock();
+        if let Some(slot) = g.flags.get_mut(id) {
+            *slot = entry.flags;
+        }
+    }
+
+    fn outlier_event(&self, e: OutlierEvent) {
+        let (kind, detail) = match e.kind {
+            OutlierKind::Ejected { reason, for_ } => (
+                "ejected",
+                format!("{} ejected {} from {} ({}; for {:?})", e.proxy, e.pod, e.cluster, reason.as_str(), for_),
+            ),
+            OutlierKind::Overflow { reason } => (
+                "ejection_overflow",
+                format!("{} would eject {} from {} ({}) but maxEjectionPercent forbids it", e.proxy, e.pod, e.cluster, reason.as_str()),
+            ),
+            OutlierKind::Readmitted => ("readmitted", format!("{} readmitted {} to {}", e.proxy, e.pod, e.cluster)),
+        };
+        let at = e.at;
+        self.lock().events.push(Event { at, kind: kind.to_string(), detail, outlier: Some(e) });
+    }
+}

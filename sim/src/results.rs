@@ -1,0 +1,279 @@
+//! Run results: the JSON document a run writes (byte-identical for the same scenario
+//! and seed: no wall-clock values, ordered maps only) and the summary printed for a
+//! person. Wall-clock figures are printed, never stored.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::expect::{self, Check, is_success, was_sent};
+use crate::recorder::{Outcome, Record};
+use crate::scenario::Plan;
+use crate::world::RunOutput;
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub scenario: String,
+    pub file: String,
+    pub seed: u64,
+    pub duration_ms: u64,
+    pub sim_elapsed_ms: u64,
+    /// Node → pods placed on it.
+    pub placement: BTreeMap<String, Vec<String>>,
+    pub issued: usize,
+    pub recorded: usize,
+    pub workloads: Vec<WorkloadResults>,
+    pub events: Vec<EventOut>,
+    pub expectations: Vec<Check>,
+    pub passed: bool,
+    pub warnings: Vec<String>,
+    pub requests: Vec<RequestOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latencies {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Second {
+    pub t: u64,
+    pub requests: u64,
+    pub success: u64,
+    /// Responses per serving pod in this second.
+    pub pods: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WorkloadResults {
+    pub name: String,
+    pub to: String,
+    pub requests: u64,
+    pub success: u64,
+    pub success_rate: f64,
+    pub statuses: BTreeMap<String, u64>,
+    pub flags: BTreeMap<String, u64>,
+    pub errors: BTreeMap<String, u64>,
+    /// Milliseconds, over requests actually sent, from the intended send time.
+    pub latency_ms: Option<Latencies>,
+    /// Responses per serving pod.
+    pub pods: BTreeMap<String, u64>,
+    pub series: Vec<Second>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventOut {
+    pub at_ms: f64,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RequestOut {
+    pub id: usize,
+    pub workload: usize,
+    pub source: String,
+    pub intended_us: u64,
+    pub latency_us: u64,
+    pub status: Option<u16>,
+    pub error: Option<&'static str>,
+    pub pod: Option<String>,
+    pub flags: String,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn latencies(records: &[&Record]) -> Option<Latencies> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+    for r in records.iter().filter(|r| was_sent(r)) {
+        h.saturating_record(r.latency.as_micros().max(1) as u64);
+    }
+    if h.is_empty() {
+        return None;
+    }
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1e3;
+    Some(Latencies { p50: q(0.5), p90: q(0.9), p99: q(0.99), p999: q(0.999), max: h.max() as f64 / 1e3 })
+}
+
+pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
+    let checks = expect::check(plan, &out.records, &out.events);
+    let mut placement: BTreeMap<String, Vec<String>> = plan.nodes.iter().map(|n| (n.clone(), vec![])).collect();
+    for p in &plan.pods {
+        placement.get_mut(&plan.nodes[p.node]).expect("node exists").push(p.name.clone());
+    }
+    let workloads = plan
+        .workloads
+        .iter()
+        .enumerate()
+        .map(|(wi, w)| {
+            let mine: Vec<&Record> = out.records.iter().filter(|r| r.workload == wi).collect();
+            let mut res = WorkloadResults {
+                name: w.name.clone(),
+                to: w.to.clone(),
+                requests: mine.len() as u64,
+                success: mine.iter().filter(|r| is_success(r)).count() as u64,
+                success_rate: 0.0,
+                statuses: BTreeMap::new(),
+                flags: BTreeMap::new(),
+                errors: BTreeMap::new(),
+                latency_ms: latencies(&mine),
+                pods: BTreeMap::new(),
+                series: Vec::new(),
+            };
+            res.success_rate = if res.requests == 0 { 0.0 } else { res.success as f64 / res.requests as f64 };
+            let seconds = plan.duration.as_secs_f64().ceil() as u64;
+            let mut series: Vec<Second> =
+                (0..seconds).map(|t| Second { t, requests: 0, success: 0, pods: BTreeMap::new() }).collect();
+            for r in &mine {
+                let s = series.get_mut(r.intended.as_secs() as usize);
+                match &r.outcome {
+                    Outcome::Response { status, pod } => {
+                        *res.statuses.entry(status.to_string()).or_default() += 1;
+                        if let Some(p) = pod {
+                            *res.pods.entry(p.clone()).or_default() += 1;
+                        }
+                        if let Some(s) = s {
+                            s.requests += 1;
+                            s.success += u64::from(is_success(r));
+                            if let Some(p) = pod {
+                                *s.pods.entry(p.clone()).or_default() += 1;
+                            }
+                        }
+                    }
+                    Outcome::Error(e) => {
+                        *res.errors.entry(e.to_string()).or_default() += 1;
+                        if let Some(s) = s {
+                            s.requests += 1;
+                        }
+                    }
+                }
+                if !r.flags.is_empty() {
+                    *res.flags.entry(r.flags.clone()).or_default() += 1;
+                }
+            }
+            res.series = series;
+            res
+        })
+        .collect();
+    Results {
+        scenario: plan.name.clone(),
+        file: plan.file.clone(),
+        seed,
+        duration_ms: plan.duration.as_millis() as u64,
+        sim_elapsed_ms: out.sim_elapsed.as_millis() as u64,
+        placement,
+        issued: out.issued,
+        recorded: out.records.len(),
+        workloads,
+        events: out.events.iter().map(|e| EventOut { at_ms: ms(e.at), kind: e.kind.clone(), detail: e.detail.clone() }).collect(),
+        passed: checks.iter().all(|c| c.pass),
+        expectations: checks,
+        warnings: plan.warnings.iter().map(|w| w.to_string()).collect(),
+        requests: out
+            .records
+            .iter()
+            .enumerate()
+            .map(|(id, r)| {
+                let (status, error, pod) = match &r.outcome {
+                    Outcome::Response { status, pod } => (Some(*status), None, pod.clone()),
+                    Outcome::Error(e) => (None, Some(*e), None),
+                };
+                RequestOut {
+                    id,
+                    workload: r.workload,
+                    source: plan.pods[r.source].name.clone(),
+                    intended_us: r.intended.as_micros() as u64,
+                    latency_us: r.latency.as_micros() as u64,
+                    status,
+                    error,
+                    pod,
+                    flags: r.flags.clone(),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Most pods listed per workload in the summary; the rest are summed.
+const SUMMARY_PODS: usize = 12;
+/// Most timeline lines in the summary; the rest are counted.
+const SUMMARY_EVENTS: usize = 30;
+
+/// The human summary (no wall-clock values: the caller adds those).
+pub fn summary(r: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "scenario {} (seed {}), {} simulated, {} requests issued, {} recorded",
+        r.scenario, r.seed, fmt_ms(r.duration_ms as f64), r.issued, r.recorded);
+    for w in &r.workloads {
+        let _ = writeln!(s, "\n{} -> {}: {} requests, {:.2}% 2xx", w.name, w.to, w.requests, 100.0 * w.success_rate);
+        if let Some(l) = &w.latency_ms {
+            let _ = writeln!(s, "  latency  p50 {}  p99 {}  p99.9 {}  max {}", fmt_ms(l.p50), fmt_ms(l.p99), fmt_ms(l.p999), fmt_ms(l.max));
+        }
+        let counts = |m: &BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(s, "  statuses {}", counts(&w.statuses));
+        if w.flags.keys().any(|f| f != "-") {
+            let _ = writeln!(s, "  flags    {}", counts(&w.flags));
+        }
+        if !w.errors.is_empty() {
+            let _ = writeln!(s, "  errors   {}", counts(&w.errors));
+        }
+        let total: u64 = w.pods.values().sum();
+        if total > 0 {
+            let mut pods: Vec<(&String, &u64)> = w.pods.iter().collect();
+            pods.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+            let shown: Vec<String> = pods.iter().take(SUMMARY_PODS)
+                .map(|(p, n)| format!("{p} {:.2}%", 100.0 * **n as f64 / total as f64)).collect();
+            let _ = write!(s, "  shares   {}", shown.join(", "));
+            if pods.len() > SUMMARY_PODS {
+                let rest: u64 = pods[SUMMARY_PODS..].iter().map(|(_, n)| **n).sum();
+                let _ = write!(s, ", {} more pods {:.2}%", pods.len() - SUMMARY_PODS, 100.0 * rest as f64 / total as f64);
+            }
+            let _ = writeln!(s);
+        }
+    }
+    if !r.events.is_empty() {
+        let _ = writeln!(s, "\ntimeline");
+        // Refused ejections repeat at every trigger: show the first of each and count them.
+        let mut overflow_seen = BTreeMap::new();
+        let mut shown = 0;
+        for e in &r.events {
+            if e.kind == "ejection_overflow" {
+                let n = overflow_seen.entry(e.detail.clone()).or_insert(0u64);
+                *n += 1;
+                if *n > 1 {
+                    continue;
+                }
+            }
+            if shown < SUMMARY_EVENTS {
+                let _ = writeln!(s, "  {:>10}  {:<18} {}", fmt_ms(e.at_ms), e.kind, e.detail);
+            }
+            shown += 1;
+        }
+        if shown > SUMMARY_EVENTS {
+            let _ = writeln!(s, "  … {} more events in the results file", shown - SUMMARY_EVENTS);
+        }
+        for (detail, n) in overflow_seen.iter().filter(|(_, n)| **n > 1) {
+            let _ = writeln!(s, "  ({n}× {detail})");
+        }
+    }
+    if !r.expectations.is_empty() {
+        let _ = writeln!(s, "\nexpectations");
+        for c in &r.expectations {
+            let _ = writeln!(s, "  {} {}: expected {}, observed {}", if c.pass { "PASS" } else { "FAIL" }, c.expectation, c.expected, c.observed);
+        }
+    }
+    s
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 1000.0 { format!("{:.3}s", v / 1e3) } else { format!("{v:.3}ms") }
+}

@@ -1,0 +1,947 @@
+//! The scenario file: what to simulate and what must hold. Parsing is strict (unknown
+//! fields are errors) and positions are kept, so every mistake is reported as
+//! `file:line:column: error [code] field: rule`. [`load`] turns a file into a [`Plan`]:
+//! validated, defaults applied, pods placed on nodes, ports assigned, mesh config
+//! compiled. The plan is all the world needs; nothing here runs anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mesh::config::diag::code;
+use mesh::config::istio::Resource;
+use mesh::config::{Finding, Findings, IstioDuration, Pos, parse_resources};
+use mesh::registry::{Pod, Registry, Service, qualify};
+use mesh::snapshot::{self, Snapshot, Sourced};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+type Dur = Spanned<IstioDuration>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub description: String,
+    pub seed: Option<u64>,
+    pub duration: Dur,
+    pub nodes: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub network: NetworkDef,
+    pub services: Vec<ServiceDef>,
+    /// Istio resources written inline, exactly as in a cluster.
+    #[serde(default)]
+    pub istio: Vec<Resource>,
+    /// Files of Istio resources (multi-document YAML), relative to the scenario file.
+    #[serde(default)]
+    pub istio_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub workload: Vec<WorkloadDef>,
+    #[serde(default)]
+    pub faults: Vec<FaultDef>,
+    #[serde(default)]
+    pub expect: Vec<ExpectDef>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkDef {
+    /// One-way latency between nodes: the minimum.
+    pub latency: Option<Dur>,
+    /// Extra latency on top, up to this much (turmoil's exponential curve).
+    pub jitter: Option<Dur>,
+    /// Simulation step.
+    pub tick: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDef {
+    pub name: Spanned<String>,
+    pub namespace: Option<Spanned<String>>,
+    pub port: Option<Spanned<u16>>,
+    pub service_account: Option<String>,
+    pub pods: Vec<PodGroupDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodGroupDef {
+    /// Pods are named `<service>-<name>-<index>`.
+    pub name: Spanned<String>,
+    #[serde(default = "one")]
+    pub replicas: Spanned<u32>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub app: AppDef,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(1, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppDef {
+    #[serde(default)]
+    pub latency: LatencyDef,
+    /// Share of requests answered with `error_status`, in parts per million.
+    pub error_rate_ppm: Option<Spanned<u32>>,
+    pub error_status: Option<Spanned<u16>>,
+}
+
+/// Exactly one of the fields; none = 1 ms constant.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyDef {
+    pub constant: Option<Dur>,
+    /// `[min, max]`, uniform.
+    pub uniform: Option<Spanned<Vec<IstioDuration>>>,
+    /// Exponential with this mean.
+    pub exponential: Option<Dur>,
+    pub lognormal: Option<Spanned<LogNormalDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogNormalDef {
+    pub median: IstioDuration,
+    pub p99: IstioDuration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadDef {
+    pub name: Option<Spanned<String>>,
+    /// Source service (its pods take turns) or one pod.
+    pub from: Spanned<String>,
+    /// Destination as the app writes it in the Host header (a service name).
+    pub to: Spanned<String>,
+    pub path: Option<String>,
+    /// Requests per second.
+    pub rate: Spanned<f64>,
+    pub arrivals: Option<Spanned<String>>,
+    pub start: Option<Dur>,
+    pub stop: Option<Dur>,
+    pub max_in_flight: Option<Spanned<u32>>,
+    /// Client-side timeout: the app gives up and records `client_timeout`.
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultDef {
+    pub at: Dur,
+    /// How long the fault lasts; absent = until the end.
+    #[serde(rename = "for")]
+    pub for_: Option<Dur>,
+    pub app_errors: Option<Spanned<AppErrorsDef>>,
+    pub partition: Option<Spanned<PartitionDef>>,
+    pub link_latency: Option<Spanned<LinkLatencyDef>>,
+    pub crash: Option<Spanned<CrashDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppErrorsDef {
+    pub pods: Vec<Spanned<String>>,
+    #[serde(default = "status_500")]
+    pub status: u16,
+    #[serde(default = "million")]
+    pub rate_ppm: u32,
+}
+fn status_500() -> u16 {
+    500
+}
+fn million() -> u32 {
+    1_000_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionDef {
+    /// Pods or services on one side.
+    pub from: Vec<Spanned<String>>,
+    /// Pods or services on the other side.
+    pub to: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkLatencyDef {
+    /// Node names (`node-0`, …) on one side.
+    pub from: Vec<Spanned<String>>,
+    pub to: Vec<Spanned<String>>,
+    pub latency: IstioDuration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashDef {
+    pub pods: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectDef {
+    pub share: Option<Spanned<ShareDef>>,
+    pub ejection: Option<Spanned<EjectionDef>>,
+    pub never_ejected: Option<Spanned<NeverEjectedDef>>,
+    pub success_rate: Option<Spanned<SuccessRateDef>>,
+    pub latency: Option<Spanned<LatencyExpectDef>>,
+    pub count: Option<Spanned<CountDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareDef {
+    pub workload: Spanned<String>,
+    /// A DestinationRule subset of the workload's destination service…
+    pub subset: Option<Spanned<String>>,
+    /// …or one pod.
+    pub pod: Option<Spanned<String>>,
+    pub window: Option<Spanned<Vec<IstioDuration>>>,
+    pub expected: Spanned<f64>,
+    /// Absolute tolerance; absent = 4.5 binomial standard deviations.
+    pub tolerance: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EjectionDef {
+    pub pod: Spanned<String>,
+    /// The client sidecar (pod) whose outlier detector is checked; absent = the first that ejected it.
+    pub by: Option<Spanned<String>>,
+    /// Which ejection of this pod, from 1.
+    #[serde(default = "one")]
+    pub nth: Spanned<u32>,
+    /// `[from, to]`: the ejection happens in this interval.
+    pub at: Spanned<Vec<IstioDuration>>,
+    /// `[min, max]`: time until readmission.
+    pub lasting: Option<Spanned<Vec<IstioDuration>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeverEjectedDef {
+    pub pod: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuccessRateDef {
+    pub workload: Spanned<String>,
+    pub window: Option<Spanned<Vec<IstioDuration>>>,
+    pub at_least: Option<Spanned<f64>>,
+    pub at_most: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyExpectDef {
+    pub workload: Spanned<String>,
+    pub window: Option<Spanned<Vec<IstioDuration>>>,
+    /// e.g. 50, 99, 99.9
+    pub percentile: Spanned<f64>,
+    pub at_most: Dur,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountDef {
+    pub workload: Spanned<String>,
+    pub window: Option<Spanned<Vec<IstioDuration>>>,
+    pub status: Option<u16>,
+    /// Envoy response flag as recorded by the source sidecar, e.g. `UH`, `UF`, `-`.
+    pub flag: Option<String>,
+    /// Client-side error name, e.g. `client_timeout`.
+    pub error: Option<String>,
+    /// Served by this pod.
+    pub pod: Option<Spanned<String>>,
+    pub at_least: Option<u64>,
+    pub at_most: Option<u64>,
+}
+
+// ------------------------------------------------------------------ the plan
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Latency {
+    Constant(Duration),
+    Uniform(Duration, Duration),
+    Exponential(Duration),
+    /// Log-normal from median and p99.
+    LogNormal { median: Duration, p99: Duration },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppModel {
+    pub latency: Latency,
+    pub error_rate_ppm: u32,
+    pub error_status: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlannedPod {
+    pub name: String,
+    pub service: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub node: usize,
+    pub app_port: u16,
+    pub inbound_port: u16,
+    pub outbound_port: u16,
+    pub app: AppModel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrivals {
+    Constant,
+    Poisson,
+}
+
+#[derive(Clone, Debug)]
+pub struct Workload {
+    pub name: String,
+    /// Indices into `Plan::pods` of the pods that send.
+    pub sources: Vec<usize>,
+    /// The Host header.
+    pub to: String,
+    /// FQDN of the destination service (as seen from the source namespace).
+    pub to_fqdn: String,
+    pub path: String,
+    pub rate: f64,
+    pub arrivals: Arrivals,
+    pub start: Duration,
+    pub stop: Duration,
+    pub max_in_flight: u32,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultKind {
+    AppErrors { pods: Vec<usize>, status: u16, rate_ppm: u32 },
+    Partition { from: Vec<usize>, to: Vec<usize> },
+    LinkLatency { from: Vec<usize>, to: Vec<usize>, latency: Duration },
+    Crash { pods: Vec<usize> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fault {
+    pub at: Duration,
+    /// End of the fault; `None` = lasts to the end of the run.
+    pub until: Option<Duration>,
+    pub kind: FaultKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Window {
+    All,
+    Between(Duration, Duration),
+}
+
+impl Window {
+    pub fn contains(&self, t: Duration) -> bool {
+        match self {
+            Window::All => true,
+            Window::Between(a, b) => *a <= t && t < *b,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Expectation {
+    Share { workload: usize, pods: BTreeSet<String>, what: String, window: Window, expected: f64, tolerance: Option<f64> },
+    Ejection { pod: String, by: Option<String>, nth: u32, at: (Duration, Duration), lasting: Option<(Duration, Duration)> },
+    NeverEjected { pod: String },
+    SuccessRate { workload: usize, window: Window, at_least: Option<f64>, at_most: Option<f64> },
+    Latency { workload: usize, window: Window, percentile: f64, at_most: Duration },
+    Count { workload: usize, window: Window, status: Option<u16>, flag: Option<String>, error: Option<String>, pod: Option<String>, at_least: Option<u64>, at_most: Option<u64> },
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub file: String,
+    pub name: String,
+    pub description: String,
+    pub seed: u64,
+    pub duration: Duration,
+    pub nodes: Vec<String>,
+    pub latency_min: Duration,
+    pub latency_max: Duration,
+    pub tick: Duration,
+    pub pods: Vec<PlannedPod>,
+    pub registry: Registry,
+    pub snapshot: Snapshot,
+    pub workloads: Vec<Workload>,
+    pub faults: Vec<Fault>,
+    pub expectations: Vec<Expectation>,
+    /// Warnings found while loading (errors stop loading).
+    pub warnings: Vec<Finding>,
+}
+
+/// Why a scenario could not be loaded.
+#[derive(Debug)]
+pub struct LoadError {
+    pub findings: Vec<Finding>,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for x in &self.findings {
+            writeln!(f, "{x}")?;
+        }
+        Ok(())
+    }
+}
+
+pub const DEFAULT_SEED: u64 = 1;
+pub const FIRST_PORT: u16 = 10_000;
+pub const MAX_PODS: usize = 5_000;
+
+/// Reads, parses and validates a scenario file.
+pub fn load(path: &Path) -> Result<Plan, LoadError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
+        findings: vec![Finding::error(Pos::file(&file), code::SCENARIO, "", format!("cannot read the scenario: {e}"))],
+    })?;
+    load_str(&file, &text, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Parses and validates scenario text; `base` is where relative `istio_files` live.
+pub fn load_str(file: &str, text: &str, base: &Path) -> Result<Plan, LoadError> {
+    let def: ScenarioFile = serde_saphyr::from_str(text)
+        .map_err(|e| LoadError { findings: vec![mesh::config::diag::from_yaml_error(file, &e)] })?;
+    let mut b = Builder { file: file.to_string(), findings: Findings::default() };
+    let plan = b.plan(def, base);
+    let findings = b.findings.sorted();
+    if findings.iter().any(|f| f.level == mesh::config::Level::Error) {
+        return Err(LoadError { findings });
+    }
+    let mut plan = plan.expect("a plan exists when there are no errors");
+    plan.warnings = findings;
+    Ok(plan)
+}
+
+struct Builder {
+    file: String,
+    findings: Findings,
+}
+
+fn dur(d: &Option<Dur>, default: Duration) -> Duration {
+    d.as_ref().map(|d| d.value.0).unwrap_or(default)
+}
+
+impl Builder {
+    fn err<T>(&mut self, at: &Spanned<T>, field: &str, msg: impl Into<String>) {
+        self.findings.push(Finding::error(Pos::of(&self.file, at), code::SCENARIO, field, msg));
+    }
+    fn not_found<T>(&mut self, at: &Spanned<T>, field: &str, msg: impl Into<String>) {
+        self.findings.push(Finding::error(Pos::of(&self.file, at), code::NOT_FOUND, field, msg));
+    }
+
+    fn window(&mut self, w: &Option<Spanned<Vec<IstioDuration>>>, field: &str, duration: Duration) -> Window {
+        match w {
+            None => Window::All,
+            Some(s) => match self.range(s, field) {
+                Some((a, b)) => {
+                    if a > duration {
+                        self.err(s, field, format!("window starts at {a:?}, after the run ends ({duration:?})"));
+                    }
+                    Window::Between(a, b)
+                }
+                None => Window::All,
+            },
+        }
+    }
+
+    fn range(&mut self, s: &Spanned<Vec<IstioDuration>>, field: &str) -> Option<(Duration, Duration)> {
+        match s.value.as_slice() {
+            [a, b] if a.0 <= b.0 => Some((a.0, b.0)),
+            [a, b] => {
+                self.err(s, field, format!("range [{a}, {b}] ends before it starts"));
+                None
+            }
+            _ => {
+                self.err(s, field, "expected a range of two durations, like [10s, 20s]");
+                None
+            }
+        }
+    }
+
+    fn plan(&mut self, def: ScenarioFile, base: &Path) -> Option<Plan> {
+        let duration = def.duration.value.0;
+        if duration.is_zero() {
+            self.err(&def.duration, "duration", "duration must be greater than 0");
+        }
+        if def.name.value.trim().is_empty() {
+            self.err(&def.name, "name", "name cannot be empty");
+        }
+        let tick = dur(&def.network.tick, Duration::from_millis(1));
+        if let Some(t) = &def.network.tick
+            && (t.value.0 < Duration::from_micros(100) || t.value.0 > Duration::from_millis(100))
+        {
+            self.err(t, "network.tick", "tick must be between 100us and 100ms");
+        }
+        let latency_min = dur(&def.network.latency, Duration::from_millis(1));
+        let latency_max = latency_min + dur(&def.network.jitter, Duration::ZERO);
+
+        // Services and pods.
+        let mut registry = Registry::default();
+        let mut pods: Vec<PlannedPod> = Vec::new();
+        let mut service_pods: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        if def.services.is_empty() {
+            self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, "services", "a scenario needs at least one service"));
+        }
+        for (si, s) in def.services.iter().enumerate() {
+            let f = format!("services[{si}]");
+            if !is_dns_label(&s.name.value) {
+                self.err(&s.name, &format!("{f}.name"), format!("{:?} is not a DNS label (lower-case letters, digits, '-')", s.name.value));
+            }
+            if service_pods.contains_key(&s.name.value) {
+                self.err(&s.name, &format!("{f}.name"), format!("service {:?} is defined twice", s.name.value));
+                continue;
+            }
+            let namespace = s.namespace.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| "default".into());
+            let port = s.port.as_ref().map(|p| p.value).unwrap_or(80);
+            if let Some(p) = &s.port
+                && p.value == 0
+            {
+                self.err(p, &format!("{f}.port"), "port must be between 1 and 65535");
+            }
+            registry.add_service(Service { name: s.name.value.clone(), namespace: namespace.clone(), port });
+            let mut mine = Vec::new();
+            let mut groups = BTreeSet::new();
+            if s.pods.is_empty() {
+                self.err(&s.name, &format!("{f}.pods"), "a service needs at least one pod group");
+            }
+            for (gi, g) in s.pods.iter().enumerate() {
+                let gf = format!("{f}.pods[{gi}]");
+                if !is_dns_label(&g.name.value) {
+                    self.err(&g.name, &format!("{gf}.name"), format!("{:?} is not a DNS label", g.name.value));
+                }
+                if !groups.insert(g.name.value.clone()) {
+                    self.err(&g.name, &format!("{gf}.name"), format!("pod group {:?} is defined twice", g.name.value));
+                }
+                if g.replicas.value == 0 {
+                    self.err(&g.replicas, &format!("{gf}.replicas"), "replicas must be at least 1");
+                }
+                let app = self.app(&g.app, &gf);
+                let mut labels = g.labels.clone();
+                labels.entry("app".into()).or_insert_with(|| s.name.value.clone());
+                for i in 0..g.replicas.value {
+                    if pods.len() >= MAX_PODS {
+                        self.err(&g.replicas, &format!("{gf}.replicas"), format!("a scenario may have at most {MAX_PODS} pods"));
+                        break;
+                    }
+                    let k = pods.len() as u16;
+                    mine.push(pods.len());
+                    pods.push(PlannedPod {
+                        name: format!("{}-{}-{i}", s.name.value, g.name.value),
+                        service: s.name.value.clone(),
+                        namespace: namespace.clone(),
+                        labels: labels.clone(),
+                        node: 0,
+                        app_port: FIRST_PORT + 3 * k,
+                        inbound_port: FIRST_PORT + 3 * k + 1,
+                        outbound_port: FIRST_PORT + 3 * k + 2,
+                        app: app.clone(),
+                    });
+                }
+            }
+            service_pods.insert(s.name.value.clone(), mine);
+            let _ = s.service_account.as_ref();
+        }
+        // Nodes: pods are dealt round-robin, in declaration order.
+        let node_count = match &def.nodes {
+            Some(n) if n.value == 0 || n.value > 64 => {
+                self.err(n, "nodes", "nodes must be between 1 and 64 (turmoil cost grows with hosts²)");
+                1
+            }
+            Some(n) => n.value as usize,
+            None => pods.len().clamp(1, 4),
+        };
+        let nodes: Vec<String> = (0..node_count).map(|i| format!("node-{i}")).collect();
+        let mut pod_index = BTreeMap::new();
+        for (i, p) in pods.iter_mut().enumerate() {
+            p.node = i % node_count;
+            pod_index.insert(p.name.clone(), i);
+        }
+        for (si, p) in pods.iter().enumerate() {
+            let sa = def.services.iter().find(|s| s.name.value == p.service).and_then(|s| s.service_account.clone());
+            registry.add_pod(Pod {
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+                service: p.service.clone(),
+                labels: p.labels.clone(),
+                service_account: sa.unwrap_or_else(|| p.service.clone()),
+                host: nodes[p.node].clone(),
+                inbound_port: p.inbound_port,
+            });
+            let _ = si;
+        }
+
+        // Istio resources: inline, then files.
+        let mut sources: Vec<(String, Resource)> = def.istio.into_iter().map(|r| (self.file.clone(), r)).collect();
+        for f in &def.istio_files {
+            let path: PathBuf = base.join(&f.value);
+            let shown = path.display().to_string();
+            match std::fs::read_to_string(&path) {
+                Ok(text) => match parse_resources(&shown, &text) {
+                    Ok(rs) => sources.extend(rs.into_iter().map(|r| (shown.clone(), r))),
+                    Err(e) => self.findings.push(e),
+                },
+                Err(e) => self.not_found(f, "istio_files", format!("cannot read {shown}: {e}")),
+            }
+        }
+        let sourced: Vec<Sourced<'_>> = sources.iter().map(|(f, r)| Sourced { file: f, resource: r }).collect();
+        let (snapshot, cfg_findings) = snapshot::compile(&registry, &sourced);
+        self.findings.0.extend(cfg_findings.0);
+
+        // Workloads.
+        let mut workloads = Vec::new();
+        let mut workload_names = BTreeMap::new();
+        for (wi, w) in def.workload.iter().enumerate() {
+            let f = format!("workload[{wi}]");
+            let sources: Vec<usize> = if let Some(ps) = service_pods.get(&w.from.value) {
+                ps.clone()
+            } else if let Some(&p) = pod_index.get(&w.from.value) {
+                vec![p]
+            } else {
+                self.not_found(&w.from, &format!("{f}.from"), format!("{:?} is neither a service nor a pod of the scenario", w.from.value));
+                vec![]
+            };
+            let ns = sources.first().map(|&p| pods[p].namespace.clone()).unwrap_or_else(|| "default".into());
+            let to_fqdn = qualify(&w.to.value, &ns);
+            if !registry.services.contains_key(&to_fqdn) {
+                self.not_found(&w.to, &format!("{f}.to"), format!("{:?} is not a service of the scenario", w.to.value));
+            }
+            if !(w.rate.value.is_finite() && w.rate.value > 0.0) {
+                self.err(&w.rate, &format!("{f}.rate"), format!("rate must be greater than 0 requests per second (got {})", w.rate.value));
+            } else if w.rate.value > 100_000.0 {
+                self.err(&w.rate, &format!("{f}.rate"), "rate must be at most 100000 requests per second");
+            }
+            let arrivals = match w.arrivals.as_ref().map(|a| a.value.as_str()) {
+                None | Some("poisson") => Arrivals::Poisson,
+                Some("constant") => Arrivals::Constant,
+                Some(other) => {
+                    let at = w.arrivals.as_ref().expect("set");
+                    self.err(at, &format!("{f}.arrivals"), format!("arrivals must be `constant` or `poisson`, not {other:?}"));
+                    Arrivals::Poisson
+                }
+            };
+            let start = dur(&w.start, Duration::ZERO);
+            let stop = dur(&w.stop, duration);
+            if stop <= start {
+                let at = w.stop.as_ref().map(|s| Pos::of(&self.file, s)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
+                self.findings.push(Finding::error(at, code::SCENARIO, format!("{f}.stop"), format!("workload stops ({stop:?}) before it starts ({start:?})")));
+            }
+            if let Some(m) = &w.max_in_flight
+                && m.value == 0
+            {
+                self.err(m, &format!("{f}.max_in_flight"), "max_in_flight must be at least 1");
+            }
+            if let Some(t) = &w.timeout
+                && t.value.0.is_zero()
+            {
+                self.err(t, &format!("{f}.timeout"), "timeout must be greater than 0");
+            }
+            let name = w.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("{}->{}", w.from.value, w.to.value));
+            if workload_names.insert(name.clone(), wi).is_some() {
+                let at = w.name.as_ref().map(|n| Pos::of(&self.file, n)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
+                self.findings.push(Finding::error(at, code::SCENARIO, format!("{f}.name"), format!("workload name {name:?} is used twice")));
+            }
+            workloads.push(Workload {
+                name,
+                sources,
+                to: w.to.value.clone(),
+                to_fqdn,
+                path: w.path.clone().unwrap_or_else(|| "/".into()),
+                rate: w.rate.value,
+                arrivals,
+                start,
+                stop: stop.min(duration),
+                max_in_flight: w.max_in_flight.as_ref().map(|m| m.value).unwrap_or(10_000),
+                timeout: dur(&w.timeout, Duration::from_secs(30)),
+            });
+        }
+
+        // Faults.
+        let mut faults = Vec::new();
+        for (fi, fd) in def.faults.iter().enumerate() {
+            let f = format!("faults[{fi}]");
+            let at = fd.at.value.0;
+            if at >= duration {
+                self.err(&fd.at, &format!("{f}.at"), format!("fault starts at {at:?}, not before the run ends ({duration:?})"));
+            }
+            let until = fd.for_.as_ref().map(|d| {
+                if d.value.0.is_zero() {
+                    self.err(d, &format!("{f}.for"), "a fault must last more than 0s (omit `for` to last until the end)");
+                }
+                at + d.value.0
+            });
+            let mut kinds = Vec::new();
+            if let Some(a) = &fd.app_errors {
+                let pods_ = self.pods(&a.value.pods, &pod_index, &format!("{f}.app_errors.pods"));
+                if !(100..=599).contains(&a.value.status) {
+                    self.err(a, &format!("{f}.app_errors.status"), format!("HTTP status {} is not in range 100-599", a.value.status));
+                }
+                if a.value.rate_ppm > 1_000_000 {
+                    self.err(a, &format!("{f}.app_errors.rate_ppm"), "rate_ppm must be at most 1000000");
+                }
+                kinds.push(FaultKind::AppErrors { pods: pods_, status: a.value.status, rate_ppm: a.value.rate_ppm });
+            }
+            if let Some(p) = &fd.partition {
+                let from = self.members(&p.value.from, &pod_index, &service_pods, &format!("{f}.partition.from"));
+                let to = self.members(&p.value.to, &pod_index, &service_pods, &format!("{f}.partition.to"));
+                kinds.push(FaultKind::Partition { from, to });
+            }
+            if let Some(l) = &fd.link_latency {
+                let from = self.nodes(&l.value.from, &nodes, &format!("{f}.link_latency.from"));
+                let to = self.nodes(&l.value.to, &nodes, &format!("{f}.link_latency.to"));
+                kinds.push(FaultKind::LinkLatency { from, to, latency: l.value.latency.0 });
+            }
+            if let Some(c) = &fd.crash {
+                let pods_ = self.pods(&c.value.pods, &pod_index, &format!("{f}.crash.pods"));
+                kinds.push(FaultKind::Crash { pods: pods_ });
+            }
+            match kinds.len() {
+                1 => faults.push(Fault { at, until, kind: kinds.pop().expect("one") }),
+                0 => self.err(&fd.at, &f, "a fault needs one of app_errors, partition, link_latency, crash"),
+                _ => self.err(&fd.at, &f, "a fault has exactly one of app_errors, partition, link_latency, crash: split it into several entries"),
+            }
+        }
+
+        // Expectations.
+        let mut expectations = Vec::new();
+        for (ei, e) in def.expect.iter().enumerate() {
+            let f = format!("expect[{ei}]");
+            let mut got = Vec::new();
+            if let Some(s) = &e.share {
+                let v = &s.value;
+                let w = self.workload(&v.workload, &workload_names, &format!("{f}.share.workload"));
+                let window = self.window(&v.window, &format!("{f}.share.window"), duration);
+                if !(0.0..=1.0).contains(&v.expected.value) {
+                    self.err(&v.expected, &format!("{f}.share.expected"), "expected share must be between 0 and 1");
+                }
+                if let Some(t) = &v.tolerance
+                    && !(t.value > 0.0 && t.value <= 1.0)
+                {
+                    self.err(t, &format!("{f}.share.tolerance"), "tolerance must be in (0, 1]");
+                }
+                let dest = w.and_then(|w| workloads.get(w)).map(|w: &Workload| w.to_fqdn.clone()).unwrap_or_default();
+                let (members, what) = match (&v.subset, &v.pod) {
+                    (Some(sub), None) => {
+                        let port = registry.services.get(&dest).map(|s| s.port).unwrap_or(0);
+                        let name = snapshot::cluster_name(port, Some(&sub.value), &dest);
+                        match snapshot.clusters.get(&name) {
+                            Some(c) => (c.endpoints.iter().map(|e| e.pod.clone()).collect(), format!("subset {}", sub.value)),
+                            None => {
+                                self.not_found(sub, &format!("{f}.share.subset"), format!("Referenced host+subset in destinationrule not found: \"{dest}+{}\"", sub.value));
+                                (BTreeSet::new(), String::new())
+                            }
+                        }
+                    }
+                    (None, Some(p)) => {
+                        self.pods(std::slice::from_ref(p), &pod_index, &format!("{f}.share.pod"));
+                        ([p.value.clone()].into(), format!("pod {}", p.value))
+                    }
+                    _ => {
+                        self.err(s, &format!("{f}.share"), "a share expectation names exactly one of `subset` or `pod`");
+                        (BTreeSet::new(), String::new())
+                    }
+                };
+                if let Some(w) = w {
+                    got.push(Expectation::Share { workload: w, pods: members, what, window, expected: v.expected.value, tolerance: v.tolerance.as_ref().map(|t| t.value) });
+                }
+            }
+            if let Some(x) = &e.ejection {
+                let v = &x.value;
+                self.pods(std::slice::from_ref(&v.pod), &pod_index, &format!("{f}.ejection.pod"));
+                if let Some(b) = &v.by {
+                    self.pods(std::slice::from_ref(b), &pod_index, &format!("{f}.ejection.by"));
+                }
+                if v.nth.value == 0 {
+                    self.err(&v.nth, &format!("{f}.ejection.nth"), "nth counts from 1");
+                }
+                let at = self.range(&v.at, &format!("{f}.ejection.at"));
+                let lasting = v.lasting.as_ref().and_then(|l| self.range(l, &format!("{f}.ejection.lasting")));
+                if let Some(at) = at {
+                    got.push(Expectation::Ejection { pod: v.pod.value.clone(), by: v.by.as_ref().map(|b| b.value.clone()), nth: v.nth.value, at, lasting });
+                }
+            }
+            if let Some(x) = &e.never_ejected {
+                self.pods(std::slice::from_ref(&x.value.pod), &pod_index, &format!("{f}.never_ejected.pod"));
+                got.push(Expectation::NeverEjected { pod: x.value.pod.value.clone() });
+            }
+            if let Some(x) = &e.success_rate {
+                let v = &x.value;
+                let w = self.workload(&v.workload, &workload_names, &format!("{f}.success_rate.workload"));
+                let window = self.window(&v.window, &format!("{f}.success_rate.window"), duration);
+                for b in [&v.at_least, &v.at_most].into_iter().flatten() {
+                    if !(0.0..=1.0).contains(&b.value) {
+                        self.err(b, &format!("{f}.success_rate"), "a success rate bound is between 0 and 1");
+                    }
+                }
+                if v.at_least.is_none() && v.at_most.is_none() {
+                    self.err(x, &format!("{f}.success_rate"), "give at_least and/or at_most");
+                }
+                if let Some(w) = w {
+                    got.push(Expectation::SuccessRate { workload: w, window, at_least: v.at_least.as_ref().map(|b| b.value), at_most: v.at_most.as_ref().map(|b| b.value) });
+                }
+            }
+            if let Some(x) = &e.latency {
+                let v = &x.value;
+                let w = self.workload(&v.workload, &workload_names, &format!("{f}.latency.workload"));
+                let window = self.window(&v.window, &format!("{f}.latency.window"), duration);
+                if !(v.percentile.value > 0.0 && v.percentile.value <= 100.0) {
+                    self.err(&v.percentile, &format!("{f}.latency.percentile"), "percentile must be in (0, 100]");
+                }
+                if let Some(w) = w {
+                    got.push(Expectation::Latency { workload: w, window, percentile: v.percentile.value, at_most: v.at_most.value.0 });
+                }
+            }
+            if let Some(x) = &e.count {
+                let v = &x.value;
+                let w = self.workload(&v.workload, &workload_names, &format!("{f}.count.workload"));
+                let window = self.window(&v.window, &format!("{f}.count.window"), duration);
+                if let Some(p) = &v.pod {
+                    self.pods(std::slice::from_ref(p), &pod_index, &format!("{f}.count.pod"));
+                }
+                if v.at_least.is_none() && v.at_most.is_none() {
+                    self.err(x, &format!("{f}.count"), "give at_least and/or at_most");
+                }
+                if let Some(w) = w {
+                    got.push(Expectation::Count {
+                        workload: w, window, status: v.status, flag: v.flag.clone(), error: v.error.clone(),
+                        pod: v.pod.as_ref().map(|p| p.value.clone()), at_least: v.at_least, at_most: v.at_most,
+                    });
+                }
+            }
+            let kinds = [e.share.is_some(), e.ejection.is_some(), e.never_ejected.is_some(), e.success_rate.is_some(), e.latency.is_some(), e.count.is_some()]
+                .iter()
+                .filter(|&&k| k)
+                .count();
+            if kinds != 1 {
+                self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, f, format!(
+                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count (found {kinds})"
+                )));
+            } else {
+                expectations.extend(got);
+            }
+        }
+
+        Some(Plan {
+            file: self.file.clone(),
+            name: def.name.value,
+            description: def.description,
+            seed: def.seed.unwrap_or(DEFAULT_SEED),
+            duration,
+            nodes,
+            latency_min,
+            latency_max,
+            tick,
+            pods,
+            registry,
+            snapshot,
+            workloads,
+            faults,
+            expectations,
+            warnings: Vec::new(),
+        })
+    }
+
+    fn app(&mut self, a: &AppDef, f: &str) -> AppModel {
+        let l = &a.latency;
+        let set = [l.constant.is_some(), l.uniform.is_some(), l.exponential.is_some(), l.lognormal.is_some()].iter().filter(|&&x| x).count();
+        let latency = if let Some(c) = &l.constant {
+            Latency::Constant(c.value.0)
+        } else if let Some(u) = &l.uniform {
+            match self.range(u, &format!("{f}.app.latency.uniform")) {
+                Some((a, b)) => Latency::Uniform(a, b),
+                None => Latency::Constant(Duration::ZERO),
+            }
+        } else if let Some(e) = &l.exponential {
+            Latency::Exponential(e.value.0)
+        } else if let Some(n) = &l.lognormal {
+            if n.value.p99 < n.value.median || n.value.median.0.is_zero() {
+                self.err(n, &format!("{f}.app.latency.lognormal"), "lognormal needs 0 < median <= p99");
+            }
+            Latency::LogNormal { median: n.value.median.0, p99: n.value.p99.0 }
+        } else {
+            Latency::Constant(Duration::from_millis(1))
+        };
+        if set > 1 {
+            self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, format!("{f}.app.latency"),
+                "latency has exactly one of constant, uniform, exponential, lognormal"));
+        }
+        if let Some(r) = &a.error_rate_ppm
+            && r.value > 1_000_000
+        {
+            self.err(r, &format!("{f}.app.error_rate_ppm"), "error_rate_ppm must be at most 1000000");
+        }
+        if let Some(s) = &a.error_status
+            && !(100..=599).contains(&s.value)
+        {
+            self.err(s, &format!("{f}.app.error_status"), format!("HTTP status {} is not in range 100-599", s.value));
+        }
+        AppModel {
+            latency,
+            error_rate_ppm: a.error_rate_ppm.as_ref().map(|r| r.value).unwrap_or(0),
+            error_status: a.error_status.as_ref().map(|s| s.value).unwrap_or(500),
+        }
+    }
+
+    fn pods(&mut self, names: &[Spanned<String>], index: &BTreeMap<String, usize>, field: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        for n in names {
+            match index.get(&n.value) {
+                Some(&i) => out.push(i),
+                None => self.not_found(n, field, format!("pod {:?} is not in the scenario (pods are named <service>-<group>-<index>)", n.value)),
+            }
+        }
+        out
+    }
+
+    fn members(&mut self, names: &[Spanned<String>], index: &BTreeMap<String, usize>, services: &BTreeMap<String, Vec<usize>>, field: &str) -> Vec<usize> {
+        let mut out = BTreeSet::new();
+        for n in names {
+            if let Some(ps) = services.get(&n.value) {
+                out.extend(ps.iter().copied());
+            } else if let Some(&i) = index.get(&n.value) {
+                out.insert(i);
+            } else {
+                self.not_found(n, field, format!("{:?} is neither a service nor a pod of the scenario", n.value));
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    fn nodes(&mut self, names: &[Spanned<String>], nodes: &[String], field: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        for n in names {
+            match nodes.iter().position(|x| *x == n.value) {
+                Some(i) => out.push(i),
+                None => self.not_found(n, field, format!("node {:?} does not exist (nodes are node-0 … node-{})", n.value, nodes.len() - 1)),
+            }
+        }
+        out
+    }
+
+    fn workload(&mut self, name: &Spanned<String>, names: &BTreeMap<String, usize>, field: &str) -> Option<usize> {
+        let found = names.get(&name.value).copied();
+        if found.is_none() {
+            self.not_found(name, field, format!("workload {:?} is not defined", name.value));
+        }
+        found
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}

@@ -1,0 +1,195 @@
+//! The workload generator: open-loop traffic. Every request's intended send time is
+//! fixed before the run from the seed (constant or Poisson arrivals), so latency is
+//! measured from the intended time and a slow mesh cannot slow the offered load
+//! (no coordinated omission). Requests leave a source pod's app through its sidecar's
+//! outbound listener with the destination in the Host header, as a captured call does.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, header};
+use http_body_util::Full;
+use mesh::net::Clock;
+use mesh::proxy::pool::{Pool, UpstreamError};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Exp};
+
+use crate::app::POD_HEADER;
+use crate::net::{Faults, Local, SimClock, SimNet};
+use crate::recorder::{Outcome, Record, Recorder};
+use crate::scenario::{Arrivals, Plan, Workload};
+use crate::seed::sub_seed;
+
+/// One request the workload will issue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// Also its `x-request-id`.
+    pub id: u64,
+    pub workload: usize,
+    /// Index of the source pod.
+    pub source: usize,
+    pub intended: Duration,
+}
+
+/// Intended send times of one workload, from its own RNG.
+pub fn arrivals(w: &Workload, seed: u64) -> Vec<Duration> {
+    let start = w.start.as_secs_f64();
+    let stop = w.stop.as_secs_f64();
+    match w.arrivals {
+        Arrivals::Constant => (0u64..)
+            .map(|k| start + k as f64 / w.rate)
+            .take_while(|&t| t < stop)
+            .map(Duration::from_secs_f64)
+            .collect(),
+        Arrivals::Poisson => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let exp = Exp::new(w.rate).expect("rate > 0 is validated");
+            let mut out = Vec::new();
+            let mut t = start + exp.sample(&mut rng);
+            while t < stop {
+                out.push(Duration::from_secs_f64(t));
+                t += exp.sample(&mut rng);
+            }
+            out
+        }
+    }
+}
+
+/// Every request of the run, in intended-time order; ids are their positions.
+pub fn schedule(plan: &Plan, seed: u64) -> Vec<Planned> {
+    let mut all = Vec::new();
+    for (wi, w) in plan.workloads.iter().enumerate() {
+        for (k, t) in arrivals(w, sub_seed(seed, "arrivals", wi as u64)).into_iter().enumerate() {
+            all.push((t, wi, k));
+        }
+    }
+    all.sort();
+    all.into_iter()
+        .enumerate()
+        .map(|(id, (t, wi, k))| {
+            let w = &plan.workloads[wi];
+            Planned { id: id as u64, workload: wi, source: w.sources[k % w.sources.len()], intended: t }
+        })
+        .collect()
+}
+
+/// What a node's generator needs.
+pub struct Generator {
+    pub plan: Arc<Plan>,
+    pub requests: Vec<Planned>,
+    pub faults: Arc<Faults>,
+    pub local: Arc<Local>,
+    pub recorder: Arc<Recorder>,
+    /// In-flight count per workload (shared by every node's generator).
+    pub in_flight: Arc<Vec<AtomicU32>>,
+}
+
+impl Generator {
+    pub async fn run(self: Arc<Self>) {
+        let clock = SimClock;
+        let pools: Vec<Arc<Pool<SimNet>>> =
+            (0..self.plan.pods.len())
+            .map(|p| Arc::new(Pool::new(SimNet::new(p, self.plan.pods[p].node, self.faults.clone(), self.local.clone()))))
+            .collect();
+        for i in 0..self.requests.len() {
+            let r = self.requests[i];
+            let now = clock.now();
+            if r.intended > now {
+                tokio::time::sleep(r.intended - now).await;
+            }
+            let w = &self.plan.workloads[r.workload];
+            let record = |outcome| Record {
+                workload: r.workload,
+                source: r.source,
+                intended: r.intended,
+                latency: clock.now().saturating_sub(r.intended),
+                outcome,
+                flags: String::new(),
+            };
+            if self.faults.is_crashed(r.source) {
+                self.recorder.record(r.id, record(Outcome::Error("source_down")));
+                continue;
+            }
+            let counter = &self.in_flight[r.workload];
+            if counter.load(Ordering::SeqCst) >= w.max_in_flight {
+                self.recorder.record(r.id, record(Outcome::Error("in_flight_limit")));
+                continue;
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let me = self.clone();
+            let pool = pools[r.source].clone();
+            tokio::spawn(async move {
+                let w = &me.plan.workloads[r.workload];
+                let port = me.plan.pods[r.source].outbound_port;
+                let req = Request::get(w.path.as_str())
+                    .header(header::HOST, w.to.as_str())
+                    .header("x-request-id", r.id.to_string())
+                    .body(Full::new(Bytes::new()))
+                    .expect("valid request");
+                let send = pool.send("127.0.0.1", port, Duration::from_secs(1), req);
+                let outcome = match tokio::time::timeout(w.timeout, send).await {
+                    Ok(Ok(resp)) => Outcome::Response {
+                        status: resp.status().as_u16(),
+                        pod: resp.headers().get(POD_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string),
+                    },
+                    Ok(Err(UpstreamError::Connect(_))) => Outcome::Error("connect_error"),
+                    Ok(Err(UpstreamError::Reset)) => Outcome::Error("reset"),
+                    Err(_) => Outcome::Error("client_timeout"),
+                };
+                me.in_flight[r.workload].fetch_sub(1, Ordering::SeqCst);
+                let clock = SimClock;
+                me.recorder.record(r.id, Record {
+                    workload: r.workload,
+                    source: r.source,
+                    intended: r.intended,
+                    latency: clock.now().saturating_sub(r.intended),
+                    outcome,
+                    flags: String::new(),
+                });
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(rate: f64, arrivals: Arrivals) -> Workload {
+        Workload {
+            name: "w".into(),
+            sources: vec![0],
+            to: "x".into(),
+            to_fqdn: "x.default.svc.cluster.local".into(),
+            path: "/".into(),
+            rate,
+            arrivals,
+            start: Duration::from_secs(1),
+            stop: Duration::from_secs(11),
+            max_in_flight: 10,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn constant_arrivals_are_evenly_spaced_from_start() {
+        let a = arrivals(&w(100.0, Arrivals::Constant), 1);
+        assert_eq!(a.len(), 1000);
+        assert_eq!(a[0], Duration::from_secs(1));
+        assert!((a[1] - a[0]).as_secs_f64() - 0.01 < 1e-9);
+        assert!(*a.last().unwrap() < Duration::from_secs(11));
+    }
+
+    #[test]
+    fn poisson_arrivals_average_the_rate_and_follow_the_seed() {
+        let a = arrivals(&w(1000.0, Arrivals::Poisson), 7);
+        let n = a.len() as f64;
+        // 10 s at 1000/s: 10,000 ± 4.5σ (σ = 100).
+        assert!((n - 10_000.0).abs() < 450.0, "{n}");
+        assert_eq!(a, arrivals(&w(1000.0, Arrivals::Poisson), 7));
+        assert_ne!(a, arrivals(&w(1000.0, Arrivals::Poisson), 8));
+    }
+}

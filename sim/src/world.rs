@@ -1,0 +1,331 @@
+//! The world: builds a turmoil simulation from a [`Plan`] and runs it.
+//!
+//! Hosts are nodes (`node-0`, …); each node runs its pods (app + sidecar) and the
+//! workload generator for requests whose source pod it holds. The driver loop steps
+//! the simulation (network, then hosts, as turmoil does) and fires the fault schedule
+//! between steps, so every fault happens at a tick boundary and is the same on every
+//! run. Config reaches sidecars in-process as a compiled snapshot (the control plane
+//! that pushes it over the network is a later layer).
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use mesh::net::{Net, SystemClock, Clock};
+use mesh::proxy::{Sidecar, SidecarConfig};
+use mesh::snapshot::Snapshot;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::net::{Faults, Local, SimClock, SimNet};
+use crate::recorder::{Event, Record, Recorder};
+use crate::scenario::{FaultKind, Plan};
+use crate::seed::sub_seed;
+use crate::workload::{Generator, Planned, schedule};
+
+/// How far past its duration a run may go to let in-flight requests finish.
+pub const DRAIN_SLACK: Duration = Duration::from_secs(5);
+/// Fixed simulated epoch (2027-01-15T08:00:00Z): certificates and logs never see the real date.
+pub const EPOCH_SECS: u64 = 1_800_000_000;
+
+#[derive(Debug)]
+pub struct RunOutput {
+    pub records: Vec<Record>,
+    pub events: Vec<Event>,
+    pub issued: usize,
+    /// Simulated time when the run stopped.
+    pub sim_elapsed: Duration,
+    /// Wall time the simulation took.
+    pub wall: Duration,
+}
+
+#[derive(Debug)]
+pub enum RunError {
+    /// turmoil reported an error (a host's software failed).
+    Sim(String),
+    /// Requests without an outcome: the "nothing lost" invariant broke.
+    Lost { missing: Vec<u64> },
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Sim(e) => write!(f, "simulation failed: {e}"),
+            RunError::Lost { missing } => write!(
+                f,
+                "{} request(s) have no recorded outcome (first ids: {:?}): every issued request must end in exactly one outcome",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            ),
+        }
+    }
+}
+
+enum Command {
+    Crash(usize),
+    Restart(usize),
+}
+
+struct Node {
+    pods: Vec<usize>,
+    plan: Arc<Plan>,
+    seed: u64,
+    snapshot: Arc<Snapshot>,
+    faults: Arc<Faults>,
+    local: Arc<Local>,
+    recorder: Arc<Recorder>,
+    generator: Arc<Generator>,
+    commands: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+}
+
+impl Node {
+    fn start_pod(&self, pod: usize, sidecars: &mut BTreeMap<usize, Arc<Sidecar<SimNet>>>) -> Vec<JoinHandle<()>> {
+        let p = &self.plan.pods[pod];
+        let net = SimNet::new(pod, p.node, self.faults.clone(), self.local.clone());
+        let app = Arc::new(App {
+            pod,
+            name: p.name.clone(),
+            model: p.app.clone(),
+            faults: self.faults.clone(),
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(sub_seed(self.seed, "app", pod as u64))),
+        });
+        let sidecar = Sidecar::new(
+            SidecarConfig {
+                pod: p.name.clone(),
+                namespace: p.namespace.clone(),
+                app_port: p.app_port,
+                seed: sub_seed(self.seed, "sidecar", pod as u64),
+            },
+            net.clone(),
+            Arc::new(SimClock),
+            self.recorder.clone(),
+            self.snapshot.clone(),
+        );
+        sidecars.insert(pod, sidecar.clone());
+        let (n1, n2, n3) = (net.clone(), net.clone(), net);
+        let (app_port, in_port, out_port) = (p.app_port, p.inbound_port, p.outbound_port);
+        let s1 = sidecar.clone();
+        vec![
+            tokio::spawn(async move {
+                let _ = app.serve(bind(n1, app_port).await).await;
+            }),
+            tokio::spawn(async move {
+                let _ = s1.run_inbound(bind(n2, in_port).await).await;
+            }),
+            tokio::spawn(async move {
+                let _ = sidecar.run_outbound(bind(n3, out_port).await).await;
+            }),
+        ]
+    }
+
+    async fn run(self: Arc<Self>) -> turmoil::Result {
+        let mut sidecars = BTreeMap::new();
+        let mut tasks: BTreeMap<usize, Vec<JoinHandle<()>>> = BTreeMap::new();
+        for &pod in &self.pods {
+            let t = self.start_pod(pod, &mut sidecars);
+            tasks.insert(pod, t);
+        }
+        let sidecars = Arc::new(Mutex::new(sidecars));
+        // Envoy's outlier sweep runs on a timer: replay due sweeps every 100 ms so
+        // readmissions are recorded even without traffic.
+        let sweeper = sidecars.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let all: Vec<_> = sweeper.lock().expect("sidecars lock").values().cloned().collect();
+                for s in all {
+                    s.advance();
+                }
+            }
+        });
+        tokio::spawn(self.generator.clone().run());
+        let Some(mut rx) = self.commands.lock().expect("commands lock").take() else {
+            return Ok(());
+        };
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Crash(pod) => {
+                    for t in tasks.remove(&pod).unwrap_or_default() {
+                        t.abort();
+                    }
+                    sidecars.lock().expect("sidecars lock").remove(&pod);
+                }
+                Command::Restart(pod) => {
+                    let mut map = sidecars.lock().expect("sidecars lock").clone();
+                    let t = self.start_pod(pod, &mut map);
+                    *sidecars.lock().expect("sidecars lock") = map;
+                    tasks.insert(pod, t);
+                }
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+/// Binds `port`; a restarted pod may find its old listener not yet released, so retry
+/// for up to 100 ms.
+async fn bind(net: SimNet, port: u16) -> <SimNet as Net>::Listener {
+    for _ in 0..100 {
+        if let Ok(l) = net.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("port {port} stayed in use for 100 ms");
+}
+
+/// A fault boundary on the driver's timeline.
+#[derive(Clone, Copy, Debug)]
+struct Action {
+    at: Duration,
+    fault: usize,
+    start: bool,
+}
+
+/// Runs `plan` with `seed` to completion.
+pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
+    let wall = SystemClock::new();
+    let requests = schedule(&plan, seed);
+    let issued = requests.len();
+    let recorder = Arc::new(Recorder::new(issued));
+    let mut port_owner = BTreeMap::new();
+    for (i, p) in plan.pods.iter().enumerate() {
+        for port in [p.app_port, p.inbound_port, p.outbound_port] {
+            port_owner.insert(port, i);
+        }
+    }
+    let faults = Faults::new(plan.pods.len(), port_owner);
+    let local = Arc::new(Local::default());
+    let snapshot = Arc::new(plan.snapshot.clone());
+    let max_timeout = plan.workloads.iter().map(|w| w.timeout).max().unwrap_or_default();
+    let hard_stop = plan.duration + max_timeout + DRAIN_SLACK;
+
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
+        .simulation_duration(hard_stop + Duration::from_secs(1))
+        .tick_duration(plan.tick)
+        .min_message_latency(plan.latency_min)
+        .max_message_latency(plan.latency_max)
+        .tcp_capacity(4096)
+        .build();
+
+    let in_flight = Arc::new((0..plan.workloads.len()).map(|_| AtomicU32::new(0)).collect::<Vec<_>>());
+    let mut senders = Vec::new();
+    for (n, name) in plan.nodes.iter().enumerate() {
+        let pods: Vec<usize> = (0..plan.pods.len()).filter(|&p| plan.pods[p].node == n).collect();
+        let mine: Vec<Planned> = requests.iter().copied().filter(|r| plan.pods[r.source].node == n).collect();
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        let node = Arc::new(Node {
+            pods,
+            plan: plan.clone(),
+            seed,
+            snapshot: snapshot.clone(),
+            faults: faults.clone(),
+            local: local.clone(),
+            recorder: recorder.clone(),
+            generator: Arc::new(Generator {
+                plan: plan.clone(),
+                requests: mine,
+                faults: faults.clone(),
+                local: local.clone(),
+                recorder: recorder.clone(),
+                in_flight: in_flight.clone(),
+            }),
+            commands: Mutex::new(Some(rx)),
+        });
+        sim.host(name.as_str(), move || node.clone().run());
+    }
+
+    local.set_node_ips(plan.nodes.iter().map(|n| sim.lookup(n.as_str())).collect());
+
+    let mut actions: Vec<Action> = Vec::new();
+    for (i, f) in plan.faults.iter().enumerate() {
+        actions.push(Action { at: f.at, fault: i, start: true });
+        if let Some(until) = f.until {
+            actions.push(Action { at: until, fault: i, start: false });
+        }
+    }
+    actions.sort_by_key(|a| (a.at, !a.start, a.fault));
+    let mut next = 0;
+    loop {
+        let now = sim.elapsed();
+        while next < actions.len() && actions[next].at <= now {
+            apply(&plan, &sim, &faults, &recorder, &senders, actions[next], now);
+            next += 1;
+        }
+        if (now >= plan.duration && recorder.is_complete()) || now >= hard_stop {
+            break;
+        }
+        sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
+    }
+    let sim_elapsed = sim.elapsed();
+    let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
+    Ok(RunOutput { records, events, issued, sim_elapsed, wall: wall.now() })
+}
+
+fn names(plan: &Plan, pods: &[usize]) -> String {
+    pods.iter().map(|&p| plan.pods[p].name.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn apply(
+    plan: &Plan,
+    sim: &turmoil::Sim<'_>,
+    faults: &Faults,
+    recorder: &Recorder,
+    nodes: &[mpsc::UnboundedSender<Command>],
+    a: Action,
+    now: Duration,
+) {
+    let f = &plan.faults[a.fault];
+    let verb = if a.start { "start" } else { "end" };
+    match &f.kind {
+        FaultKind::AppErrors { pods, status, rate_ppm } => {
+            for &p in pods {
+                faults.set_app_errors(p, a.start.then_some((*status, *rate_ppm)));
+            }
+            recorder.event(now, &format!("fault_{verb}"), format!("app_errors {} status {status} rate {rate_ppm} ppm", names(plan, pods)));
+        }
+        FaultKind::Partition { from, to } => {
+            if a.start {
+                faults.partition(from, to);
+            } else {
+                faults.heal(from, to);
+            }
+            recorder.event(now, &format!("fault_{verb}"), format!("partition [{}] <-> [{}]", names(plan, from), names(plan, to)));
+        }
+        FaultKind::LinkLatency { from, to, latency } => {
+            for &x in from {
+                for &y in to {
+                    if x == y {
+                        continue;
+                    }
+                    let (a_, b_) = (plan.nodes[x].as_str(), plan.nodes[y].as_str());
+                    if a.start {
+                        sim.set_link_latency(a_, b_, *latency);
+                    } else {
+                        sim.set_link_latency(a_, b_, plan.latency_min);
+                        sim.set_link_max_message_latency(a_, b_, plan.latency_max);
+                    }
+                }
+            }
+            let nodes_ = |v: &[usize]| v.iter().map(|&n| plan.nodes[n].as_str()).collect::<Vec<_>>().join(",");
+            recorder.event(now, &format!("fault_{verb}"), format!("link_latency [{}] <-> [{}] {latency:?}", nodes_(from), nodes_(to)));
+        }
+        FaultKind::Crash { pods } => {
+            for &p in pods {
+                faults.set_crashed(p, a.start);
+                let cmd = if a.start { Command::Crash(p) } else { Command::Restart(p) };
+                // The node's receiver lives as long as the simulation.
+                let _ = nodes[plan.pods[p].node].send(cmd);
+            }
+            recorder.event(now, &format!("fault_{verb}"), format!("crash {}", names(plan, pods)));
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Command-line interface: arguments are parsed, validated into a plan, then executed.
+//!
+//! Exit codes: 0 every expectation held (or the input is valid), 1 an expectation
+//! failed or the run broke an invariant, 2 invalid input.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use mesh::config::Level;
+use sim::scenario::{self, Plan};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_INVALID: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "meshsim", version, about = "A service mesh in a deterministic simulator: try Istio config before you apply it")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a scenario, print a summary, write results JSON.
+    Run {
+        file: PathBuf,
+        /// Seed for every random choice (default: the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Directory for results (default: `out/`).
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+    },
+    /// Check scenarios and their Istio resources without running them.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// Simulated mesh throughput on the standard benchmark scenario.
+    Sim {
+        /// The scenario to run (default: the standard one, built in).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_INVALID } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.command {
+        Command::Run { file, seed, out } => cmd_run(&file, seed, &out),
+        Command::Validate { files } => cmd_validate(&files),
+        Command::Bench { what: Bench::Sim { scenario, seed } } => cmd_bench(scenario.as_deref(), seed),
+    }
+}
+
+fn load(file: &Path) -> Result<Plan, i32> {
+    match scenario::load(file) {
+        Ok(plan) => {
+            for w in &plan.warnings {
+                eprintln!("{w}");
+            }
+            Ok(plan)
+        }
+        Err(e) => {
+            eprint!("{e}");
+            let errors = e.findings.iter().filter(|f| f.level == Level::Error).count();
+            eprintln!("{}: invalid scenario ({errors} error(s))", file.display());
+            Err(EXIT_INVALID)
+        }
+    }
+}
+
+fn cmd_validate(files: &[PathBuf]) -> i32 {
+    let mut code = EXIT_OK;
+    for f in files {
+        match load(f) {
+            Ok(plan) => println!("{}: ok ({} pods, {} workloads, {} expectations, {} warnings)",
+                f.display(), plan.pods.len(), plan.workloads.len(), plan.expectations.len(), plan.warnings.len()),
+            Err(c) => code = c,
+        }
+    }
+    code
+}
+
+fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
+    let plan = match load(file) {
+        Ok(p) => Arc::new(p),
+        Err(c) => return c,
+    };
+    let seed = seed.unwrap_or(plan.seed);
+    println!("meshsim run {} --seed {seed}", file.display());
+    let output = match sim::world::run(plan.clone(), seed) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("repro: meshsim run {} --seed {seed}", file.display());
+            return EXIT_FAILED;
+        }
+    };
+    let results = sim::results::build(&plan, seed, &output);
+    print!("{}", sim::results::summary(&results));
+    let wall = output.wall.as_secs_f64();
+    println!(
+        "\nwall {:.2}s: {:.0} simulated requests per wall second, {:.1}x real time",
+        wall,
+        output.issued as f64 / wall.max(1e-9),
+        output.sim_elapsed.as_secs_f64() / wall.max(1e-9)
+    );
+    let path = out_dir.join(format!("{}-seed{seed}.json", plan.name));
+    let json = serde_json::to_vec_pretty(&results).expect("results serialize");
+    if let Err(e) = std::fs::create_dir_all(out_dir).and_then(|_| std::fs::write(&path, json)) {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return EXIT_FAILED;
+    }
+    println!("results: {}", path.display());
+    if results.passed {
+        EXIT_OK
+    } else {
+        let failed = results.expectations.iter().filter(|c| !c.pass).count();
+        println!("{failed} expectation(s) failed; repro: meshsim run {} --seed {seed}", file.display());
+        EXIT_FAILED
+    }
+}
+
+fn cmd_bench(_scenario: Option<&Path>, _seed: u64) -> i32 {
+    eprintln!("bench sim: not built yet");
+    EXIT_FAILED
+}
