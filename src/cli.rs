@@ -16,7 +16,11 @@ pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
 
 #[derive(Parser, Debug)]
-#[command(name = "meshsim", version, about = "A service mesh in a deterministic simulator: try Istio config before you apply it")]
+#[command(
+    name = "meshsim",
+    version,
+    about = "A service mesh in a deterministic simulator: try Istio config before you apply it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,8 +99,14 @@ fn cmd_validate(files: &[PathBuf]) -> i32 {
     let mut code = EXIT_OK;
     for f in files {
         match load(f) {
-            Ok(plan) => println!("{}: ok ({} pods, {} workloads, {} expectations, {} warnings)",
-                f.display(), plan.pods.len(), plan.workloads.len(), plan.expectations.len(), plan.warnings.len()),
+            Ok(plan) => println!(
+                "{}: ok ({} pods, {} workloads, {} expectations, {} warnings)",
+                f.display(),
+                plan.pods.len(),
+                plan.workloads.len(),
+                plan.expectations.len(),
+                plan.warnings.len()
+            ),
             Err(c) => code = c,
         }
     }

@@ -49,6 +49,7 @@ pub struct TokioNet;
 
 pub struct TokioListener(tokio::net::TcpListener);
 
+#[allow(clippy::disallowed_methods)] // the seam's real implementation
 impl Listener for TokioListener {
     type Stream = tokio::net::TcpStream;
     async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
@@ -61,6 +62,7 @@ impl Listener for TokioListener {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // the seam's real implementation
 impl Net for TokioNet {
     type Stream = tokio::net::TcpStream;
     type Listener = TokioListener;
@@ -73,9 +75,10 @@ impl Net for TokioNet {
         Ok(stream)
     }
     async fn resolve(&self, host: &str, port: u16) -> io::Result<SocketAddr> {
-        tokio::net::lookup_host((host, port)).await?.next().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"))
-        })
+        tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address")))
     }
 }
 
@@ -104,8 +107,6 @@ impl Clock for SystemClock {
     }
     #[allow(clippy::disallowed_methods)] // the seam's real implementation
     fn unix_time(&self) -> Duration {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
     }
 }

@@ -13,8 +13,7 @@ use serde_saphyr::Spanned;
 
 use crate::config::diag::code;
 use crate::config::istio::{
-    DestinationRuleSpec, NotSimulated, OutlierDetection, Resource, SimpleLb, Spec, TrafficPolicy,
-    VirtualServiceSpec,
+    DestinationRuleSpec, NotSimulated, OutlierDetection, Resource, SimpleLb, Spec, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::config::{Finding, Findings, Pos};
 use crate::registry::{Registry, qualify};
@@ -49,11 +48,7 @@ impl OutlierConfig {
     pub fn from_istio(od: &OutlierDetection) -> OutlierConfig {
         let c5xx = od.consecutive_5xx_errors.as_ref().map(|v| v.value).unwrap_or(5);
         let cgw = od.consecutive_gateway_errors.as_ref().map(|v| v.value).unwrap_or(0);
-        let base = od
-            .base_ejection_time
-            .as_ref()
-            .map(|d| d.value.0)
-            .unwrap_or(Duration::from_secs(30));
+        let base = od.base_ejection_time.as_ref().map(|d| d.value.0).unwrap_or(Duration::from_secs(30));
         let max_pct = od.max_ejection_percent.as_ref().map(|v| v.value).unwrap_or(0);
         OutlierConfig {
             consecutive_5xx: (c5xx > 0).then_some(c5xx),
@@ -131,10 +126,16 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
             Spec::DestinationRule(dr) => {
                 let host = qualify(&dr.host.value, r.namespace());
                 if !registry.services.contains_key(&host) {
-                    c.error(s.file, &dr.host, code::NOT_FOUND, "spec.host", format!(
-                        "Referenced host not found: {:?} (no service of that name in the scenario)",
-                        dr.host.value
-                    ));
+                    c.error(
+                        s.file,
+                        &dr.host,
+                        code::NOT_FOUND,
+                        "spec.host",
+                        format!(
+                            "Referenced host not found: {:?} (no service of that name in the scenario)",
+                            dr.host.value
+                        ),
+                    );
                     continue;
                 }
                 if let Some((f, prev, _)) = drs.get(&host) {
@@ -149,8 +150,12 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
             }
             Spec::VirtualService(vs) => {
                 if vs.hosts.is_empty() {
-                    c.findings.push(Finding::error(Pos::of(s.file, &r.kind), code::SCHEMA, "spec.hosts",
-                        "virtual service must have at least one host"));
+                    c.findings.push(Finding::error(
+                        Pos::of(s.file, &r.kind),
+                        code::SCHEMA,
+                        "spec.hosts",
+                        "virtual service must have at least one host",
+                    ));
                 }
                 if !vs.gateways.is_empty() && !vs.gateways.iter().any(|g| g.value == "mesh") {
                     c.warning(s.file, &vs.gateways[0], code::NOT_SIMULATED, "spec.gateways", format!(
@@ -164,26 +169,46 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                 for h in &vs.hosts {
                     let host = qualify(&h.value, r.namespace());
                     if h.value.contains('*') || !registry.services.contains_key(&host) {
-                        c.warning(s.file, h, code::NOT_FOUND, "spec.hosts", format!(
-                            "host {:?} is not a service of the scenario: the rules for it have no effect", h.value
-                        ));
+                        c.warning(
+                            s.file,
+                            h,
+                            code::NOT_FOUND,
+                            "spec.hosts",
+                            format!(
+                                "host {:?} is not a service of the scenario: the rules for it have no effect",
+                                h.value
+                            ),
+                        );
                         continue;
                     }
                     if let Some((f, prev, _)) = vss.get(&host) {
-                        c.warning(s.file, h, "MSIM0003", "spec.hosts", format!(
-                            "{what} is ignored for {host}: VirtualService {}/{} ({f}) already routes it",
-                            prev.namespace(), prev.name()
-                        ));
+                        c.warning(
+                            s.file,
+                            h,
+                            "MSIM0003",
+                            "spec.hosts",
+                            format!(
+                                "{what} is ignored for {host}: VirtualService {}/{} ({f}) already routes it",
+                                prev.namespace(),
+                                prev.name()
+                            ),
+                        );
                         continue;
                     }
                     vss.insert(host, (s.file, r, vs));
                 }
             }
             Spec::Unsupported => {
-                c.error(s.file, &r.kind, code::SCHEMA, "kind", format!(
-                    "kind {:?} is not supported: meshsim simulates VirtualService and DestinationRule",
-                    r.kind.value
-                ));
+                c.error(
+                    s.file,
+                    &r.kind,
+                    code::SCHEMA,
+                    "kind",
+                    format!(
+                        "kind {:?} is not supported: meshsim simulates VirtualService and DestinationRule",
+                        r.kind.value
+                    ),
+                );
             }
         }
     }
@@ -197,13 +222,28 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
         let base = c.cluster(fqdn, svc.port, None, &all, top, None);
         snap.clusters.insert(base.name.clone(), Arc::new(base));
         for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or(&[]) {
-            let cl = c.cluster(fqdn, svc.port, Some(&subset.name.value), &subset.labels, top, subset.traffic_policy.as_ref());
+            let cl = c.cluster(
+                fqdn,
+                svc.port,
+                Some(&subset.name.value),
+                &subset.labels,
+                top,
+                subset.traffic_policy.as_ref(),
+            );
             if cl.endpoints.is_empty() {
                 let (file, r, _) = drs[fqdn];
-                c.warning(file, &subset.name, "IST0173", "spec.subsets.name", format!(
-                    "DestinationRule {}/{} subset {:?} selects no pods of {fqdn}: traffic to it would get 503 UH",
-                    r.namespace(), r.name(), subset.name.value
-                ));
+                c.warning(
+                    file,
+                    &subset.name,
+                    "IST0173",
+                    "spec.subsets.name",
+                    format!(
+                        "DestinationRule {}/{} subset {:?} selects no pods of {fqdn}: traffic to it would get 503 UH",
+                        r.namespace(),
+                        r.name(),
+                        subset.name.value
+                    ),
+                );
             }
             snap.clusters.insert(cl.name.clone(), Arc::new(cl));
         }
@@ -235,23 +275,36 @@ impl Compiler<'_> {
     }
     fn not_simulated(&mut self, file: &str, field: &str, value: &NotSimulated) {
         if let Some(v) = value {
-            self.warning(file, v, code::NOT_SIMULATED, field, format!(
-                "`{field}` is an Istio field meshsim does not simulate yet: it is ignored"
-            ));
+            self.warning(
+                file,
+                v,
+                code::NOT_SIMULATED,
+                field,
+                format!("`{field}` is an Istio field meshsim does not simulate yet: it is ignored"),
+            );
         }
     }
 
     fn check_header(&mut self, file: &str, r: &Resource) {
-        const GROUPS: [&str; 3] = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
+        const GROUPS: [&str; 3] =
+            ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
         if !matches!(r.spec, Spec::Unsupported) && !GROUPS.contains(&r.api_version.value.as_str()) {
-            self.error(file, &r.api_version, code::SCHEMA, "apiVersion", format!(
-                "apiVersion {:?} is not one of {}", r.api_version.value, GROUPS.join(", ")
-            ));
+            self.error(
+                file,
+                &r.api_version,
+                code::SCHEMA,
+                "apiVersion",
+                format!("apiVersion {:?} is not one of {}", r.api_version.value, GROUPS.join(", ")),
+            );
         }
         match &r.metadata.name {
             Some(n) if !n.value.is_empty() => {}
-            _ => self.findings.push(Finding::error(Pos::of(file, &r.kind), code::SCHEMA, "metadata.name",
-                "metadata.name is required")),
+            _ => self.findings.push(Finding::error(
+                Pos::of(file, &r.kind),
+                code::SCHEMA,
+                "metadata.name",
+                "metadata.name is required",
+            )),
         }
     }
 
@@ -272,21 +325,36 @@ impl Compiler<'_> {
             if let Some(s) = &lb.value.simple
                 && s.value == SimpleLb::Passthrough
             {
-                self.warning(file, s, code::NOT_SIMULATED, &format!("{at}.loadBalancer.simple"),
-                    "PASSTHROUGH is not simulated: meshsim balances with LEAST_REQUEST instead".into());
+                self.warning(
+                    file,
+                    s,
+                    code::NOT_SIMULATED,
+                    &format!("{at}.loadBalancer.simple"),
+                    "PASSTHROUGH is not simulated: meshsim balances with LEAST_REQUEST instead".into(),
+                );
             }
         }
         if let Some(pool) = &p.connection_pool {
             let empty = pool.value.tcp.is_none() && pool.value.http.is_none();
             if empty {
-                self.error(file, pool, code::SCHEMA, &format!("{at}.connectionPool"), "connection pool must have at least one field".into());
+                self.error(
+                    file,
+                    pool,
+                    code::SCHEMA,
+                    &format!("{at}.connectionPool"),
+                    "connection pool must have at least one field".into(),
+                );
             }
             self.not_simulated(file, &format!("{at}.connectionPool.http"), &pool.value.http);
             if let Some(tcp) = &pool.value.tcp {
                 self.check_duration(file, &format!("{at}.connectionPool.tcp.connectTimeout"), &tcp.connect_timeout);
                 self.not_simulated(file, &format!("{at}.connectionPool.tcp.maxConnections"), &tcp.max_connections);
                 self.not_simulated(file, &format!("{at}.connectionPool.tcp.tcpKeepalive"), &tcp.tcp_keepalive);
-                self.not_simulated(file, &format!("{at}.connectionPool.tcp.maxConnectionDuration"), &tcp.max_connection_duration);
+                self.not_simulated(
+                    file,
+                    &format!("{at}.connectionPool.tcp.maxConnectionDuration"),
+                    &tcp.max_connection_duration,
+                );
                 self.not_simulated(file, &format!("{at}.connectionPool.tcp.idleTimeout"), &tcp.idle_timeout);
             }
         }
@@ -298,15 +366,35 @@ impl Compiler<'_> {
             if let Some(v) = &o.max_ejection_percent
                 && !(0..=100).contains(&v.value)
             {
-                self.error(file, v, code::SCHEMA, &format!("{f}.maxEjectionPercent"), "max ejection percent must be in range [0..100]".into());
+                self.error(
+                    file,
+                    v,
+                    code::SCHEMA,
+                    &format!("{f}.maxEjectionPercent"),
+                    "max ejection percent must be in range [0..100]".into(),
+                );
             }
             if let Some(v) = &o.min_health_percent
                 && !(0..=100).contains(&v.value)
             {
-                self.error(file, v, code::SCHEMA, &format!("{f}.minHealthPercent"), "min health percent must be in range [0..100]".into());
+                self.error(
+                    file,
+                    v,
+                    code::SCHEMA,
+                    &format!("{f}.minHealthPercent"),
+                    "min health percent must be in range [0..100]".into(),
+                );
             }
-            self.not_simulated(file, &format!("{f}.splitExternalLocalOriginErrors"), &o.split_external_local_origin_errors);
-            self.not_simulated(file, &format!("{f}.consecutiveLocalOriginFailures"), &o.consecutive_local_origin_failures);
+            self.not_simulated(
+                file,
+                &format!("{f}.splitExternalLocalOriginErrors"),
+                &o.split_external_local_origin_errors,
+            );
+            self.not_simulated(
+                file,
+                &format!("{f}.consecutiveLocalOriginFailures"),
+                &o.consecutive_local_origin_failures,
+            );
             self.not_simulated(file, &format!("{f}.consecutiveErrors"), &o.consecutive_errors);
         }
         self.not_simulated(file, &format!("{at}.tls"), &p.tls);
@@ -325,9 +413,21 @@ impl Compiler<'_> {
         let mut seen = BTreeSet::new();
         for (i, s) in dr.subsets.iter().enumerate() {
             if s.name.value.is_empty() {
-                self.error(file, &s.name, code::SCHEMA, &format!("spec.subsets[{i}].name"), "subset name cannot be empty".into());
+                self.error(
+                    file,
+                    &s.name,
+                    code::SCHEMA,
+                    &format!("spec.subsets[{i}].name"),
+                    "subset name cannot be empty".into(),
+                );
             } else if !seen.insert(s.name.value.as_str()) {
-                self.error(file, &s.name, code::SCHEMA, &format!("spec.subsets[{i}].name"), format!("duplicate subset names: {}", s.name.value));
+                self.error(
+                    file,
+                    &s.name,
+                    code::SCHEMA,
+                    &format!("spec.subsets[{i}].name"),
+                    format!("duplicate subset names: {}", s.name.value),
+                );
             }
             if let Some(p) = &s.traffic_policy {
                 self.check_policy(file, &format!("spec.subsets[{i}].trafficPolicy"), p);
@@ -385,11 +485,19 @@ impl Compiler<'_> {
         for (i, http) in vs.http.iter().enumerate() {
             let at = format!("spec.http[{i}]");
             for (field, v) in [
-                ("match", &http.match_), ("redirect", &http.redirect), ("directResponse", &http.direct_response),
-                ("delegate", &http.delegate), ("rewrite", &http.rewrite), ("retries", &http.retries),
-                ("fault", &http.fault), ("mirror", &http.mirror), ("mirrors", &http.mirrors),
-                ("mirrorPercentage", &http.mirror_percentage), ("mirrorPercent", &http.mirror_percent),
-                ("corsPolicy", &http.cors_policy), ("headers", &http.headers),
+                ("match", &http.match_),
+                ("redirect", &http.redirect),
+                ("directResponse", &http.direct_response),
+                ("delegate", &http.delegate),
+                ("rewrite", &http.rewrite),
+                ("retries", &http.retries),
+                ("fault", &http.fault),
+                ("mirror", &http.mirror),
+                ("mirrors", &http.mirrors),
+                ("mirrorPercentage", &http.mirror_percentage),
+                ("mirrorPercent", &http.mirror_percent),
+                ("corsPolicy", &http.cors_policy),
+                ("headers", &http.headers),
             ] {
                 self.not_simulated(file, &format!("{at}.{field}"), v);
             }
@@ -406,20 +514,41 @@ impl Compiler<'_> {
                     self.error(file, w, code::SCHEMA, &format!("{dat}.weight"), format!("weight {} < 0", w.value));
                 }
                 if weight > i64::from(u32::MAX) {
-                    self.error(file, d.weight.as_ref().expect("weight set"), code::SCHEMA, &format!("{dat}.weight"), format!("weight {weight} is larger than {}", u32::MAX));
+                    self.error(
+                        file,
+                        d.weight.as_ref().expect("weight set"),
+                        code::SCHEMA,
+                        &format!("{dat}.weight"),
+                        format!("weight {weight} is larger than {}", u32::MAX),
+                    );
                 }
                 total = total.saturating_add(weight.max(0));
                 let host = qualify(&d.destination.host.value, r.namespace());
                 let Some(svc) = self.registry.services.get(&host) else {
-                    self.error(file, &d.destination.host, code::NOT_FOUND, &format!("{dat}.destination.host"),
-                        format!("Referenced host not found: {:?}", d.destination.host.value));
+                    self.error(
+                        file,
+                        &d.destination.host,
+                        code::NOT_FOUND,
+                        &format!("{dat}.destination.host"),
+                        format!("Referenced host not found: {:?}", d.destination.host.value),
+                    );
                     continue;
                 };
                 if let Some(subset) = &d.destination.subset {
-                    let known = drs.get(&host).is_some_and(|(_, _, dr)| dr.subsets.iter().any(|s| s.name.value == subset.value));
+                    let known = drs
+                        .get(&host)
+                        .is_some_and(|(_, _, dr)| dr.subsets.iter().any(|s| s.name.value == subset.value));
                     if !known {
-                        self.error(file, subset, code::NOT_FOUND, &format!("{dat}.destination.subset"),
-                            format!("Referenced host+subset in destinationrule not found: \"{}+{}\"", d.destination.host.value, subset.value));
+                        self.error(
+                            file,
+                            subset,
+                            code::NOT_FOUND,
+                            &format!("{dat}.destination.subset"),
+                            format!(
+                                "Referenced host+subset in destinationrule not found: \"{}+{}\"",
+                                d.destination.host.value, subset.value
+                            ),
+                        );
                     }
                 }
                 clusters.push(WeightedCluster {
@@ -428,13 +557,22 @@ impl Compiler<'_> {
                 });
             }
             if http.route.is_empty() {
-                self.findings.push(Finding::error(Pos::of(file, &r.kind), code::SCHEMA, at.clone(),
-                    "HTTP route or redirect is required"));
+                self.findings.push(Finding::error(
+                    Pos::of(file, &r.kind),
+                    code::SCHEMA,
+                    at.clone(),
+                    "HTTP route or redirect is required",
+                ));
             }
             if http.route.len() > 1 && total == 0 {
                 let w = http.route[0].weight.as_ref();
                 let pos = w.map(|w| Pos::of(file, w)).unwrap_or_else(|| Pos::of(file, &http.route[0].destination.host));
-                self.findings.push(Finding::error(pos, code::SCHEMA, format!("{at}.route"), "total destination weight = 0"));
+                self.findings.push(Finding::error(
+                    pos,
+                    code::SCHEMA,
+                    format!("{at}.route"),
+                    "total destination weight = 0",
+                ));
             }
             // Istio: one destination gets all traffic whatever its weight; weight-0 entries drop.
             if clusters.len() == 1 {

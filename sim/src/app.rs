@@ -64,10 +64,8 @@ impl App {
         let (delay, status) = {
             let mut rng = self.rng.lock().expect("app rng lock");
             let delay = sample(&self.model.latency, &mut *rng);
-            let (status, ppm) = self
-                .faults
-                .app_errors(self.pod)
-                .unwrap_or((self.model.error_status, self.model.error_rate_ppm));
+            let (status, ppm) =
+                self.faults.app_errors(self.pod).unwrap_or((self.model.error_status, self.model.error_rate_ppm));
             let error = ppm > 0 && rng.random_range(0..1_000_000u32) < ppm;
             (delay, if error { status } else { 200 })
         };

@@ -113,14 +113,21 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
             };
             let ej = ejections(&proxy);
             let Some(ev) = ej.get(*nth as usize - 1) else {
-                return Check { expectation, expected, observed: format!("{} ejection(s) by {proxy}", ej.len()), pass: false };
+                return Check {
+                    expectation,
+                    expected,
+                    observed: format!("{} ejection(s) by {proxy}", ej.len()),
+                    pass: false,
+                };
             };
             let mut pass = at.0 <= ev.at && ev.at <= at.1;
             let mut observed = format!("ejection #{nth} at {}", secs(ev.at));
             if let Some((a, b)) = lasting {
                 let back = events.iter().find(|x| {
                     x.at >= ev.at
-                        && x.outlier.as_ref().is_some_and(|o| o.pod == *pod && o.proxy == proxy && o.kind == OutlierKind::Readmitted)
+                        && x.outlier
+                            .as_ref()
+                            .is_some_and(|o| o.pod == *pod && o.proxy == proxy && o.kind == OutlierKind::Readmitted)
                 });
                 match back {
                     Some(x) => {
@@ -139,11 +146,15 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
         Expectation::NeverEjected { pod } => {
             let n = events
                 .iter()
-                .filter(|ev| ev.outlier.as_ref().is_some_and(|o| o.pod == *pod && matches!(o.kind, OutlierKind::Ejected { .. })))
+                .filter(|ev| {
+                    ev.outlier.as_ref().is_some_and(|o| o.pod == *pod && matches!(o.kind, OutlierKind::Ejected { .. }))
+                })
                 .count();
             let overflows = events
                 .iter()
-                .filter(|ev| ev.outlier.as_ref().is_some_and(|o| o.pod == *pod && matches!(o.kind, OutlierKind::Overflow { .. })))
+                .filter(|ev| {
+                    ev.outlier.as_ref().is_some_and(|o| o.pod == *pod && matches!(o.kind, OutlierKind::Overflow { .. }))
+                })
                 .count();
             Check {
                 expectation: format!("{pod} never ejected"),
@@ -177,7 +188,8 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
             }
         }
         Expectation::Latency { workload, window, percentile: p, at_most } => {
-            let mut lat: Vec<Duration> = in_window(records, *workload, window).filter(|r| was_sent(r)).map(|r| r.latency).collect();
+            let mut lat: Vec<Duration> =
+                in_window(records, *workload, window).filter(|r| was_sent(r)).map(|r| r.latency).collect();
             let n = lat.len();
             let got = percentile(&mut lat, *p);
             Check {

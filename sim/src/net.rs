@@ -172,11 +172,14 @@ impl Clock for SimClock {
     }
 }
 
+/// Where a bound port receives in-memory connections.
+type AcceptQueue = mpsc::UnboundedSender<(DuplexStream, SocketAddr)>;
+
 /// In-memory connections between sockets of one node.
 #[derive(Debug, Default)]
 pub struct Local {
     /// Per port: the node that bound it and its accept queue.
-    listeners: Mutex<BTreeMap<u16, (usize, mpsc::UnboundedSender<(DuplexStream, SocketAddr)>)>>,
+    listeners: Mutex<BTreeMap<u16, (usize, AcceptQueue)>>,
     /// Node IPs, known once the simulation has its hosts.
     node_ips: OnceLock<Vec<IpAddr>>,
 }

@@ -95,7 +95,8 @@ impl Recorder {
     /// All records (with flags joined) and events in time order, or the ids never recorded.
     pub fn finish(&self) -> Result<(Vec<Record>, Vec<Event>), Lost> {
         let mut g = self.lock();
-        let missing: Vec<u64> = g.records.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i as u64).collect();
+        let missing: Vec<u64> =
+            g.records.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i as u64).collect();
         if !missing.is_empty() {
             return Err(Lost { missing });
         }
@@ -137,7 +138,13 @@ impl Telemetry for Recorder {
             ),
             OutlierKind::Overflow { reason } => (
                 "ejection_overflow",
-                format!("{} would eject {} from {} ({}) but maxEjectionPercent forbids it", e.proxy, e.pod, e.cluster, reason.as_str()),
+                format!(
+                    "{} would eject {} from {} ({}) but maxEjectionPercent forbids it",
+                    e.proxy,
+                    e.pod,
+                    e.cluster,
+                    reason.as_str()
+                ),
             ),
             OutlierKind::Readmitted => ("readmitted", format!("{} readmitted {} to {}", e.proxy, e.pod, e.cluster)),
         };

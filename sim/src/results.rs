@@ -174,7 +174,11 @@ pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
         issued: out.issued,
         recorded: out.records.len(),
         workloads,
-        events: out.events.iter().map(|e| EventOut { at_ms: ms(e.at), kind: e.kind.clone(), detail: e.detail.clone() }).collect(),
+        events: out
+            .events
+            .iter()
+            .map(|e| EventOut { at_ms: ms(e.at), kind: e.kind.clone(), detail: e.detail.clone() })
+            .collect(),
         passed: checks.iter().all(|c| c.pass),
         expectations: checks,
         warnings: plan.warnings.iter().map(|w| w.to_string()).collect(),
@@ -211,14 +215,29 @@ const SUMMARY_EVENTS: usize = 30;
 /// The human summary (no wall-clock values: the caller adds those).
 pub fn summary(r: &Results) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "scenario {} (seed {}), {} simulated, {} requests issued, {} recorded",
-        r.scenario, r.seed, fmt_ms(r.duration_ms as f64), r.issued, r.recorded);
+    let _ = writeln!(
+        s,
+        "scenario {} (seed {}), {} simulated, {} requests issued, {} recorded",
+        r.scenario,
+        r.seed,
+        fmt_ms(r.duration_ms as f64),
+        r.issued,
+        r.recorded
+    );
     for w in &r.workloads {
         let _ = writeln!(s, "\n{} -> {}: {} requests, {:.2}% 2xx", w.name, w.to, w.requests, 100.0 * w.success_rate);
         if let Some(l) = &w.latency_ms {
-            let _ = writeln!(s, "  latency  p50 {}  p99 {}  p99.9 {}  max {}", fmt_ms(l.p50), fmt_ms(l.p99), fmt_ms(l.p999), fmt_ms(l.max));
+            let _ = writeln!(
+                s,
+                "  latency  p50 {}  p99 {}  p99.9 {}  max {}",
+                fmt_ms(l.p50),
+                fmt_ms(l.p99),
+                fmt_ms(l.p999),
+                fmt_ms(l.max)
+            );
         }
-        let counts = |m: &BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
+        let counts =
+            |m: &BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");
         let _ = writeln!(s, "  statuses {}", counts(&w.statuses));
         if w.flags.keys().any(|f| f != "-") {
             let _ = writeln!(s, "  flags    {}", counts(&w.flags));
@@ -230,12 +249,16 @@ pub fn summary(r: &Results) -> String {
         if total > 0 {
             let mut pods: Vec<(&String, &u64)> = w.pods.iter().collect();
             pods.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            let shown: Vec<String> = pods.iter().take(SUMMARY_PODS)
-                .map(|(p, n)| format!("{p} {:.2}%", 100.0 * **n as f64 / total as f64)).collect();
+            let shown: Vec<String> = pods
+                .iter()
+                .take(SUMMARY_PODS)
+                .map(|(p, n)| format!("{p} {:.2}%", 100.0 * **n as f64 / total as f64))
+                .collect();
             let _ = write!(s, "  shares   {}", shown.join(", "));
             if pods.len() > SUMMARY_PODS {
                 let rest: u64 = pods[SUMMARY_PODS..].iter().map(|(_, n)| **n).sum();
-                let _ = write!(s, ", {} more pods {:.2}%", pods.len() - SUMMARY_PODS, 100.0 * rest as f64 / total as f64);
+                let _ =
+                    write!(s, ", {} more pods {:.2}%", pods.len() - SUMMARY_PODS, 100.0 * rest as f64 / total as f64);
             }
             let _ = writeln!(s);
         }
@@ -268,7 +291,14 @@ pub fn summary(r: &Results) -> String {
     if !r.expectations.is_empty() {
         let _ = writeln!(s, "\nexpectations");
         for c in &r.expectations {
-            let _ = writeln!(s, "  {} {}: expected {}, observed {}", if c.pass { "PASS" } else { "FAIL" }, c.expectation, c.expected, c.observed);
+            let _ = writeln!(
+                s,
+                "  {} {}: expected {}, observed {}",
+                if c.pass { "PASS" } else { "FAIL" },
+                c.expectation,
+                c.expected,
+                c.observed
+            );
         }
     }
     s

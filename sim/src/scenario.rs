@@ -272,7 +272,10 @@ pub enum Latency {
     Uniform(Duration, Duration),
     Exponential(Duration),
     /// Log-normal from median and p99.
-    LogNormal { median: Duration, p99: Duration },
+    LogNormal {
+        median: Duration,
+        p99: Duration,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -352,12 +355,46 @@ impl Window {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expectation {
-    Share { workload: usize, pods: BTreeSet<String>, what: String, window: Window, expected: f64, tolerance: Option<f64> },
-    Ejection { pod: String, by: Option<String>, nth: u32, at: (Duration, Duration), lasting: Option<(Duration, Duration)> },
-    NeverEjected { pod: String },
-    SuccessRate { workload: usize, window: Window, at_least: Option<f64>, at_most: Option<f64> },
-    Latency { workload: usize, window: Window, percentile: f64, at_most: Duration },
-    Count { workload: usize, window: Window, status: Option<u16>, flag: Option<String>, error: Option<String>, pod: Option<String>, at_least: Option<u64>, at_most: Option<u64> },
+    Share {
+        workload: usize,
+        pods: BTreeSet<String>,
+        what: String,
+        window: Window,
+        expected: f64,
+        tolerance: Option<f64>,
+    },
+    Ejection {
+        pod: String,
+        by: Option<String>,
+        nth: u32,
+        at: (Duration, Duration),
+        lasting: Option<(Duration, Duration)>,
+    },
+    NeverEjected {
+        pod: String,
+    },
+    SuccessRate {
+        workload: usize,
+        window: Window,
+        at_least: Option<f64>,
+        at_most: Option<f64>,
+    },
+    Latency {
+        workload: usize,
+        window: Window,
+        percentile: f64,
+        at_most: Duration,
+    },
+    Count {
+        workload: usize,
+        window: Window,
+        status: Option<u16>,
+        flag: Option<String>,
+        error: Option<String>,
+        pod: Option<String>,
+        at_least: Option<u64>,
+        at_most: Option<u64>,
+    },
 }
 
 #[derive(Debug)]
@@ -492,12 +529,21 @@ impl Builder {
         let mut pods: Vec<PlannedPod> = Vec::new();
         let mut service_pods: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         if def.services.is_empty() {
-            self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, "services", "a scenario needs at least one service"));
+            self.findings.push(Finding::error(
+                Pos::file(&self.file),
+                code::SCENARIO,
+                "services",
+                "a scenario needs at least one service",
+            ));
         }
         for (si, s) in def.services.iter().enumerate() {
             let f = format!("services[{si}]");
             if !is_dns_label(&s.name.value) {
-                self.err(&s.name, &format!("{f}.name"), format!("{:?} is not a DNS label (lower-case letters, digits, '-')", s.name.value));
+                self.err(
+                    &s.name,
+                    &format!("{f}.name"),
+                    format!("{:?} is not a DNS label (lower-case letters, digits, '-')", s.name.value),
+                );
             }
             if service_pods.contains_key(&s.name.value) {
                 self.err(&s.name, &format!("{f}.name"), format!("service {:?} is defined twice", s.name.value));
@@ -532,7 +578,11 @@ impl Builder {
                 labels.entry("app".into()).or_insert_with(|| s.name.value.clone());
                 for i in 0..g.replicas.value {
                     if pods.len() >= MAX_PODS {
-                        self.err(&g.replicas, &format!("{gf}.replicas"), format!("a scenario may have at most {MAX_PODS} pods"));
+                        self.err(
+                            &g.replicas,
+                            &format!("{gf}.replicas"),
+                            format!("a scenario may have at most {MAX_PODS} pods"),
+                        );
                         break;
                     }
                     let k = pods.len() as u16;
@@ -609,7 +659,11 @@ impl Builder {
             } else if let Some(&p) = pod_index.get(&w.from.value) {
                 vec![p]
             } else {
-                self.not_found(&w.from, &format!("{f}.from"), format!("{:?} is neither a service nor a pod of the scenario", w.from.value));
+                self.not_found(
+                    &w.from,
+                    &format!("{f}.from"),
+                    format!("{:?} is neither a service nor a pod of the scenario", w.from.value),
+                );
                 vec![]
             };
             let ns = sources.first().map(|&p| pods[p].namespace.clone()).unwrap_or_else(|| "default".into());
@@ -618,7 +672,11 @@ impl Builder {
                 self.not_found(&w.to, &format!("{f}.to"), format!("{:?} is not a service of the scenario", w.to.value));
             }
             if !(w.rate.value.is_finite() && w.rate.value > 0.0) {
-                self.err(&w.rate, &format!("{f}.rate"), format!("rate must be greater than 0 requests per second (got {})", w.rate.value));
+                self.err(
+                    &w.rate,
+                    &format!("{f}.rate"),
+                    format!("rate must be greater than 0 requests per second (got {})", w.rate.value),
+                );
             } else if w.rate.value > 100_000.0 {
                 self.err(&w.rate, &format!("{f}.rate"), "rate must be at most 100000 requests per second");
             }
@@ -627,15 +685,25 @@ impl Builder {
                 Some("constant") => Arrivals::Constant,
                 Some(other) => {
                     let at = w.arrivals.as_ref().expect("set");
-                    self.err(at, &format!("{f}.arrivals"), format!("arrivals must be `constant` or `poisson`, not {other:?}"));
+                    self.err(
+                        at,
+                        &format!("{f}.arrivals"),
+                        format!("arrivals must be `constant` or `poisson`, not {other:?}"),
+                    );
                     Arrivals::Poisson
                 }
             };
             let start = dur(&w.start, Duration::ZERO);
             let stop = dur(&w.stop, duration);
             if stop <= start {
-                let at = w.stop.as_ref().map(|s| Pos::of(&self.file, s)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
-                self.findings.push(Finding::error(at, code::SCENARIO, format!("{f}.stop"), format!("workload stops ({stop:?}) before it starts ({start:?})")));
+                let at =
+                    w.stop.as_ref().map(|s| Pos::of(&self.file, s)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
+                self.findings.push(Finding::error(
+                    at,
+                    code::SCENARIO,
+                    format!("{f}.stop"),
+                    format!("workload stops ({stop:?}) before it starts ({start:?})"),
+                ));
             }
             if let Some(m) = &w.max_in_flight
                 && m.value == 0
@@ -647,10 +715,17 @@ impl Builder {
             {
                 self.err(t, &format!("{f}.timeout"), "timeout must be greater than 0");
             }
-            let name = w.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("{}->{}", w.from.value, w.to.value));
+            let name =
+                w.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("{}->{}", w.from.value, w.to.value));
             if workload_names.insert(name.clone(), wi).is_some() {
-                let at = w.name.as_ref().map(|n| Pos::of(&self.file, n)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
-                self.findings.push(Finding::error(at, code::SCENARIO, format!("{f}.name"), format!("workload name {name:?} is used twice")));
+                let at =
+                    w.name.as_ref().map(|n| Pos::of(&self.file, n)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
+                self.findings.push(Finding::error(
+                    at,
+                    code::SCENARIO,
+                    format!("{f}.name"),
+                    format!("workload name {name:?} is used twice"),
+                ));
             }
             workloads.push(Workload {
                 name,
@@ -673,11 +748,19 @@ impl Builder {
             let f = format!("faults[{fi}]");
             let at = fd.at.value.0;
             if at >= duration {
-                self.err(&fd.at, &format!("{f}.at"), format!("fault starts at {at:?}, not before the run ends ({duration:?})"));
+                self.err(
+                    &fd.at,
+                    &format!("{f}.at"),
+                    format!("fault starts at {at:?}, not before the run ends ({duration:?})"),
+                );
             }
             let until = fd.for_.as_ref().map(|d| {
                 if d.value.0.is_zero() {
-                    self.err(d, &format!("{f}.for"), "a fault must last more than 0s (omit `for` to last until the end)");
+                    self.err(
+                        d,
+                        &format!("{f}.for"),
+                        "a fault must last more than 0s (omit `for` to last until the end)",
+                    );
                 }
                 at + d.value.0
             });
@@ -685,7 +768,11 @@ impl Builder {
             if let Some(a) = &fd.app_errors {
                 let pods_ = self.pods(&a.value.pods, &pod_index, &format!("{f}.app_errors.pods"));
                 if !(100..=599).contains(&a.value.status) {
-                    self.err(a, &format!("{f}.app_errors.status"), format!("HTTP status {} is not in range 100-599", a.value.status));
+                    self.err(
+                        a,
+                        &format!("{f}.app_errors.status"),
+                        format!("HTTP status {} is not in range 100-599", a.value.status),
+                    );
                 }
                 if a.value.rate_ppm > 1_000_000 {
                     self.err(a, &format!("{f}.app_errors.rate_ppm"), "rate_ppm must be at most 1000000");
@@ -736,9 +823,18 @@ impl Builder {
                         let port = registry.services.get(&dest).map(|s| s.port).unwrap_or(0);
                         let name = snapshot::cluster_name(port, Some(&sub.value), &dest);
                         match snapshot.clusters.get(&name) {
-                            Some(c) => (c.endpoints.iter().map(|e| e.pod.clone()).collect(), format!("subset {}", sub.value)),
+                            Some(c) => {
+                                (c.endpoints.iter().map(|e| e.pod.clone()).collect(), format!("subset {}", sub.value))
+                            }
                             None => {
-                                self.not_found(sub, &format!("{f}.share.subset"), format!("Referenced host+subset in destinationrule not found: \"{dest}+{}\"", sub.value));
+                                self.not_found(
+                                    sub,
+                                    &format!("{f}.share.subset"),
+                                    format!(
+                                        "Referenced host+subset in destinationrule not found: \"{dest}+{}\"",
+                                        sub.value
+                                    ),
+                                );
                                 (BTreeSet::new(), String::new())
                             }
                         }
@@ -748,12 +844,23 @@ impl Builder {
                         ([p.value.clone()].into(), format!("pod {}", p.value))
                     }
                     _ => {
-                        self.err(s, &format!("{f}.share"), "a share expectation names exactly one of `subset` or `pod`");
+                        self.err(
+                            s,
+                            &format!("{f}.share"),
+                            "a share expectation names exactly one of `subset` or `pod`",
+                        );
                         (BTreeSet::new(), String::new())
                     }
                 };
                 if let Some(w) = w {
-                    got.push(Expectation::Share { workload: w, pods: members, what, window, expected: v.expected.value, tolerance: v.tolerance.as_ref().map(|t| t.value) });
+                    got.push(Expectation::Share {
+                        workload: w,
+                        pods: members,
+                        what,
+                        window,
+                        expected: v.expected.value,
+                        tolerance: v.tolerance.as_ref().map(|t| t.value),
+                    });
                 }
             }
             if let Some(x) = &e.ejection {
@@ -768,7 +875,13 @@ impl Builder {
                 let at = self.range(&v.at, &format!("{f}.ejection.at"));
                 let lasting = v.lasting.as_ref().and_then(|l| self.range(l, &format!("{f}.ejection.lasting")));
                 if let Some(at) = at {
-                    got.push(Expectation::Ejection { pod: v.pod.value.clone(), by: v.by.as_ref().map(|b| b.value.clone()), nth: v.nth.value, at, lasting });
+                    got.push(Expectation::Ejection {
+                        pod: v.pod.value.clone(),
+                        by: v.by.as_ref().map(|b| b.value.clone()),
+                        nth: v.nth.value,
+                        at,
+                        lasting,
+                    });
                 }
             }
             if let Some(x) = &e.never_ejected {
@@ -788,7 +901,12 @@ impl Builder {
                     self.err(x, &format!("{f}.success_rate"), "give at_least and/or at_most");
                 }
                 if let Some(w) = w {
-                    got.push(Expectation::SuccessRate { workload: w, window, at_least: v.at_least.as_ref().map(|b| b.value), at_most: v.at_most.as_ref().map(|b| b.value) });
+                    got.push(Expectation::SuccessRate {
+                        workload: w,
+                        window,
+                        at_least: v.at_least.as_ref().map(|b| b.value),
+                        at_most: v.at_most.as_ref().map(|b| b.value),
+                    });
                 }
             }
             if let Some(x) = &e.latency {
@@ -799,7 +917,12 @@ impl Builder {
                     self.err(&v.percentile, &format!("{f}.latency.percentile"), "percentile must be in (0, 100]");
                 }
                 if let Some(w) = w {
-                    got.push(Expectation::Latency { workload: w, window, percentile: v.percentile.value, at_most: v.at_most.value.0 });
+                    got.push(Expectation::Latency {
+                        workload: w,
+                        window,
+                        percentile: v.percentile.value,
+                        at_most: v.at_most.value.0,
+                    });
                 }
             }
             if let Some(x) = &e.count {
@@ -814,15 +937,28 @@ impl Builder {
                 }
                 if let Some(w) = w {
                     got.push(Expectation::Count {
-                        workload: w, window, status: v.status, flag: v.flag.clone(), error: v.error.clone(),
-                        pod: v.pod.as_ref().map(|p| p.value.clone()), at_least: v.at_least, at_most: v.at_most,
+                        workload: w,
+                        window,
+                        status: v.status,
+                        flag: v.flag.clone(),
+                        error: v.error.clone(),
+                        pod: v.pod.as_ref().map(|p| p.value.clone()),
+                        at_least: v.at_least,
+                        at_most: v.at_most,
                     });
                 }
             }
-            let kinds = [e.share.is_some(), e.ejection.is_some(), e.never_ejected.is_some(), e.success_rate.is_some(), e.latency.is_some(), e.count.is_some()]
-                .iter()
-                .filter(|&&k| k)
-                .count();
+            let kinds = [
+                e.share.is_some(),
+                e.ejection.is_some(),
+                e.never_ejected.is_some(),
+                e.success_rate.is_some(),
+                e.latency.is_some(),
+                e.count.is_some(),
+            ]
+            .iter()
+            .filter(|&&k| k)
+            .count();
             if kinds != 1 {
                 self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, f, format!(
                     "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count (found {kinds})"
@@ -854,7 +990,10 @@ impl Builder {
 
     fn app(&mut self, a: &AppDef, f: &str) -> AppModel {
         let l = &a.latency;
-        let set = [l.constant.is_some(), l.uniform.is_some(), l.exponential.is_some(), l.lognormal.is_some()].iter().filter(|&&x| x).count();
+        let set = [l.constant.is_some(), l.uniform.is_some(), l.exponential.is_some(), l.lognormal.is_some()]
+            .iter()
+            .filter(|&&x| x)
+            .count();
         let latency = if let Some(c) = &l.constant {
             Latency::Constant(c.value.0)
         } else if let Some(u) = &l.uniform {
@@ -873,8 +1012,12 @@ impl Builder {
             Latency::Constant(Duration::from_millis(1))
         };
         if set > 1 {
-            self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, format!("{f}.app.latency"),
-                "latency has exactly one of constant, uniform, exponential, lognormal"));
+            self.findings.push(Finding::error(
+                Pos::file(&self.file),
+                code::SCENARIO,
+                format!("{f}.app.latency"),
+                "latency has exactly one of constant, uniform, exponential, lognormal",
+            ));
         }
         if let Some(r) = &a.error_rate_ppm
             && r.value > 1_000_000
@@ -898,13 +1041,23 @@ impl Builder {
         for n in names {
             match index.get(&n.value) {
                 Some(&i) => out.push(i),
-                None => self.not_found(n, field, format!("pod {:?} is not in the scenario (pods are named <service>-<group>-<index>)", n.value)),
+                None => self.not_found(
+                    n,
+                    field,
+                    format!("pod {:?} is not in the scenario (pods are named <service>-<group>-<index>)", n.value),
+                ),
             }
         }
         out
     }
 
-    fn members(&mut self, names: &[Spanned<String>], index: &BTreeMap<String, usize>, services: &BTreeMap<String, Vec<usize>>, field: &str) -> Vec<usize> {
+    fn members(
+        &mut self,
+        names: &[Spanned<String>],
+        index: &BTreeMap<String, usize>,
+        services: &BTreeMap<String, Vec<usize>>,
+        field: &str,
+    ) -> Vec<usize> {
         let mut out = BTreeSet::new();
         for n in names {
             if let Some(ps) = services.get(&n.value) {
@@ -923,7 +1076,11 @@ impl Builder {
         for n in names {
             match nodes.iter().position(|x| *x == n.value) {
                 Some(i) => out.push(i),
-                None => self.not_found(n, field, format!("node {:?} does not exist (nodes are node-0 … node-{})", n.value, nodes.len() - 1)),
+                None => self.not_found(
+                    n,
+                    field,
+                    format!("node {:?} does not exist (nodes are node-0 … node-{})", n.value, nodes.len() - 1),
+                ),
             }
         }
         out

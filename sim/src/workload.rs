@@ -39,11 +39,9 @@ pub fn arrivals(w: &Workload, seed: u64) -> Vec<Duration> {
     let start = w.start.as_secs_f64();
     let stop = w.stop.as_secs_f64();
     match w.arrivals {
-        Arrivals::Constant => (0u64..)
-            .map(|k| start + k as f64 / w.rate)
-            .take_while(|&t| t < stop)
-            .map(Duration::from_secs_f64)
-            .collect(),
+        Arrivals::Constant => {
+            (0u64..).map(|k| start + k as f64 / w.rate).take_while(|&t| t < stop).map(Duration::from_secs_f64).collect()
+        }
         Arrivals::Poisson => {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             let exp = Exp::new(w.rate).expect("rate > 0 is validated");
@@ -90,9 +88,10 @@ pub struct Generator {
 impl Generator {
     pub async fn run(self: Arc<Self>) {
         let clock = SimClock;
-        let pools: Vec<Arc<Pool<SimNet>>> =
-            (0..self.plan.pods.len())
-            .map(|p| Arc::new(Pool::new(SimNet::new(p, self.plan.pods[p].node, self.faults.clone(), self.local.clone()))))
+        let pools: Vec<Arc<Pool<SimNet>>> = (0..self.plan.pods.len())
+            .map(|p| {
+                Arc::new(Pool::new(SimNet::new(p, self.plan.pods[p].node, self.faults.clone(), self.local.clone())))
+            })
             .collect();
         for i in 0..self.requests.len() {
             let r = self.requests[i];
@@ -141,14 +140,17 @@ impl Generator {
                 };
                 me.in_flight[r.workload].fetch_sub(1, Ordering::SeqCst);
                 let clock = SimClock;
-                me.recorder.record(r.id, Record {
-                    workload: r.workload,
-                    source: r.source,
-                    intended: r.intended,
-                    latency: clock.now().saturating_sub(r.intended),
-                    outcome,
-                    flags: String::new(),
-                });
+                me.recorder.record(
+                    r.id,
+                    Record {
+                        workload: r.workload,
+                        source: r.source,
+                        intended: r.intended,
+                        latency: clock.now().saturating_sub(r.intended),
+                        outcome,
+                        flags: String::new(),
+                    },
+                );
             });
         }
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use mesh::net::{Net, SystemClock, Clock};
+use mesh::net::{Clock, Net, SystemClock};
 use mesh::proxy::{Sidecar, SidecarConfig};
 use mesh::snapshot::Snapshot;
 use rand::SeedableRng;
@@ -290,7 +290,11 @@ fn apply(
             for &p in pods {
                 faults.set_app_errors(p, a.start.then_some((*status, *rate_ppm)));
             }
-            recorder.event(now, &format!("fault_{verb}"), format!("app_errors {} status {status} rate {rate_ppm} ppm", names(plan, pods)));
+            recorder.event(
+                now,
+                &format!("fault_{verb}"),
+                format!("app_errors {} status {status} rate {rate_ppm} ppm", names(plan, pods)),
+            );
         }
         FaultKind::Partition { from, to } => {
             if a.start {
@@ -298,7 +302,11 @@ fn apply(
             } else {
                 faults.heal(from, to);
             }
-            recorder.event(now, &format!("fault_{verb}"), format!("partition [{}] <-> [{}]", names(plan, from), names(plan, to)));
+            recorder.event(
+                now,
+                &format!("fault_{verb}"),
+                format!("partition [{}] <-> [{}]", names(plan, from), names(plan, to)),
+            );
         }
         FaultKind::LinkLatency { from, to, latency } => {
             for &x in from {
@@ -316,7 +324,11 @@ fn apply(
                 }
             }
             let nodes_ = |v: &[usize]| v.iter().map(|&n| plan.nodes[n].as_str()).collect::<Vec<_>>().join(",");
-            recorder.event(now, &format!("fault_{verb}"), format!("link_latency [{}] <-> [{}] {latency:?}", nodes_(from), nodes_(to)));
+            recorder.event(
+                now,
+                &format!("fault_{verb}"),
+                format!("link_latency [{}] <-> [{}] {latency:?}", nodes_(from), nodes_(to)),
+            );
         }
         FaultKind::Crash { pods } => {
             for &p in pods {

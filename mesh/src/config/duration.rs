@@ -31,9 +31,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if num_len == 0 {
             return Err(format!("duration {s:?} is not a number with a unit (like 10s or 500ms)"));
         }
-        let number: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("duration {s:?}: {:?} is not a number", &rest[..num_len]))?;
+        let number: f64 =
+            rest[..num_len].parse().map_err(|_| format!("duration {s:?}: {:?} is not a number", &rest[..num_len]))?;
         rest = &rest[num_len..];
         let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let unit_ns: f64 = match &rest[..unit_len] {
@@ -44,9 +43,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "us" | "µs" => 1e3,
             "ns" => 1.0,
             other => {
-                return Err(format!(
-                    "duration {s:?} has unknown unit {other:?}: use h, m, s, ms, us or ns"
-                ));
+                return Err(format!("duration {s:?} has unknown unit {other:?}: use h, m, s, ms, us or ns"));
             }
         };
         rest = &rest[unit_len..];

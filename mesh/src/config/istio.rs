@@ -52,16 +52,14 @@ pub struct Resource {
 
 #[derive(Clone, Debug)]
 pub enum Spec {
-    VirtualService(VirtualServiceSpec),
-    DestinationRule(DestinationRuleSpec),
+    VirtualService(Box<VirtualServiceSpec>),
+    DestinationRule(Box<DestinationRuleSpec>),
     /// A kind meshsim does not simulate; validation reports it at the `kind` field.
     Unsupported,
 }
 
-pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
-    ("VirtualService", "networking.istio.io"),
-    ("DestinationRule", "networking.istio.io"),
-];
+pub const SUPPORTED_KINDS: &[(&str, &str)] =
+    &[("VirtualService", "networking.istio.io"), ("DestinationRule", "networking.istio.io")];
 
 impl Resource {
     pub fn name(&self) -> &str {

@@ -14,8 +14,7 @@ pub use istio::Resource;
 /// Parses a multi-document Kubernetes YAML text holding Istio resources.
 /// Empty documents (a trailing `---`) are skipped.
 pub fn parse_resources(file: &str, text: &str) -> Result<Vec<Resource>, Finding> {
-    let docs: Vec<Option<Resource>> =
-        serde_saphyr::from_multiple(text).map_err(|e| diag::from_yaml_error(file, &e))?;
+    let docs: Vec<Option<Resource>> = serde_saphyr::from_multiple(text).map_err(|e| diag::from_yaml_error(file, &e))?;
     Ok(docs.into_iter().flatten().collect())
 }
 
@@ -68,11 +67,14 @@ spec:
     }
 
     #[test]
-    fn unsupported_kind_is_named() {
+    fn unsupported_kind_is_an_error_at_its_line() {
         let text = "apiVersion: v1\nkind: Gateway\nmetadata: {name: x}\nspec: {}\n";
-        let err = parse_resources("x.yaml", text).unwrap_err();
+        let res = parse_resources("x.yaml", text).unwrap();
+        let sourced = [crate::snapshot::Sourced { file: "x.yaml", resource: &res[0] }];
+        let (_, findings) = crate::snapshot::compile(&crate::registry::Registry::default(), &sourced);
+        let err = &findings.0[0];
         assert!(err.message.contains("\"Gateway\" is not supported"), "{err}");
-        assert_eq!(err.pos.line, 2, "{err}");
+        assert_eq!((err.pos.line, err.level), (2, Level::Error), "{err}");
     }
 
     #[test]

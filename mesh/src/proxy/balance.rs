@@ -38,7 +38,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

@@ -74,10 +74,9 @@ pub fn for_flag(flag: Flag, connect: Option<ConnectFailure>) -> (StatusCode, Str
         Flag::NoRoute => (StatusCode::NOT_FOUND, String::new()),
         Flag::NoCluster => (StatusCode::SERVICE_UNAVAILABLE, String::new()),
         Flag::NoHealthyUpstream => (StatusCode::SERVICE_UNAVAILABLE, BODY_NO_HEALTHY_UPSTREAM.into()),
-        Flag::UpstreamConnectionFailure => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            connect_failure_body(connect.unwrap_or(ConnectFailure::Refused)),
-        ),
+        Flag::UpstreamConnectionFailure => {
+            (StatusCode::SERVICE_UNAVAILABLE, connect_failure_body(connect.unwrap_or(ConnectFailure::Refused)))
+        }
         Flag::UpstreamConnectionTermination => (StatusCode::SERVICE_UNAVAILABLE, BODY_CONNECTION_TERMINATION.into()),
         Flag::UpstreamRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, BODY_TIMEOUT.into()),
     }

@@ -70,6 +70,14 @@ pub struct Sidecar<N: Net> {
 
 type Reply = Response<Full<Bytes>>;
 
+/// Where a logged request was going, as far as it got.
+#[derive(Clone, Copy, Default)]
+struct Target<'a> {
+    route: &'a str,
+    cluster: &'a str,
+    upstream: Option<&'a str>,
+}
+
 /// Why forwarding produced no upstream response.
 enum Failure {
     Upstream(UpstreamError),
@@ -77,13 +85,8 @@ enum Failure {
     Timeout,
 }
 
-const HOP_BY_HOP: [HeaderName; 5] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::UPGRADE,
-];
+const HOP_BY_HOP: [HeaderName; 5] =
+    [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TRANSFER_ENCODING, header::TE, header::UPGRADE];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     for name in &HOP_BY_HOP {
@@ -92,7 +95,13 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 impl<N: Net> Sidecar<N> {
-    pub fn new(cfg: SidecarConfig, net: N, clock: Arc<dyn Clock>, telemetry: Arc<dyn Telemetry>, snapshot: Arc<Snapshot>) -> Arc<Self> {
+    pub fn new(
+        cfg: SidecarConfig,
+        net: N,
+        clock: Arc<dyn Clock>,
+        telemetry: Arc<dyn Telemetry>,
+        snapshot: Arc<Snapshot>,
+    ) -> Arc<Self> {
         Arc::new(Sidecar {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(cfg.seed)),
             cfg,
@@ -169,7 +178,16 @@ impl<N: Net> Sidecar<N> {
         }
     }
 
-    fn log(&self, dir: Direction, req_id: Option<String>, route: &str, cluster: &str, upstream: Option<&str>, status: u16, flags: &[Flag], start: Duration) {
+    fn log(
+        &self,
+        dir: Direction,
+        req_id: Option<String>,
+        to: Target<'_>,
+        status: u16,
+        flags: &[Flag],
+        start: Duration,
+    ) {
+        let Target { route, cluster, upstream } = to;
         let flags = if flags.is_empty() {
             "-".to_string()
         } else {
@@ -242,7 +260,7 @@ impl<N: Net> Sidecar<N> {
         let (mut parts, body) = req.into_parts();
         let req_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
         let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-            self.log(Direction::Outbound, req_id, "", "", None, 400, &[], start);
+            self.log(Direction::Outbound, req_id, Target::default(), 400, &[], start);
             return local_reply::reply(StatusCode::BAD_REQUEST, "", "envoy");
         };
         let host = parts
@@ -256,18 +274,26 @@ impl<N: Net> Sidecar<N> {
         let fqdn = qualify(&host, &self.cfg.namespace);
         // Route: first match wins (every route matches until `match` is simulated).
         let Some(route) = snapshot.routes.get(&fqdn).and_then(|r| r.first()) else {
-            self.log(Direction::Outbound, req_id, "", "", None, 404, &[Flag::NoRoute], start);
+            self.log(Direction::Outbound, req_id, Target::default(), 404, &[Flag::NoRoute], start);
             return self.local(Flag::NoRoute, None, "envoy");
         };
         let weights: Vec<u32> = route.clusters.iter().map(|c| c.weight).collect();
         let random = self.rng.lock().expect("rng lock").next_u64();
         let cluster = weighted::pick(&weights, random).and_then(|i| snapshot.clusters.get(&route.clusters[i].cluster));
         let Some(cluster) = cluster.cloned() else {
-            self.log(Direction::Outbound, req_id, &route.name, "", None, 503, &[Flag::NoCluster], start);
+            self.log(
+                Direction::Outbound,
+                req_id,
+                Target { route: &route.name, ..Target::default() },
+                503,
+                &[Flag::NoCluster],
+                start,
+            );
             return self.local(Flag::NoCluster, None, "envoy");
         };
         let Some(host_idx) = self.pick_host(&cluster) else {
-            self.log(Direction::Outbound, req_id, &route.name, &cluster.name, None, 503, &[Flag::NoHealthyUpstream], start);
+            let to = Target { route: &route.name, cluster: &cluster.name, upstream: None };
+            self.log(Direction::Outbound, req_id, to, 503, &[Flag::NoHealthyUpstream], start);
             return self.local(Flag::NoHealthyUpstream, None, "envoy");
         };
         let ep = &cluster.endpoints[host_idx];
@@ -292,16 +318,23 @@ impl<N: Net> Sidecar<N> {
                 parts.headers.insert(header::SERVER, HeaderValue::from_static("envoy"));
                 (Response::from_parts(parts, Full::new(body)), status, vec![])
             }
-            Err(Failure::Timeout) => (self.local(Flag::UpstreamRequestTimeout, None, "envoy"), 504, vec![Flag::UpstreamRequestTimeout]),
-            Err(Failure::Upstream(UpstreamError::Connect(why))) => {
-                (self.local(Flag::UpstreamConnectionFailure, Some(why), "envoy"), 503, vec![Flag::UpstreamConnectionFailure])
+            Err(Failure::Timeout) => {
+                (self.local(Flag::UpstreamRequestTimeout, None, "envoy"), 504, vec![Flag::UpstreamRequestTimeout])
             }
-            Err(Failure::Upstream(UpstreamError::Reset)) => {
-                (self.local(Flag::UpstreamConnectionTermination, None, "envoy"), 503, vec![Flag::UpstreamConnectionTermination])
-            }
+            Err(Failure::Upstream(UpstreamError::Connect(why))) => (
+                self.local(Flag::UpstreamConnectionFailure, Some(why), "envoy"),
+                503,
+                vec![Flag::UpstreamConnectionFailure],
+            ),
+            Err(Failure::Upstream(UpstreamError::Reset)) => (
+                self.local(Flag::UpstreamConnectionTermination, None, "envoy"),
+                503,
+                vec![Flag::UpstreamConnectionTermination],
+            ),
         };
         self.release_host(&cluster.name, host_idx, status);
-        self.log(Direction::Outbound, req_id, &route.name, &cluster.name, Some(&ep.pod), status, &flags, start);
+        let to = Target { route: &route.name, cluster: &cluster.name, upstream: Some(&ep.pod) };
+        self.log(Direction::Outbound, req_id, to, status, &flags, start);
         reply
     }
 
@@ -310,13 +343,14 @@ impl<N: Net> Sidecar<N> {
         let (mut parts, body) = req.into_parts();
         let req_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
         let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-            self.log(Direction::Inbound, req_id, "inbound", "", None, 400, &[], start);
+            self.log(Direction::Inbound, req_id, Target { route: "inbound", ..Target::default() }, 400, &[], start);
             return local_reply::reply(StatusCode::BAD_REQUEST, "", "istio-envoy");
         };
         strip_hop_by_hop(&mut parts.headers);
         let app = Request::from_parts(parts, Full::new(body));
         let cluster = format!("inbound|{}||", self.cfg.app_port);
-        let result = self.pool.send("127.0.0.1", self.cfg.app_port, crate::snapshot::DEFAULT_CONNECT_TIMEOUT, app).await;
+        let result =
+            self.pool.send("127.0.0.1", self.cfg.app_port, crate::snapshot::DEFAULT_CONNECT_TIMEOUT, app).await;
         let (reply, status, flags) = match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -325,14 +359,19 @@ impl<N: Net> Sidecar<N> {
                 parts.headers.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
                 (Response::from_parts(parts, Full::new(body)), status, vec![])
             }
-            Err(UpstreamError::Connect(why)) => {
-                (self.local(Flag::UpstreamConnectionFailure, Some(why), "istio-envoy"), 503, vec![Flag::UpstreamConnectionFailure])
-            }
-            Err(UpstreamError::Reset) => {
-                (self.local(Flag::UpstreamConnectionTermination, None, "istio-envoy"), 503, vec![Flag::UpstreamConnectionTermination])
-            }
+            Err(UpstreamError::Connect(why)) => (
+                self.local(Flag::UpstreamConnectionFailure, Some(why), "istio-envoy"),
+                503,
+                vec![Flag::UpstreamConnectionFailure],
+            ),
+            Err(UpstreamError::Reset) => (
+                self.local(Flag::UpstreamConnectionTermination, None, "istio-envoy"),
+                503,
+                vec![Flag::UpstreamConnectionTermination],
+            ),
         };
-        self.log(Direction::Inbound, req_id, "inbound", &cluster, Some(&self.cfg.pod), status, &flags, start);
+        let to = Target { route: "inbound", cluster: &cluster, upstream: Some(&self.cfg.pod) };
+        self.log(Direction::Inbound, req_id, to, status, &flags, start);
         reply
     }
 }

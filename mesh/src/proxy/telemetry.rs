@@ -35,9 +35,14 @@ pub struct AccessLog {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutlierKind {
-    Ejected { reason: Reason, for_: Duration },
+    Ejected {
+        reason: Reason,
+        for_: Duration,
+    },
     /// A trigger fired but `maxEjectionPercent` did not allow the ejection.
-    Overflow { reason: Reason },
+    Overflow {
+        reason: Reason,
+    },
     Readmitted,
 }
 
