@@ -59,6 +59,9 @@ enum Bench {
         scenario: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Runs to take the median of.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
     },
 }
 
@@ -74,7 +77,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     match cli.command {
         Command::Run { file, seed, out } => cmd_run(&file, seed, &out),
         Command::Validate { files } => cmd_validate(&files),
-        Command::Bench { what: Bench::Sim { scenario, seed } } => cmd_bench(scenario.as_deref(), seed),
+        Command::Bench { what: Bench::Sim { scenario, seed, runs } } => cmd_bench(scenario.as_deref(), seed, runs),
     }
 }
 
@@ -153,7 +156,66 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
     }
 }
 
-fn cmd_bench(_scenario: Option<&Path>, _seed: u64) -> i32 {
-    eprintln!("bench sim: not built yet");
-    EXIT_FAILED
+/// The standard benchmark scenario, built in so `bench sim` runs from anywhere.
+const STANDARD_BENCH: &str = include_str!("../bench/standard.yaml");
+/// Goals on a 2-core machine, release build.
+const GOAL_REQUESTS_PER_WALL_SECOND: f64 = 25_000.0;
+const GOAL_SPEEDUP: f64 = 10.0;
+
+fn cmd_bench(scenario: Option<&Path>, seed: u64, runs: u32) -> i32 {
+    let plan = match scenario {
+        Some(f) => load(f),
+        None => scenario::load_str("bench/standard.yaml (built in)", STANDARD_BENCH, Path::new("bench")).map_err(|e| {
+            eprint!("{e}");
+            EXIT_INVALID
+        }),
+    };
+    let plan = match plan {
+        Ok(p) => Arc::new(p),
+        Err(c) => return c,
+    };
+    if cfg!(debug_assertions) {
+        eprintln!("warning: debug build: figures are ~16x lower than release (use cargo run --release)");
+    }
+    println!(
+        "bench sim: {} ({} pods on {} nodes, {} s simulated), {runs} run(s), seed {seed}",
+        plan.name,
+        plan.pods.len(),
+        plan.nodes.len(),
+        plan.duration.as_secs_f64()
+    );
+    let mut rps = Vec::new();
+    let mut speedup = Vec::new();
+    for i in 0..runs {
+        let out = match sim::world::run(plan.clone(), seed) {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILED;
+            }
+        };
+        let wall = out.wall.as_secs_f64().max(1e-9);
+        let results = sim::results::build(&plan, seed, &out);
+        rps.push(out.issued as f64 / wall);
+        speedup.push(out.sim_elapsed.as_secs_f64() / wall);
+        println!(
+            "  run {}: {} requests in {wall:.2} s wall: {:.0} simulated requests per wall second, {:.1} simulated seconds per wall second{}",
+            i + 1,
+            out.issued,
+            rps[i as usize],
+            speedup[i as usize],
+            if results.passed { "" } else { " (expectations FAILED)" }
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (r, s) = (median(&mut rps), median(&mut speedup));
+    let ok = r >= GOAL_REQUESTS_PER_WALL_SECOND && s >= GOAL_SPEEDUP;
+    println!(
+        "median: {r:.0} simulated requests per wall second (goal >= {GOAL_REQUESTS_PER_WALL_SECOND:.0}), {s:.1}x real time (goal >= {GOAL_SPEEDUP:.0}x): {}",
+        if ok { "goals met" } else { "goals NOT met" }
+    );
+    if ok { EXIT_OK } else { EXIT_FAILED }
 }
