@@ -47,9 +47,10 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokioNet;
 
+#[allow(clippy::disallowed_types)] // the seam's real implementation
 pub struct TokioListener(tokio::net::TcpListener);
 
-#[allow(clippy::disallowed_methods)] // the seam's real implementation
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // the seam's real implementation
 impl Listener for TokioListener {
     type Stream = tokio::net::TcpStream;
     async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
@@ -62,7 +63,7 @@ impl Listener for TokioListener {
     }
 }
 
-#[allow(clippy::disallowed_methods)] // the seam's real implementation
+#[allow(clippy::disallowed_methods, clippy::disallowed_types)] // the seam's real implementation
 impl Net for TokioNet {
     type Stream = tokio::net::TcpStream;
     type Listener = TokioListener;

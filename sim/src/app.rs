@@ -13,12 +13,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mesh::net::{Listener, Net};
+use mesh::net::Listener;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, LogNormal};
 
-use crate::net::{Faults, SimNet};
+use crate::net::Faults;
 use crate::scenario::{AppModel, Latency};
 
 /// The response header naming the serving pod.
@@ -78,8 +78,8 @@ impl App {
         resp
     }
 
-    /// Serves on `listener` until the task is aborted.
-    pub async fn serve(self: Arc<Self>, mut listener: <SimNet as Net>::Listener) -> std::io::Result<()> {
+    /// Serves on `listener` (of either world) until the task is aborted.
+    pub async fn serve<L: Listener>(self: Arc<Self>, mut listener: L) -> std::io::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
             let me = self.clone();
