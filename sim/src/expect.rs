@@ -187,19 +187,27 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
                 pass,
             }
         }
-        Expectation::Latency { workload, window, percentile: p, at_most } => {
+        Expectation::Latency { workload, window, percentile: p, at_most, at_least } => {
             let mut lat: Vec<Duration> =
                 in_window(records, *workload, window).filter(|r| was_sent(r)).map(|r| r.latency).collect();
             let n = lat.len();
             let got = percentile(&mut lat, *p);
+            let ms = |d: &Duration| format!("{:.3}ms", d.as_secs_f64() * 1e3);
+            let mut expected = Vec::new();
+            if let Some(l) = at_least {
+                expected.push(format!(">= {}", ms(l)));
+            }
+            if let Some(m) = at_most {
+                expected.push(format!("<= {}", ms(m)));
+            }
             Check {
                 expectation: format!("p{p} latency of {} in {}", plan.workloads[*workload].name, win(window)),
-                expected: format!("<= {:.3}ms", at_most.as_secs_f64() * 1e3),
+                expected: expected.join(" and "),
                 observed: match got {
-                    Some(d) => format!("{:.3}ms over {n} requests", d.as_secs_f64() * 1e3),
+                    Some(d) => format!("{} over {n} requests", ms(&d)),
                     None => "no requests".into(),
                 },
-                pass: got.is_some_and(|d| d <= *at_most),
+                pass: got.is_some_and(|d| at_most.is_none_or(|m| d <= m) && at_least.is_none_or(|l| d >= l)),
             }
         }
         Expectation::Count { workload, window, status, flag, error, pod, at_least, at_most } => {

@@ -245,7 +245,8 @@ pub struct LatencyExpectDef {
     pub window: Option<Spanned<Vec<IstioDuration>>>,
     /// e.g. 50, 99, 99.9
     pub percentile: Spanned<f64>,
-    pub at_most: Dur,
+    pub at_most: Option<Dur>,
+    pub at_least: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,7 +384,8 @@ pub enum Expectation {
         workload: usize,
         window: Window,
         percentile: f64,
-        at_most: Duration,
+        at_most: Option<Duration>,
+        at_least: Option<Duration>,
     },
     Count {
         workload: usize,
@@ -916,12 +918,16 @@ impl Builder {
                 if !(v.percentile.value > 0.0 && v.percentile.value <= 100.0) {
                     self.err(&v.percentile, &format!("{f}.latency.percentile"), "percentile must be in (0, 100]");
                 }
+                if v.at_least.is_none() && v.at_most.is_none() {
+                    self.err(x, &format!("{f}.latency"), "give at_least and/or at_most");
+                }
                 if let Some(w) = w {
                     got.push(Expectation::Latency {
                         workload: w,
                         window,
                         percentile: v.percentile.value,
-                        at_most: v.at_most.value.0,
+                        at_most: v.at_most.as_ref().map(|d| d.value.0),
+                        at_least: v.at_least.as_ref().map(|d| d.value.0),
                     });
                 }
             }
