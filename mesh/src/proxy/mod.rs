@@ -9,9 +9,13 @@
 //! own module; this one wires them and owns the per-cluster runtime state.
 
 pub mod balance;
+pub mod hash;
 pub mod local_reply;
 pub mod outlier;
 pub mod pool;
+pub mod ratelimit;
+pub mod retry;
+pub mod route_match;
 pub mod telemetry;
 pub mod weighted;
 
