@@ -11,6 +11,22 @@ use clap::{Parser, Subcommand};
 use mesh::config::Level;
 use sim::scenario::{self, Plan};
 
+/// Prints a line to stdout; a closed pipe (`meshsim run x | head`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Prints to stdout without a newline; a closed pipe is not an error.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
@@ -102,7 +118,7 @@ fn cmd_validate(files: &[PathBuf]) -> i32 {
     let mut code = EXIT_OK;
     for f in files {
         match load(f) {
-            Ok(plan) => println!(
+            Ok(plan) => say!(
                 "{}: ok ({} pods, {} workloads, {} expectations, {} warnings)",
                 f.display(),
                 plan.pods.len(),
@@ -122,7 +138,7 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
         Err(c) => return c,
     };
     let seed = seed.unwrap_or(plan.seed);
-    println!("meshsim run {} --seed {seed}", file.display());
+    say!("meshsim run {} --seed {seed}", file.display());
     let output = match sim::world::run(plan.clone(), seed) {
         Ok(o) => o,
         Err(e) => {
@@ -132,9 +148,9 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
         }
     };
     let results = sim::results::build(&plan, seed, &output);
-    print!("{}", sim::results::summary(&results));
+    say_raw!("{}", sim::results::summary(&results));
     let wall = output.wall.as_secs_f64();
-    println!(
+    say!(
         "\nwall {:.2}s: {:.0} simulated requests per wall second, {:.1}x real time",
         wall,
         output.issued as f64 / wall.max(1e-9),
@@ -146,12 +162,12 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
         eprintln!("error: cannot write {}: {e}", path.display());
         return EXIT_FAILED;
     }
-    println!("results: {}", path.display());
+    say!("results: {}", path.display());
     if results.passed {
         EXIT_OK
     } else {
         let failed = results.expectations.iter().filter(|c| !c.pass).count();
-        println!("{failed} expectation(s) failed; repro: meshsim run {} --seed {seed}", file.display());
+        say!("{failed} expectation(s) failed; repro: meshsim run {} --seed {seed}", file.display());
         EXIT_FAILED
     }
 }
@@ -177,7 +193,7 @@ fn cmd_bench(scenario: Option<&Path>, seed: u64, runs: u32) -> i32 {
     if cfg!(debug_assertions) {
         eprintln!("warning: debug build: figures are ~16x lower than release (use cargo run --release)");
     }
-    println!(
+    say!(
         "bench sim: {} ({} pods on {} nodes, {} s simulated), {runs} run(s), seed {seed}",
         plan.name,
         plan.pods.len(),
@@ -198,7 +214,7 @@ fn cmd_bench(scenario: Option<&Path>, seed: u64, runs: u32) -> i32 {
         let results = sim::results::build(&plan, seed, &out);
         rps.push(out.issued as f64 / wall);
         speedup.push(out.sim_elapsed.as_secs_f64() / wall);
-        println!(
+        say!(
             "  run {}: {} requests in {wall:.2} s wall: {:.0} simulated requests per wall second, {:.1} simulated seconds per wall second{}",
             i + 1,
             out.issued,
@@ -213,7 +229,7 @@ fn cmd_bench(scenario: Option<&Path>, seed: u64, runs: u32) -> i32 {
     };
     let (r, s) = (median(&mut rps), median(&mut speedup));
     let ok = r >= GOAL_REQUESTS_PER_WALL_SECOND && s >= GOAL_SPEEDUP;
-    println!(
+    say!(
         "median: {r:.0} simulated requests per wall second (goal >= {GOAL_REQUESTS_PER_WALL_SECOND:.0}), {s:.1}x real time (goal >= {GOAL_SPEEDUP:.0}x): {}",
         if ok { "goals met" } else { "goals NOT met" }
     );

@@ -224,6 +224,15 @@ pub fn summary(r: &Results) -> String {
         r.issued,
         r.recorded
     );
+    let placement: Vec<String> = r
+        .placement
+        .iter()
+        .map(|(node, pods)| match pods.len() {
+            0..=4 => format!("{node}: {}", pods.join(" ")),
+            n => format!("{node}: {} … ({n} pods)", pods[..3].join(" ")),
+        })
+        .collect();
+    let _ = writeln!(s, "placement {}", placement.join("; "));
     for w in &r.workloads {
         let _ = writeln!(s, "\n{} -> {}: {} requests, {:.2}% 2xx", w.name, w.to, w.requests, 100.0 * w.success_rate);
         if let Some(l) = &w.latency_ms {
