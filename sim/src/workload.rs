@@ -136,6 +136,7 @@ impl Generator {
                     },
                     Ok(Err(UpstreamError::Connect(_))) => Outcome::Error("connect_error"),
                     Ok(Err(UpstreamError::Reset)) => Outcome::Error("reset"),
+                    Ok(Err(UpstreamError::Overflow(_))) => unreachable!("the app's own pool has no limits"),
                     Err(_) => Outcome::Error("client_timeout"),
                 };
                 me.in_flight[r.workload].fetch_sub(1, Ordering::SeqCst);

@@ -20,6 +20,8 @@ pub enum Flag {
     UpstreamConnectionTermination,
     /// Upstream request timeout.
     UpstreamRequestTimeout,
+    /// Upstream overflow: a circuit breaker refused the request.
+    UpstreamOverflow,
 }
 
 impl Flag {
@@ -31,6 +33,7 @@ impl Flag {
             Flag::UpstreamConnectionFailure => "UF",
             Flag::UpstreamConnectionTermination => "UC",
             Flag::UpstreamRequestTimeout => "UT",
+            Flag::UpstreamOverflow => "UO",
         }
     }
 }
@@ -52,6 +55,8 @@ pub fn connect_failure_body(reason: ConnectFailure) -> String {
     };
     format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
 }
+
+pub const BODY_OVERFLOW: &str = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 
 pub const BODY_CONNECTION_TERMINATION: &str =
     "upstream connect error or disconnect/reset before headers. reset reason: connection termination";
@@ -79,5 +84,6 @@ pub fn for_flag(flag: Flag, connect: Option<ConnectFailure>) -> (StatusCode, Str
         }
         Flag::UpstreamConnectionTermination => (StatusCode::SERVICE_UNAVAILABLE, BODY_CONNECTION_TERMINATION.into()),
         Flag::UpstreamRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, BODY_TIMEOUT.into()),
+        Flag::UpstreamOverflow => (StatusCode::SERVICE_UNAVAILABLE, BODY_OVERFLOW.into()),
     }
 }

@@ -213,7 +213,23 @@ impl<N: Net> Sidecar<N> {
 
     fn local(&self, flag: Flag, connect: Option<local_reply::ConnectFailure>, server: &'static str) -> Reply {
         let (status, body) = local_reply::for_flag(flag, connect);
-        local_reply::reply(status, body, server)
+        let mut reply = local_reply::reply(status, body, server);
+        if flag == Flag::UpstreamOverflow {
+            reply.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        }
+        reply
+    }
+
+    /// The local reply for a failed upstream exchange, its status and flags.
+    fn upstream_failure(&self, e: UpstreamError, server: &'static str) -> (Reply, u16, Vec<Flag>) {
+        let (flag, why) = match e {
+            UpstreamError::Connect(why) => (Flag::UpstreamConnectionFailure, Some(why)),
+            UpstreamError::Reset => (Flag::UpstreamConnectionTermination, None),
+            UpstreamError::Overflow(_) => (Flag::UpstreamOverflow, None),
+        };
+        let reply = self.local(flag, why, server);
+        let status = reply.status().as_u16();
+        (reply, status, vec![flag])
     }
 
     /// Picks a host of `cluster`, counting it active. `None` = no healthy upstream.
@@ -325,16 +341,7 @@ impl<N: Net> Sidecar<N> {
             Err(Failure::Timeout) => {
                 (self.local(Flag::UpstreamRequestTimeout, None, "envoy"), 504, vec![Flag::UpstreamRequestTimeout])
             }
-            Err(Failure::Upstream(UpstreamError::Connect(why))) => (
-                self.local(Flag::UpstreamConnectionFailure, Some(why), "envoy"),
-                503,
-                vec![Flag::UpstreamConnectionFailure],
-            ),
-            Err(Failure::Upstream(UpstreamError::Reset)) => (
-                self.local(Flag::UpstreamConnectionTermination, None, "envoy"),
-                503,
-                vec![Flag::UpstreamConnectionTermination],
-            ),
+            Err(Failure::Upstream(e)) => self.upstream_failure(e, "envoy"),
         };
         self.release_host(&cluster.name, host_idx, status);
         let to = Target { route: &route.name, cluster: &cluster.name, upstream: Some(&ep.pod) };
@@ -363,16 +370,7 @@ impl<N: Net> Sidecar<N> {
                 parts.headers.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
                 (Response::from_parts(parts, Full::new(body)), status, vec![])
             }
-            Err(UpstreamError::Connect(why)) => (
-                self.local(Flag::UpstreamConnectionFailure, Some(why), "istio-envoy"),
-                503,
-                vec![Flag::UpstreamConnectionFailure],
-            ),
-            Err(UpstreamError::Reset) => (
-                self.local(Flag::UpstreamConnectionTermination, None, "istio-envoy"),
-                503,
-                vec![Flag::UpstreamConnectionTermination],
-            ),
+            Err(e) => self.upstream_failure(e, "istio-envoy"),
         };
         let to = Target { route: "inbound", cluster: &cluster, upstream: Some(&self.cfg.pod) };
         self.log(Direction::Inbound, req_id, to, status, &flags, start);

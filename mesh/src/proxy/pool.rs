@@ -1,11 +1,16 @@
-//! HTTP/1.1 connection pool over the `Net` seam, one idle list per upstream address.
+//! HTTP/1.1 connection pool of one cluster, over the `Net` seam, with Envoy's circuit
+//! breakers as Istio configures them (MESH_SEMANTICS 3.2): limits are per client proxy
+//! per cluster, all endpoints together.
 //!
-//! Owns: connecting (with the cluster's connect timeout), the hyper handshake, keeping
-//! idle connections (at most [`MAX_IDLE_PER_ENDPOINT`] each) and reusing them. Does not
-//! own limits on concurrency (circuit breaking) or retries.
+//! Owns: connecting (with the cluster's connect timeout), the hyper handshake, idle
+//! connections per endpoint (reused, expired after the idle timeout, retired after
+//! `maxRequestsPerConnection` requests or `maxConnectionDuration`), the pending queue
+//! when `maxConnections` is reached, and the overflow verdicts (`max_requests`,
+//! `max_pending_requests`, `max_retries` / retry budget). Does not own which endpoint to
+//! call or whether to retry (`balance`, `retry`).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,12 +18,22 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 
 use super::local_reply::ConnectFailure;
-use crate::net::Net;
+use crate::net::{Clock, Net};
 
 /// Bound on idle connections kept per upstream address.
 pub const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// Which circuit breaker overflowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// `http2MaxRequests` (Envoy `max_requests`).
+    Requests,
+    /// `http1MaxPendingRequests` while `maxConnections` is reached.
+    Pending,
+}
 
 /// How forwarding to an upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,64 +41,281 @@ pub enum UpstreamError {
     Connect(ConnectFailure),
     /// The connection closed or reset before the full response arrived.
     Reset,
+    /// A circuit breaker refused the request: Envoy's 503 UO.
+    Overflow(Overflow),
+}
+
+/// Circuit-breaker thresholds and connection lifetimes of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    /// 0 = unlimited.
+    pub max_requests_per_connection: u32,
+    pub idle_timeout: Duration,
+    pub max_connection_duration: Option<Duration>,
+    /// Concurrent retries (`maxRetries`), unless a retry budget replaces it.
+    pub max_retries: u32,
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// `trafficPolicy.retryBudget`: allowed concurrent retries =
+/// max(min_concurrency, percent% × (active + pending)).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub percent: f64,
+    pub min_concurrency: u32,
+}
+
+impl Eq for RetryBudget {}
+
+impl Default for Limits {
+    /// Istio writes every threshold: 2^32−1 where unset; idle timeout 1 h.
+    fn default() -> Self {
+        Limits {
+            max_connections: u32::MAX,
+            max_pending_requests: u32::MAX,
+            max_requests: u32::MAX,
+            max_requests_per_connection: 0,
+            idle_timeout: Duration::from_secs(3600),
+            max_connection_duration: None,
+            max_retries: u32::MAX,
+            retry_budget: None,
+        }
+    }
 }
 
 type Sender = SendRequest<Full<Bytes>>;
 
+struct Conn {
+    sender: Sender,
+    requests: u32,
+    created: Duration,
+    idle_since: Duration,
+}
+
+/// What a waiting request is handed.
+enum Grant {
+    Conn(Conn),
+    /// Permission to open a connection (already counted in `open`).
+    Connect,
+}
+
+#[derive(Default)]
+struct HostConns {
+    idle: Vec<Conn>,
+    waiters: VecDeque<oneshot::Sender<Grant>>,
+}
+
+#[derive(Default)]
+struct State {
+    hosts: BTreeMap<(String, u16), HostConns>,
+    /// Connections open or being opened.
+    open: u32,
+    pending: u32,
+    active: u32,
+    retries: u32,
+}
+
 pub struct Pool<N: Net> {
     net: N,
-    idle: Mutex<BTreeMap<(String, u16), Vec<Sender>>>,
+    limits: Limits,
+    clock: Option<Arc<dyn Clock>>,
+    state: Mutex<State>,
+}
+
+/// Counts a request as active until dropped.
+struct Active<'a>(&'a Mutex<State>);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("pool lock").active -= 1;
+    }
+}
+
+/// A retry in flight, counted against `maxRetries` / the retry budget until dropped.
+pub struct RetryPermit<'a>(&'a Mutex<State>);
+
+impl Drop for RetryPermit<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("pool lock").retries -= 1;
+    }
 }
 
 impl<N: Net> Pool<N> {
+    /// A pool without limits and without idle expiry (an app's client, the inbound side).
     pub fn new(net: N) -> Self {
-        Pool { net, idle: Mutex::new(BTreeMap::new()) }
+        Pool { net, limits: Limits::default(), clock: None, state: Mutex::new(State::default()) }
     }
 
-    fn checkout(&self, key: &(String, u16)) -> Option<Sender> {
-        let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.get_mut(key)?;
-        while let Some(s) = list.pop() {
-            if s.is_ready() {
-                return Some(s);
+    pub fn with_limits(net: N, limits: Limits, clock: Arc<dyn Clock>) -> Self {
+        Pool { net, limits, clock: Some(clock), state: Mutex::new(State::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("pool lock")
+    }
+
+    fn now(&self) -> Duration {
+        self.clock.as_ref().map(|c| c.now()).unwrap_or_default()
+    }
+
+    /// Requests in flight plus requests waiting for a connection.
+    pub fn load(&self) -> (u32, u32) {
+        let s = self.lock();
+        (s.active, s.pending)
+    }
+
+    /// Asks the retry circuit breaker for one more concurrent retry; `None` = overflow.
+    pub fn try_retry(&self) -> Option<RetryPermit<'_>> {
+        let mut s = self.lock();
+        let allowed = match self.limits.retry_budget {
+            Some(b) => {
+                let share = (b.percent / 100.0 * f64::from(s.active + s.pending)).floor() as u32;
+                share.max(b.min_concurrency)
+            }
+            None => self.limits.max_retries,
+        };
+        if s.retries >= allowed {
+            return None;
+        }
+        s.retries += 1;
+        Some(RetryPermit(&self.state))
+    }
+
+    /// Whether `conn` may carry another request.
+    fn reusable(&self, conn: &Conn, now: Duration) -> bool {
+        !conn.sender.is_closed()
+            && (self.limits.max_requests_per_connection == 0 || conn.requests < self.limits.max_requests_per_connection)
+            && self.limits.max_connection_duration.is_none_or(|d| now.saturating_sub(conn.created) < d)
+    }
+
+    /// Drops expired idle connections of every host; returns how many were closed.
+    fn expire(&self, s: &mut State, now: Duration) {
+        let timeout = self.limits.idle_timeout;
+        let mut closed = 0;
+        for h in s.hosts.values_mut() {
+            let before = h.idle.len();
+            h.idle.retain(|c| !c.sender.is_closed() && now.saturating_sub(c.idle_since) < timeout);
+            closed += before - h.idle.len();
+        }
+        s.open -= closed as u32;
+    }
+
+    /// A connection closed: its slot may go to a request waiting on any host.
+    fn closed(&self, s: &mut State) {
+        s.open -= 1;
+        while s.open < self.limits.max_connections {
+            let Some(h) = s.hosts.values_mut().find(|h| !h.waiters.is_empty()) else { return };
+            let w = h.waiters.pop_front().expect("non-empty");
+            s.open += 1;
+            if w.send(Grant::Connect).is_err() {
+                s.open -= 1; // that waiter gave up; try the next
             }
         }
-        None
     }
 
-    fn checkin(&self, key: (String, u16), sender: Sender) {
-        if sender.is_closed() {
+    /// Puts a connection back: to a waiter of the same host first, else idle.
+    fn release(&self, key: &(String, u16), mut conn: Conn) {
+        let now = self.now();
+        let mut s = self.lock();
+        if !self.reusable(&conn, now) {
+            drop(conn);
+            self.closed(&mut s);
             return;
         }
-        let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.entry(key).or_default();
-        if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(sender);
+        conn.idle_since = now;
+        let h = s.hosts.entry(key.clone()).or_default();
+        while let Some(w) = h.waiters.pop_front() {
+            match w.send(Grant::Conn(conn)) {
+                Ok(()) => return,
+                Err(Grant::Conn(c)) => conn = c,
+                Err(Grant::Connect) => unreachable!("sent a connection"),
+            }
+        }
+        if h.idle.len() < MAX_IDLE_PER_ENDPOINT {
+            h.idle.push(conn);
+        } else {
+            drop(conn);
+            self.closed(&mut s);
         }
     }
 
-    async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<Sender, UpstreamError> {
+    async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<Conn, UpstreamError> {
         let attempt = async {
             let addr = self.net.resolve(host, port).await?;
             let stream = self.net.connect(addr).await?;
-            let (sender, conn) =
-                http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+            let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
             tokio::spawn(async move {
                 // The connection ends when either side closes; errors surface on requests.
                 let _ = conn.await;
             });
             Ok::<_, std::io::Error>(sender)
         };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(_)) => Err(UpstreamError::Connect(ConnectFailure::Refused)),
-            Err(_) => Err(UpstreamError::Connect(ConnectFailure::Timeout)),
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(sender)) => {
+                let now = self.now();
+                return Ok(Conn { sender, requests: 0, created: now, idle_since: now });
+            }
+            Ok(Err(_)) => UpstreamError::Connect(ConnectFailure::Refused),
+            Err(_) => UpstreamError::Connect(ConnectFailure::Timeout),
+        };
+        self.closed(&mut self.lock());
+        Err(result)
+    }
+
+    /// A connection to `key`: idle, new, or — at `maxConnections` — after waiting in
+    /// the pending queue.
+    async fn acquire(&self, key: &(String, u16), connect_timeout: Duration) -> Result<Conn, UpstreamError> {
+        let rx = {
+            let now = self.now();
+            let mut s = self.lock();
+            if self.clock.is_some() {
+                self.expire(&mut s, now);
+            }
+            let h = s.hosts.entry(key.clone()).or_default();
+            let mut stale = 0;
+            while let Some(c) = h.idle.pop() {
+                if c.sender.is_ready() {
+                    s.open -= stale;
+                    return Ok(c);
+                }
+                stale += 1;
+            }
+            s.open -= stale;
+            if s.open < self.limits.max_connections {
+                s.open += 1;
+                None
+            } else if s.pending < self.limits.max_pending_requests {
+                let (tx, rx) = oneshot::channel();
+                s.hosts.get_mut(key).expect("entry made above").waiters.push_back(tx);
+                s.pending += 1;
+                Some(rx)
+            } else {
+                return Err(UpstreamError::Overflow(Overflow::Pending));
+            }
+        };
+        let Some(rx) = rx else {
+            return self.connect(&key.0, key.1, connect_timeout).await;
+        };
+        // Pending: count it until granted or abandoned (a dropped future drops `rx`).
+        struct Pending<'a>(&'a Mutex<State>);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.lock().expect("pool lock").pending -= 1;
+            }
+        }
+        let _pending = Pending(&self.state);
+        match rx.await {
+            Ok(Grant::Conn(c)) => Ok(c),
+            Ok(Grant::Connect) => self.connect(&key.0, key.1, connect_timeout).await,
+            Err(_) => Err(UpstreamError::Reset),
         }
     }
 
-    /// Sends `req` to `host:port` on a pooled or new connection and reads the whole
-    /// response. A request that a reused connection could not even start is sent once
-    /// more on a new connection (the peer closed it while idle).
+    /// Sends `req` to `host:port` and reads the whole response. A request that a reused
+    /// connection could not even start is sent once more (the peer closed it while idle).
     pub async fn send(
         &self,
         host: &str,
@@ -91,34 +323,40 @@ impl<N: Net> Pool<N> {
         connect_timeout: Duration,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Bytes>, UpstreamError> {
+        {
+            let mut s = self.lock();
+            if s.active >= self.limits.max_requests {
+                return Err(UpstreamError::Overflow(Overflow::Requests));
+            }
+            s.active += 1;
+        }
+        let _active = Active(&self.state);
         let key = (host.to_string(), port);
         let mut req = req;
-        if let Some(mut sender) = self.checkout(&key) {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return self.finish(key, sender, resp).await,
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(UpstreamError::Reset),
-                },
+        for _ in 0..2 {
+            let mut conn = self.acquire(&key, connect_timeout).await?;
+            conn.requests += 1;
+            match conn.sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes());
+                    let Ok(body) = body else {
+                        self.closed(&mut self.lock());
+                        return Err(UpstreamError::Reset);
+                    };
+                    self.release(&key, conn);
+                    return Ok(Response::from_parts(parts, body));
+                }
+                Err(mut e) => {
+                    self.closed(&mut self.lock());
+                    match e.take_message() {
+                        Some(r) => req = r,
+                        None => return Err(UpstreamError::Reset),
+                    }
+                }
             }
         }
-        let mut sender = self.connect(host, port, connect_timeout).await?;
-        match sender.send_request(req).await {
-            Ok(resp) => self.finish(key, sender, resp).await,
-            Err(_) => Err(UpstreamError::Reset),
-        }
-    }
-
-    async fn finish(
-        &self,
-        key: (String, u16),
-        sender: Sender,
-        resp: Response<hyper::body::Incoming>,
-    ) -> Result<Response<Bytes>, UpstreamError> {
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map_err(|_| UpstreamError::Reset)?.to_bytes();
-        self.checkin(key, sender);
-        Ok(Response::from_parts(parts, body))
+        Err(UpstreamError::Reset)
     }
 }
 
