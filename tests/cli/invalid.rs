@@ -1,0 +1,808 @@
+//! Invalid input: one test per class of mistake. Each writes a small scenario that differs
+//! from a valid base by one edit, and checks that `validate` and `run` exit 2 and print
+//! `file:line:col: error [CODE] field: rule` with the position computed from the text.
+
+use std::ffi::OsStr;
+
+use crate::util::{At, Expect, Scratch, edit, lines, meshsim, pos, rejects};
+
+/// A valid scenario without Istio resources.
+const PLAIN: &str = "\
+name: shop
+description: a valid base that each test breaks in one place
+duration: 10s
+services:
+  - name: frontend
+    pods:
+      - name: v1
+  - name: backend
+    port: 8080
+    pods:
+      - name: v1
+        replicas: 2
+workload:
+  - name: browse
+    from: frontend
+    to: backend
+    rate: 100
+    timeout: 2s
+faults:
+  - at: 2s
+    for: 1s
+    app_errors: {pods: [backend-v1-0]}
+expect:
+  - success_rate: {workload: browse, at_least: 0.5}
+";
+
+/// A valid scenario with a DestinationRule and a VirtualService.
+const MESH: &str = "\
+name: canary
+duration: 10s
+services:
+  - name: frontend
+    pods:
+      - name: v1
+  - name: reviews
+    pods:
+      - name: v1
+        labels: {version: v1}
+      - name: v2
+        labels: {version: v2}
+  - name: ratings
+    pods:
+      - name: v1
+istio:
+  - apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: reviews}
+    spec:
+      host: reviews
+      subsets:
+        - name: v1
+          labels: {version: v1}
+        - name: v2
+          labels: {version: v2}
+      trafficPolicy:
+        outlierDetection:
+          maxEjectionPercent: 50
+  - apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: reviews}
+    spec:
+      hosts: [reviews]
+      http:
+        - route:
+            - destination: {host: reviews, subset: v1}
+              weight: 90
+            - destination: {host: reviews, subset: v2}
+              weight: 10
+          timeout: 2s
+workload:
+  - name: browse
+    from: frontend
+    to: reviews
+    rate: 100
+";
+
+#[test]
+fn the_bases_are_valid() {
+    for (name, text) in [("plain", PLAIN), ("mesh", MESH)] {
+        let scratch = Scratch::new(name);
+        let file = scratch.write("scenario.yaml", text);
+        let ran = meshsim([OsStr::new("validate"), file.as_os_str()]);
+        assert_eq!(ran.code, Some(0), "base {name} must be valid\n{}", ran.dump());
+        assert!(ran.stderr.is_empty(), "base {name} must have no findings\n{}", ran.dump());
+    }
+}
+
+// ------------------------------------------------------------------ malformed YAML
+
+#[test]
+fn malformed_yaml_unclosed_quote() {
+    let y = edit(PLAIN, "name: shop", "name: \"shop");
+    let (line, col) = pos(&y, "name: \"shop", "\"");
+    rejects(
+        "unclosed-quote",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: None, rule: "unclosed quote" },
+    )
+    .single();
+}
+
+#[test]
+fn malformed_yaml_bad_indentation() {
+    let y = edit(PLAIN, "duration: 10s", "  duration: 10s");
+    let (line, _) = pos(&y, "  duration: 10s", "duration");
+    rejects(
+        "bad-indentation",
+        &y,
+        &Expect { at: At::Line(line), code: "IST0106", field: None, rule: "mapping values are not allowed" },
+    )
+    .single();
+}
+
+#[test]
+fn malformed_yaml_tab_indentation() {
+    let y = edit(PLAIN, "      - name: v1\n  - name: backend", "\t- name: v1\n  - name: backend");
+    let (line, _) = pos(&y, "\t- name: v1", "-");
+    rejects("tab", &y, &Expect { at: At::Line(line), code: "IST0106", field: None, rule: "tabs" }).single();
+}
+
+// ------------------------------------------------------------------ unknown fields
+
+#[test]
+fn unknown_field_at_top_level() {
+    let y = edit(PLAIN, "duration: 10s\n", "duration: 10s\nretries: 3\n");
+    let (line, col) = pos(&y, "retries: 3", "retries");
+    rejects(
+        "unknown-top",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("`retries`"), rule: "unknown field" },
+    )
+    .single();
+}
+
+#[test]
+fn unknown_field_in_a_service() {
+    let y = edit(PLAIN, "    port: 8080\n", "    port: 8080\n    replicas: 3\n");
+    let (line, col) = pos(&y, "    replicas: 3", "replicas");
+    rejects(
+        "unknown-service",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("`replicas`"), rule: "unknown field" },
+    )
+    .single();
+}
+
+#[test]
+fn unknown_field_in_an_istio_spec() {
+    let y = edit(MESH, "      hosts: [reviews]\n", "      hosts: [reviews]\n      retry: {attempts: 3}\n");
+    let (line, col) = pos(&y, "retry: {attempts: 3}", "retry");
+    rejects(
+        "unknown-istio",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("`retry`"), rule: "unknown field" },
+    )
+    .single();
+}
+
+#[test]
+#[ignore = "bug: an error in a resource's top-level keys read from istio_files has no line (inline it has one)"]
+fn unknown_field_in_an_istio_file_has_its_line() {
+    let scratch = Scratch::new("istio-file");
+    let resources = "\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metdata: {name: reviews}
+spec:
+  hosts: [reviews]
+";
+    let istio = scratch.write("reviews.yaml", resources);
+    let (line, col) = pos(resources, "metdata", "metdata");
+    let scenario = scratch.write("scenario.yaml", format!("{PLAIN}istio_files: [reviews.yaml]\n"));
+    let ran = meshsim([OsStr::new("validate"), scenario.as_os_str()]);
+    ran.assert_no_panic();
+    assert_eq!(ran.code, Some(2), "{}", ran.dump());
+    let want = format!("{}:{line}:{col}: error [IST0106]", istio.display());
+    assert!(ran.stderr.contains(&want) && ran.stderr.contains("`metdata`"), "expected {want:?}\n{}", ran.dump());
+}
+
+// ------------------------------------------------------------------ wrong types
+
+#[test]
+#[ignore = "bug: a type error names no field (\"invalid floating point\", not `rate`)"]
+fn wrong_type_rate_is_a_word() {
+    let y = edit(PLAIN, "rate: 100", "rate: fast");
+    let (line, col) = pos(&y, "rate: fast", "fast");
+    rejects(
+        "rate-fast",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("rate"), rule: "invalid" },
+    )
+    .single();
+}
+
+#[test]
+#[ignore = "bug: a type error names no field (\"invalid u32\", not `replicas`)"]
+fn wrong_type_negative_replicas() {
+    let y = edit(PLAIN, "replicas: 2", "replicas: -1");
+    let (line, col) = pos(&y, "replicas: -1", "-1");
+    rejects(
+        "replicas-negative",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("replicas"), rule: "invalid" },
+    )
+    .single();
+}
+
+#[test]
+#[ignore = "bug: a type error names no field (\"invalid i64\", not `weight`)"]
+fn wrong_type_weight_is_a_word() {
+    let y = edit(MESH, "weight: 10", "weight: ten");
+    let (line, col) = pos(&y, "weight: ten", "ten");
+    rejects(
+        "weight-word",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("weight"), rule: "invalid" },
+    )
+    .single();
+}
+
+#[test]
+#[ignore = "bug: schema errors repeat the position in the message (`…: error [IST0106] … at line 3, column 1`)"]
+fn schema_errors_state_the_position_once() {
+    let y = edit(PLAIN, "duration: 10s\n", "duration: 10s\nretries: 3\n");
+    let r = rejects("position-once", &y, &Expect { at: At::Anywhere, code: "IST0106", field: None, rule: "unknown" });
+    for e in &r.errors {
+        assert!(!e.rest.contains(" at line "), "position repeated in the message: {:?}\n{}", e.rest, r.ran.dump());
+    }
+}
+
+// ------------------------------------------------------------------ references
+
+#[test]
+fn workload_from_an_unknown_service() {
+    let y = edit(PLAIN, "from: frontend", "from: fronted");
+    let (line, col) = pos(&y, "from: fronted", "fronted");
+    rejects(
+        "from-unknown",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0101",
+            field: Some("workload[0].from"),
+            rule: "\"fronted\" is neither a service nor a pod",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn workload_to_an_unknown_service() {
+    let y = edit(PLAIN, "to: backend", "to: backnd");
+    let (line, col) = pos(&y, "to: backnd", "backnd");
+    rejects(
+        "to-unknown",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0101",
+            field: Some("workload[0].to"),
+            rule: "\"backnd\" is not a service",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn fault_on_an_unknown_pod() {
+    let y = edit(PLAIN, "pods: [backend-v1-0]", "pods: [backend-v2-0]");
+    let (line, col) = pos(&y, "pods: [backend-v2-0]", "backend-v2-0");
+    rejects(
+        "fault-pod",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0101",
+            field: Some("faults[0].app_errors.pods"),
+            rule: "pod \"backend-v2-0\" is not in the scenario",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn virtual_service_unknown_subset() {
+    let y = edit(MESH, "{host: reviews, subset: v2}", "{host: reviews, subset: v3}");
+    let (line, col) = pos(&y, "subset: v3", "v3");
+    rejects(
+        "unknown-subset",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0101",
+            field: Some("spec.http[0].route[1].destination.subset"),
+            rule: "Referenced host+subset in destinationrule not found: \"reviews+v3\"",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn virtual_service_unknown_host() {
+    let y = edit(MESH, "{host: reviews, subset: v2}", "{host: details}");
+    let (line, col) = pos(&y, "{host: details}", "details");
+    rejects(
+        "unknown-host",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0101",
+            field: Some("spec.http[0].route[1].destination.host"),
+            rule: "Referenced host not found: \"details\"",
+        },
+    )
+    .single();
+}
+
+// ------------------------------------------------------------------ weights
+
+#[test]
+fn negative_weight() {
+    let y = edit(MESH, "weight: 10", "weight: -1");
+    let (line, col) = pos(&y, "weight: -1", "-1");
+    rejects(
+        "weight-negative",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0106",
+            field: Some("spec.http[0].route[1].weight"),
+            rule: "weight -1 < 0",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn zero_total_weight_over_two_destinations() {
+    let y = edit(&edit(MESH, "weight: 90", "weight: 0"), "weight: 10", "weight: 0");
+    // Reported at the first destination's weight, naming the route.
+    let (line, col) = pos(&y, "weight: 0", "0");
+    rejects(
+        "weight-zero",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0106",
+            field: Some("spec.http[0].route"),
+            rule: "total destination weight = 0",
+        },
+    )
+    .single();
+}
+
+// ------------------------------------------------------------------ durations
+
+#[test]
+fn duration_with_a_word_unit() {
+    let y = edit(PLAIN, "duration: 10s", "duration: 10 seconds");
+    let (line, col) = pos(&y, "duration: 10 seconds", "10 seconds");
+    rejects(
+        "duration-words",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("duration"), rule: "unknown unit" },
+    )
+    .single();
+}
+
+#[test]
+#[ignore = "bug: a unitless duration's error names no field (\"duration 5 has no unit\", not `timeout`)"]
+fn workload_timeout_without_a_unit() {
+    let y = edit(PLAIN, "timeout: 2s", "timeout: 5");
+    let (line, col) = pos(&y, "timeout: 5", "5");
+    rejects(
+        "timeout-unitless",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("timeout"), rule: "has no unit" },
+    )
+    .single();
+}
+
+#[test]
+#[ignore = "bug: a unitless duration's error names no field (\"duration 5 has no unit\", not `timeout`)"]
+fn virtual_service_timeout_without_a_unit() {
+    let y = edit(MESH, "timeout: 2s", "timeout: 5");
+    let (line, col) = pos(&y, "timeout: 5", "5");
+    rejects(
+        "vs-timeout-unitless",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("timeout"), rule: "has no unit" },
+    )
+    .single();
+}
+
+#[test]
+fn zero_duration() {
+    let y = edit(PLAIN, "duration: 10s", "duration: 0s");
+    let (line, col) = pos(&y, "duration: 0s", "0s");
+    rejects(
+        "duration-zero",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("duration"),
+            rule: "duration must be greater than 0",
+        },
+    );
+}
+
+#[test]
+#[ignore = "bug: `duration: 0s` also reports `workload[0].stop: workload stops (0ns) before it starts (0ns)`"]
+fn zero_duration_is_one_error() {
+    let y = edit(PLAIN, "duration: 10s", "duration: 0s");
+    let (line, col) = pos(&y, "duration: 0s", "0s");
+    rejects(
+        "duration-zero-once",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "MSIM0002", field: Some("duration"), rule: "greater than 0" },
+    )
+    .single();
+}
+
+#[test]
+fn virtual_service_zero_timeout() {
+    let y = edit(MESH, "timeout: 2s", "timeout: 0s");
+    let (line, col) = pos(&y, "timeout: 0s", "0s");
+    rejects(
+        "vs-timeout-zero",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0106",
+            field: Some("spec.http[0].timeout"),
+            rule: "duration must be greater than 1ms",
+        },
+    )
+    .single();
+}
+
+// ------------------------------------------------------------------ rates and ranges
+
+#[test]
+fn zero_rate() {
+    let y = edit(PLAIN, "rate: 100", "rate: 0");
+    let (line, col) = pos(&y, "rate: 0", "0");
+    rejects(
+        "rate-zero",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("workload[0].rate"),
+            rule: "rate must be greater than 0",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn negative_rate() {
+    let y = edit(PLAIN, "rate: 100", "rate: -5");
+    let (line, col) = pos(&y, "rate: -5", "-5");
+    rejects(
+        "rate-negative",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("workload[0].rate"),
+            rule: "rate must be greater than 0",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn max_ejection_percent_over_100() {
+    let y = edit(MESH, "maxEjectionPercent: 50", "maxEjectionPercent: 150");
+    let (line, col) = pos(&y, "maxEjectionPercent: 150", "150");
+    rejects(
+        "max-ejection",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0106",
+            field: Some("spec.trafficPolicy.outlierDetection.maxEjectionPercent"),
+            rule: "max ejection percent must be in range [0..100]",
+        },
+    )
+    .single();
+}
+
+// ------------------------------------------------------------------ structure
+
+#[test]
+fn unknown_istio_kind() {
+    let y = edit(MESH, "kind: VirtualService", "kind: Gateway");
+    let (line, col) = pos(&y, "kind: Gateway", "Gateway");
+    rejects(
+        "kind",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0106",
+            field: Some("kind"),
+            rule: "\"Gateway\" is not supported",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn missing_required_field() {
+    let y = edit(PLAIN, "duration: 10s\n", "");
+    rejects(
+        "missing-duration",
+        &y,
+        &Expect { at: At::Anywhere, code: "IST0106", field: Some("`duration`"), rule: "missing field" },
+    )
+    .single();
+}
+
+#[test]
+#[ignore = "bug: a missing field is reported at the mapping's last key (here `expect:`), not where the mapping starts"]
+fn missing_required_field_points_at_its_mapping() {
+    let y = edit(PLAIN, "duration: 10s\n", "");
+    let (line, col) = pos(&y, "name: shop", "name");
+    rejects(
+        "missing-duration-pos",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: Some("`duration`"), rule: "missing field" },
+    )
+    .single();
+}
+
+#[test]
+fn fault_with_two_kinds() {
+    let y = edit(
+        PLAIN,
+        "    app_errors: {pods: [backend-v1-0]}\n",
+        "    app_errors: {pods: [backend-v1-0]}\n    crash: {pods: [backend-v1-1]}\n",
+    );
+    rejects(
+        "fault-two-kinds",
+        &y,
+        &Expect {
+            at: At::Lines(lines(&y, "- at: 2s", "crash:")),
+            code: "MSIM0002",
+            field: Some("faults[0]"),
+            rule: "a fault has exactly one of app_errors, partition, link_latency, crash",
+        },
+    )
+    .single();
+}
+
+// ------------------------------------------------------------------ no input panics
+
+/// Scenario texts that must each be rejected (exit 2) or accepted, never crash `validate`.
+fn odd_inputs() -> Vec<(&'static str, Vec<u8>)> {
+    let deep = format!("name: x\nduration: 1s\nservices: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+    let aliases = "\
+a: &a [x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b]
+d: [*c, *c, *c, *c, *c, *c, *c, *c]
+";
+    let plain = |from: &str, to: &str| edit(PLAIN, from, to).into_bytes();
+    let mesh = |from: &str, to: &str| edit(MESH, from, to).into_bytes();
+    vec![
+        ("empty", Vec::new()),
+        ("comment only", b"# nothing\n".to_vec()),
+        ("null", b"~\n".to_vec()),
+        ("scalar", b"just words\n".to_vec()),
+        ("sequence", b"- a\n- b\n".to_vec()),
+        ("not utf-8", vec![0xff, 0xfe, 0x00, b'x', 0x80]),
+        ("nul bytes", b"name: \x00\x00\nduration: 1s\n".to_vec()),
+        ("deep nesting", deep.into_bytes()),
+        ("alias expansion", aliases.as_bytes().to_vec()),
+        ("duplicate key", plain("duration: 10s\n", "duration: 10s\nduration: 20s\n")),
+        ("huge replicas", plain("replicas: 2", "replicas: 4294967295")),
+        ("replicas overflow", plain("replicas: 2", "replicas: 99999999999999999999999")),
+        ("nan rate", plain("rate: 100", "rate: .nan")),
+        ("infinite rate", plain("rate: 100", "rate: .inf")),
+        ("huge rate", plain("rate: 100", "rate: 1e300")),
+        ("huge duration", plain("duration: 10s", "duration: 99999999999999999999h")),
+        ("sub-nanosecond duration", plain("duration: 10s", "duration: 0.0001ns")),
+        ("negative duration", plain("duration: 10s", "duration: -10s")),
+        ("port 0", plain("port: 8080", "port: 0")),
+        ("port too big", plain("port: 8080", "port: 70000")),
+        ("nodes 0", plain("duration: 10s\n", "duration: 10s\nnodes: 0\n")),
+        ("nodes 1000", plain("duration: 10s\n", "duration: 10s\nnodes: 1000\n")),
+        ("fault after end", plain("at: 2s", "at: 1h")),
+        ("fault without kind", plain("    app_errors: {pods: [backend-v1-0]}\n", "")),
+        ("fault for 0s", plain("for: 1s", "for: 0s")),
+        (
+            "unknown node",
+            plain("app_errors: {pods: [backend-v1-0]}", "link_latency: {from: [node-9], to: [node-0], latency: 1s}"),
+        ),
+        ("status 99", plain("app_errors: {pods: [backend-v1-0]}", "app_errors: {pods: [backend-v1-0], status: 99}")),
+        ("reversed window", plain("at_least: 0.5}", "at_least: 0.5, window: [5s, 1s]}")),
+        ("one-element window", plain("at_least: 0.5}", "at_least: 0.5, window: [5s]}")),
+        ("empty expectation", plain("  - success_rate: {workload: browse, at_least: 0.5}", "  - {}")),
+        ("unknown workload", plain("{workload: browse,", "{workload: nobody,")),
+        ("stop before start", plain("timeout: 2s", "start: 5s\n    stop: 1s")),
+        ("bad arrivals", plain("timeout: 2s", "arrivals: bursty")),
+        ("upper-case service", plain("name: backend", "name: Backend")),
+        ("duplicate service", plain("name: backend", "name: frontend")),
+        ("no services", b"name: x\nduration: 1s\nservices: []\n".to_vec()),
+        ("empty pod list", plain("      - name: v1\n        replicas: 2\n", "      []\n")),
+        (
+            "lognormal zero",
+            plain("replicas: 2\n", "replicas: 2\n        app: {latency: {lognormal: {median: 0s, p99: 0s}}}\n"),
+        ),
+        (
+            "two latencies",
+            plain("replicas: 2\n", "replicas: 2\n        app: {latency: {constant: 1ms, exponential: 2ms}}\n"),
+        ),
+        ("istio file missing", plain("duration: 10s\n", "duration: 10s\nistio_files: [/nonexistent/meshsim.yaml]\n")),
+        ("istio file is a directory", plain("duration: 10s\n", "duration: 10s\nistio_files: [.]\n")),
+        ("huge weight", mesh("weight: 90", "weight: 99999999999")),
+        ("weight overflow", mesh("weight: 90", "weight: 99999999999999999999999")),
+        ("only zero weight", mesh("weight: 10", "weight: 0")),
+        ("no http routes", mesh("      http:\n", "      http: []\n      tcp: []\n")),
+        ("empty route", mesh("        - route:\n", "        - route: []\n          name: r\n        - route:\n")),
+        (
+            "no kind",
+            mesh("    kind: VirtualService\n    metadata: {name: reviews}\n", "    metadata: {name: reviews}\n"),
+        ),
+        (
+            "spec before kind",
+            mesh(
+                "    kind: DestinationRule\n    metadata: {name: reviews}\n    spec:\n      host: reviews\n",
+                "    metadata: {name: reviews}\n    spec: {host: reviews}\n    kind: DestinationRule\n    x:\n",
+            ),
+        ),
+        (
+            "no metadata name",
+            mesh(
+                "    kind: VirtualService\n    metadata: {name: reviews}\n",
+                "    kind: VirtualService\n    metadata: {}\n",
+            ),
+        ),
+        (
+            "bad apiVersion",
+            mesh(
+                "  - apiVersion: networking.istio.io/v1\n    kind: VirtualService",
+                "  - apiVersion: v1\n    kind: VirtualService",
+            ),
+        ),
+        (
+            "duplicate subset",
+            mesh(
+                "        - name: v2\n          labels: {version: v2}",
+                "        - name: v1\n          labels: {version: v2}",
+            ),
+        ),
+        ("negative percent", mesh("maxEjectionPercent: 50", "maxEjectionPercent: -1\n          minHealthPercent: 200")),
+        ("bad lb", mesh("outlierDetection:", "loadBalancer: {simple: FASTEST}\n        outlierDetection:")),
+        ("empty connection pool", mesh("outlierDetection:", "connectionPool: {}\n        outlierDetection:")),
+        ("zero intervals", mesh("maxEjectionPercent: 50", "interval: 0s\n          baseEjectionTime: 0s")),
+        ("DR for unknown host", mesh("      host: reviews\n", "      host: nowhere\n")),
+        (
+            "subset selects no pod",
+            mesh("labels: {version: v2}\n      trafficPolicy", "labels: {version: v9}\n      trafficPolicy"),
+        ),
+    ]
+}
+
+#[test]
+fn no_input_makes_validate_panic() {
+    let scratch = Scratch::new("odd");
+    let mut files = Vec::new();
+    for (i, (name, text)) in odd_inputs().into_iter().enumerate() {
+        files.push((name, scratch.write(&format!("odd-{i}.yaml"), text)));
+    }
+    // One at a time, so a crash is pinned to its input.
+    for (name, file) in &files {
+        let ran = meshsim([OsStr::new("validate"), file.as_os_str()]);
+        assert!(!ran.stderr.contains("panicked"), "input {name:?} made validate panic\n{}", ran.dump());
+        assert!(matches!(ran.code, Some(0 | 2)), "input {name:?}: validate must exit 0 or 2\n{}", ran.dump());
+        if ran.code == Some(2) {
+            assert!(
+                ran.stderr.contains(&format!("{}: invalid scenario (", file.display())),
+                "input {name:?}: a rejection must end with the summary line\n{}",
+                ran.dump()
+            );
+        }
+    }
+}
+
+#[test]
+fn command_line_mistakes_exit_2() {
+    let scratch = Scratch::new("args");
+    let missing = scratch.dir.join("missing.yaml");
+    for args in [
+        vec![],
+        vec![OsStr::new("fly")],
+        vec![OsStr::new("validate")],
+        vec![OsStr::new("run")],
+        vec![OsStr::new("run"), missing.as_os_str(), OsStr::new("--seed"), OsStr::new("many")],
+        vec![OsStr::new("run"), missing.as_os_str(), OsStr::new("--seed"), OsStr::new("-1")],
+    ] {
+        let ran = meshsim(&args);
+        ran.assert_no_panic();
+        assert_eq!(ran.code, Some(2), "meshsim {args:?} must exit 2\n{}", ran.dump());
+    }
+}
+
+#[test]
+fn a_missing_file_is_named_and_exits_2() {
+    let scratch = Scratch::new("missing");
+    let missing = scratch.dir.join("no-such-scenario.yaml");
+    let out = scratch.dir.join("out");
+    for args in [vec!["validate"], vec!["run", "--out", out.to_str().expect("utf-8 temp dir")]] {
+        let cmd = args[0];
+        let ran = meshsim(args.iter().map(OsStr::new).chain([missing.as_os_str()]));
+        ran.assert_no_panic();
+        assert_eq!(ran.code, Some(2), "{cmd} of a missing file\n{}", ran.dump());
+        let want = format!("{}: error [", missing.display());
+        assert!(ran.stderr.contains(&want), "{cmd}: expected {want:?}\n{}", ran.dump());
+        assert!(ran.stderr.contains("cannot read"), "{cmd}: the rule is not stated\n{}", ran.dump());
+    }
+}
+
+/// Two small services and a workload; fault schedules are appended.
+const TWO: &str = "\
+name: faults
+duration: 2s
+services:
+  - name: a
+    pods:
+      - name: v1
+  - name: b
+    pods:
+      - name: v1
+        replicas: 2
+workload:
+  - {name: w, from: a, to: b, rate: 100, timeout: 1s}
+faults:
+";
+
+fn run_exits_cleanly(test: &str, faults: &str) {
+    let scratch = Scratch::new(test);
+    let file = scratch.write("scenario.yaml", format!("{TWO}{faults}"));
+    let out = scratch.dir.join("out");
+    let ran = meshsim([OsStr::new("run"), file.as_os_str(), OsStr::new("--out"), out.as_os_str()]);
+    ran.assert_no_panic();
+    assert_eq!(ran.code, Some(0), "faults:\n{faults}\n{}", ran.dump());
+}
+
+#[test]
+fn unusual_fault_schedules_run_without_panicking() {
+    for (name, faults) in [
+        ("crash at the last ms", "  - {at: 1999ms, crash: {pods: [b-v1-0]}}\n"),
+        ("crash the source", "  - {at: 500ms, for: 100ms, crash: {pods: [a-v1-0]}}\n"),
+        ("crash everything", "  - {at: 100ms, crash: {pods: [a-v1-0, b-v1-0, b-v1-1]}}\n"),
+        (
+            "crash the same pod twice, apart",
+            "  - {at: 500ms, for: 100ms, crash: {pods: [b-v1-0]}}\n\
+             \x20 - {at: 800ms, for: 100ms, crash: {pods: [b-v1-0]}}\n",
+        ),
+        ("partition both ways", "  - {at: 100ms, partition: {from: [a, b-v1-0], to: [b, a-v1-0]}}\n"),
+        ("slow link", "  - {at: 1s, for: 999ms, link_latency: {from: [node-0], to: [node-1], latency: 1s}}\n"),
+        (
+            "errors and a crash on one pod",
+            "  - {at: 100ms, app_errors: {pods: [b-v1-1]}}\n  - {at: 200ms, for: 1s, crash: {pods: [b-v1-1]}}\n",
+        ),
+    ] {
+        run_exits_cleanly(&name.replace(' ', "-"), faults);
+    }
+}
+
+#[test]
+#[ignore = "bug: overlapping or back-to-back crashes of one pod panic (world.rs: \"port … stayed in use\")"]
+fn overlapping_crashes_of_one_pod_do_not_panic() {
+    for (name, faults) in [
+        (
+            "overlapping",
+            "  - {at: 500ms, for: 500ms, crash: {pods: [b-v1-0]}}\n\
+             \x20 - {at: 600ms, for: 100ms, crash: {pods: [b-v1-0]}}\n",
+        ),
+        (
+            "back-to-back",
+            "  - {at: 500ms, for: 100ms, crash: {pods: [b-v1-0]}}\n\
+             \x20 - {at: 600ms, for: 100ms, crash: {pods: [b-v1-0]}}\n",
+        ),
+        ("listed twice", "  - {at: 500ms, for: 100ms, crash: {pods: [b-v1-0, b-v1-0]}}\n"),
+    ] {
+        // Either reject the schedule (exit 2, with its line) or simulate it; never panic.
+        let scratch = Scratch::new(name);
+        let file = scratch.write("scenario.yaml", format!("{TWO}{faults}"));
+        let out = scratch.dir.join("out");
+        let ran = meshsim([OsStr::new("run"), file.as_os_str(), OsStr::new("--out"), out.as_os_str()]);
+        assert!(!ran.stderr.contains("panicked"), "{name}: run panicked\n{}", ran.dump());
+        assert!(matches!(ran.code, Some(0 | 2)), "{name}\n{}", ran.dump());
+    }
+}

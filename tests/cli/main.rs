@@ -1,0 +1,8 @@
+//! Integration tests for `meshsim`, in one test binary: the CLI on invalid and valid input
+//! (through the built binary), and every scenario under `scenarios/` through the library
+//! (passes its expectations, loses no request, is deterministic for a seed).
+
+mod commands;
+mod invalid;
+mod scenarios;
+mod util;

@@ -1,0 +1,155 @@
+//! Every file in `scenarios/` runs as its own test case through the library: it loads,
+//! passes its expectations and records an outcome for every request it issued. And it is
+//! deterministic: the same seed gives byte-identical results JSON, another seed does not.
+//!
+//! Adding a scenario file means adding a line to the `scenarios!` list below;
+//! `every_scenario_file_has_a_test` fails until it is there.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sim::scenario::Plan;
+
+fn path(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(file)
+}
+
+fn load(file: &str) -> Arc<Plan> {
+    let p = path(file);
+    Arc::new(sim::scenario::load(&p).unwrap_or_else(|e| panic!("{} does not load:\n{e}", p.display())))
+}
+
+/// One run, reduced to what the tests compare.
+pub struct Run {
+    pub seed: u64,
+    pub passed: bool,
+    pub issued: usize,
+    pub recorded: usize,
+    pub json: Vec<u8>,
+    pub summary: String,
+}
+
+fn run(plan: &Arc<Plan>, seed: u64) -> Run {
+    let out =
+        sim::world::run(plan.clone(), seed).unwrap_or_else(|e| panic!("{} with seed {seed} broke: {e}", plan.file));
+    let results = sim::results::build(plan, seed, &out);
+    Run {
+        seed,
+        passed: results.passed,
+        issued: results.issued,
+        recorded: results.recorded,
+        json: serde_json::to_vec(&results).expect("results serialize"),
+        summary: sim::results::summary(&results),
+    }
+}
+
+/// The run with the scenario's own seed, as `meshsim run FILE` does it.
+fn passes(file: &str, first: &Run) {
+    assert!(first.passed, "{file} (seed {}) failed its expectations:\n{}", first.seed, first.summary);
+    assert!(first.issued > 0, "{file} issued no request:\n{}", first.summary);
+    assert_eq!(first.issued, first.recorded, "{file}: every issued request must be recorded once:\n{}", first.summary);
+}
+
+/// Where two byte strings first differ, with some context, for a readable failure.
+fn first_difference(a: &[u8], b: &[u8]) -> String {
+    let i = a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len().min(b.len()));
+    let ctx = |s: &[u8]| String::from_utf8_lossy(&s[i.saturating_sub(200)..(i + 200).min(s.len())]).into_owned();
+    format!("lengths {} and {}, first difference at byte {i}:\n  {}\nvs\n  {}", a.len(), b.len(), ctx(a), ctx(b))
+}
+
+/// The results JSON without its `seed` field.
+fn without_seed(json: &[u8]) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(json).expect("results are JSON");
+    v.as_object_mut().expect("results are an object").remove("seed");
+    v
+}
+
+fn deterministic(file: &str, first: impl FnOnce() -> &'static Run) {
+    let plan = load(file);
+    let seed = plan.seed;
+    let other = seed ^ 0x9e37_79b9_7f4a_7c15;
+    // `first` may already have run (for `passes`); the other two are fresh. Each run is
+    // single-threaded, so they go in parallel.
+    let (a, again, different) = std::thread::scope(|s| {
+        let again = s.spawn(|| run(&plan, seed));
+        let different = s.spawn(|| run(&plan, other));
+        let a = first();
+        (a, again.join().expect("second run"), different.join().expect("run with another seed"))
+    });
+    assert!(
+        a.json == again.json,
+        "{file}: two runs with seed {seed} gave different results JSON: {}",
+        first_difference(&a.json, &again.json)
+    );
+    assert!(
+        without_seed(&a.json) != without_seed(&different.json),
+        "{file}: seeds {seed} and {other} gave the same results: the seed changes nothing"
+    );
+}
+
+macro_rules! scenarios {
+    ($($name:ident: $file:literal,)*) => {
+        /// The files with a test, as listed.
+        const FILES: &[&str] = &[$($file),*];
+        $(
+            mod $name {
+                use std::sync::OnceLock;
+
+                const FILE: &str = $file;
+                /// The run with the scenario's seed, shared by both tests.
+                static FIRST: OnceLock<super::Run> = OnceLock::new();
+
+                fn first() -> &'static super::Run {
+                    FIRST.get_or_init(|| {
+                        let plan = super::load(FILE);
+                        let seed = plan.seed;
+                        super::run(&plan, seed)
+                    })
+                }
+
+                #[test]
+                fn passes() {
+                    super::passes(FILE, first());
+                }
+
+                #[test]
+                fn deterministic() {
+                    super::deterministic(FILE, first);
+                }
+            }
+        )*
+    };
+}
+
+scenarios! {
+    basic: "basic.yaml",
+    canary_95_5: "canary-95-5.yaml",
+    ejection_percent_default: "ejection-percent-default.yaml",
+    link_latency: "link-latency.yaml",
+    outlier_ejection: "outlier-ejection.yaml",
+    partition: "partition.yaml",
+    pod_crash: "pod-crash.yaml",
+}
+
+#[test]
+fn every_scenario_file_has_a_test() {
+    let dir = path("");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| matches!(p.extension().and_then(OsStr::to_str), Some("yaml" | "yml")))
+        .map(|p| p.file_name().and_then(OsStr::to_str).expect("UTF-8 file name").to_string())
+        .collect();
+    on_disk.sort();
+    let mut listed: Vec<String> = FILES.iter().map(|f| f.to_string()).collect();
+    listed.sort();
+    let missing: Vec<&String> = on_disk.iter().filter(|f| !listed.contains(f)).collect();
+    let stale: Vec<&String> = listed.iter().filter(|f| !on_disk.contains(f)).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "the scenarios! list in tests/cli/scenarios.rs must match {}:\n  \
+         files without a test: {missing:?}\n  tests without a file: {stale:?}",
+        dir.display()
+    );
+}
