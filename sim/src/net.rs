@@ -14,7 +14,7 @@
 //! tick to every hop. [`Local`] connects such sockets in memory, with no delay, as a
 //! veth pair on one machine nearly does.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -47,10 +47,12 @@ struct FaultState {
     partitions: BTreeMap<(usize, usize), u32>,
     /// Tasks blocked on a partition; woken when any partition heals.
     blocked: Vec<Waker>,
-    /// App error overrides: pod → (status, rate in ppm).
-    app_errors: BTreeMap<usize, (u16, u32)>,
-    /// Pods currently crashed.
-    crashed: BTreeSet<usize>,
+    /// App error overrides: pod → the active app_errors faults on it, in the order they
+    /// started, as (fault, status, rate in ppm). The latest started applies.
+    app_errors: BTreeMap<usize, Vec<(usize, u16, u32)>>,
+    /// Crashed pods, with the number of crash faults holding each down: a pod is down
+    /// while any crash fault covering it is active (overlapping windows nest).
+    crashed: BTreeMap<usize, u32>,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -123,31 +125,56 @@ impl Faults {
         }
     }
 
-    pub fn set_app_errors(&self, pod: usize, errors: Option<(u16, u32)>) {
+    /// Fault `fault` starts (`Some`) or ends (`None`) overriding `pod`'s app errors. While
+    /// several overlap, the latest started applies; when it ends, the one before applies again.
+    pub fn set_app_errors(&self, pod: usize, fault: usize, errors: Option<(u16, u32)>) {
         let mut s = self.lock();
+        let active = s.app_errors.entry(pod).or_default();
         match errors {
-            Some(e) => s.app_errors.insert(pod, e),
-            None => s.app_errors.remove(&pod),
-        };
-    }
-
-    pub fn app_errors(&self, pod: usize) -> Option<(u16, u32)> {
-        self.lock().app_errors.get(&pod).copied()
-    }
-
-    /// Marks `pod` crashed (its sockets fail from now on) or running again.
-    pub fn set_crashed(&self, pod: usize, crashed: bool) {
-        let mut s = self.lock();
-        if crashed {
-            s.crashed.insert(pod);
-            self.generations[pod].fetch_add(1, Ordering::SeqCst);
-        } else {
-            s.crashed.remove(&pod);
+            Some((status, rate)) => active.push((fault, status, rate)),
+            None => {
+                if let Some(i) = active.iter().rposition(|&(f, ..)| f == fault) {
+                    active.remove(i);
+                }
+            }
+        }
+        if active.is_empty() {
+            s.app_errors.remove(&pod);
         }
     }
 
+    pub fn app_errors(&self, pod: usize) -> Option<(u16, u32)> {
+        self.lock().app_errors.get(&pod).and_then(|a| a.last()).map(|&(_, status, rate)| (status, rate))
+    }
+
+    /// A crash fault covering `pod` starts. Returns true if this takes the pod down (its
+    /// sockets fail from now on); false if it was down already, which changes nothing.
+    pub fn crash(&self, pod: usize) -> bool {
+        let mut s = self.lock();
+        let holds = s.crashed.entry(pod).or_default();
+        *holds += 1;
+        if *holds > 1 {
+            return false;
+        }
+        self.generations[pod].fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// A crash fault covering `pod` ends. Returns true if the pod is up again: no other
+    /// crash fault holds it down. Ending a crash that never started changes nothing.
+    pub fn recover(&self, pod: usize) -> bool {
+        let mut s = self.lock();
+        let Some(holds) = s.crashed.get_mut(&pod) else { return false };
+        *holds -= 1;
+        if *holds > 0 {
+            return false;
+        }
+        s.crashed.remove(&pod);
+        true
+    }
+
     pub fn is_crashed(&self, pod: usize) -> bool {
-        self.lock().crashed.contains(&pod)
+        self.lock().crashed.contains_key(&pod)
     }
 
     fn next_local_port(&self) -> u16 {
@@ -380,5 +407,38 @@ impl Net for SimNet {
             Err(_) => turmoil::lookup(host),
         };
         Ok(SocketAddr::new(ip, port))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_crashes_keep_a_pod_down_until_the_last_ends() {
+        let f = Faults::new(2, BTreeMap::new());
+        assert!(f.crash(0), "the first crash takes the pod down");
+        let generation = f.generation(0);
+        assert!(!f.crash(0), "a crash of a pod that is down changes nothing");
+        assert_eq!(f.generation(0), generation, "its sockets are not killed twice");
+        assert!(!f.recover(0) && f.is_crashed(0), "one crash still holds it down");
+        assert!(f.recover(0) && !f.is_crashed(0), "the last end brings it up");
+        assert!(!f.recover(0) && !f.recover(1), "an end without a start changes nothing");
+        assert!(f.crash(0) && f.generation(0) > generation, "a later crash takes it down again");
+    }
+
+    #[test]
+    fn overlapping_app_errors_end_one_at_a_time() {
+        let f = Faults::new(1, BTreeMap::new());
+        f.set_app_errors(0, 0, Some((500, 1_000_000)));
+        f.set_app_errors(0, 1, Some((503, 500_000)));
+        assert_eq!(f.app_errors(0), Some((503, 500_000)), "the latest started applies");
+        f.set_app_errors(0, 1, None);
+        assert_eq!(f.app_errors(0), Some((500, 1_000_000)), "the earlier one applies again");
+        f.set_app_errors(0, 1, Some((503, 500_000)));
+        f.set_app_errors(0, 0, None);
+        assert_eq!(f.app_errors(0), Some((503, 500_000)), "ending the earlier one leaves the later");
+        f.set_app_errors(0, 1, None);
+        assert_eq!(f.app_errors(0), None);
     }
 }

@@ -451,7 +451,7 @@ pub fn load(path: &Path) -> Result<Plan, LoadError> {
 /// Parses and validates scenario text; `base` is where relative `istio_files` live.
 pub fn load_str(file: &str, text: &str, base: &Path) -> Result<Plan, LoadError> {
     let def: ScenarioFile = serde_saphyr::from_str(text)
-        .map_err(|e| LoadError { findings: vec![mesh::config::diag::from_yaml_error(file, &e)] })?;
+        .map_err(|e| LoadError { findings: vec![mesh::config::diag::from_yaml_error(file, text, &e)] })?;
     let mut b = Builder { file: file.to_string(), findings: Findings::default() };
     let plan = b.plan(def, base);
     let findings = b.findings.sorted();
@@ -480,12 +480,15 @@ impl Builder {
         self.findings.push(Finding::error(Pos::of(&self.file, at), code::NOT_FOUND, field, msg));
     }
 
-    fn window(&mut self, w: &Option<Spanned<Vec<IstioDuration>>>, field: &str, duration: Duration) -> Window {
+    /// `run_end`: the run's duration, `None` when it is invalid (already reported).
+    fn window(&mut self, w: &Option<Spanned<Vec<IstioDuration>>>, field: &str, run_end: Option<Duration>) -> Window {
         match w {
             None => Window::All,
             Some(s) => match self.range(s, field) {
                 Some((a, b)) => {
-                    if a > duration {
+                    if let Some(duration) = run_end
+                        && a > duration
+                    {
                         self.err(s, field, format!("window starts at {a:?}, after the run ends ({duration:?})"));
                     }
                     Window::Between(a, b)
@@ -514,6 +517,9 @@ impl Builder {
         if duration.is_zero() {
             self.err(&def.duration, "duration", "duration must be greater than 0");
         }
+        // What is checked against the run's end is checked only when the duration is valid:
+        // one mistake, one error.
+        let run_end = (!duration.is_zero()).then_some(duration);
         if def.name.value.trim().is_empty() {
             self.err(&def.name, "name", "name cannot be empty");
         }
@@ -697,7 +703,7 @@ impl Builder {
             };
             let start = dur(&w.start, Duration::ZERO);
             let stop = dur(&w.stop, duration);
-            if stop <= start {
+            if stop <= start && (w.stop.is_some() || run_end.is_some()) {
                 let at =
                     w.stop.as_ref().map(|s| Pos::of(&self.file, s)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
                 self.findings.push(Finding::error(
@@ -749,7 +755,7 @@ impl Builder {
         for (fi, fd) in def.faults.iter().enumerate() {
             let f = format!("faults[{fi}]");
             let at = fd.at.value.0;
-            if at >= duration {
+            if run_end.is_some_and(|end| at >= end) {
                 self.err(
                     &fd.at,
                     &format!("{f}.at"),
@@ -810,7 +816,7 @@ impl Builder {
             if let Some(s) = &e.share {
                 let v = &s.value;
                 let w = self.workload(&v.workload, &workload_names, &format!("{f}.share.workload"));
-                let window = self.window(&v.window, &format!("{f}.share.window"), duration);
+                let window = self.window(&v.window, &format!("{f}.share.window"), run_end);
                 if !(0.0..=1.0).contains(&v.expected.value) {
                     self.err(&v.expected, &format!("{f}.share.expected"), "expected share must be between 0 and 1");
                 }
@@ -893,7 +899,7 @@ impl Builder {
             if let Some(x) = &e.success_rate {
                 let v = &x.value;
                 let w = self.workload(&v.workload, &workload_names, &format!("{f}.success_rate.workload"));
-                let window = self.window(&v.window, &format!("{f}.success_rate.window"), duration);
+                let window = self.window(&v.window, &format!("{f}.success_rate.window"), run_end);
                 for b in [&v.at_least, &v.at_most].into_iter().flatten() {
                     if !(0.0..=1.0).contains(&b.value) {
                         self.err(b, &format!("{f}.success_rate"), "a success rate bound is between 0 and 1");
@@ -914,7 +920,7 @@ impl Builder {
             if let Some(x) = &e.latency {
                 let v = &x.value;
                 let w = self.workload(&v.workload, &workload_names, &format!("{f}.latency.workload"));
-                let window = self.window(&v.window, &format!("{f}.latency.window"), duration);
+                let window = self.window(&v.window, &format!("{f}.latency.window"), run_end);
                 if !(v.percentile.value > 0.0 && v.percentile.value <= 100.0) {
                     self.err(&v.percentile, &format!("{f}.latency.percentile"), "percentile must be in (0, 100]");
                 }
@@ -934,7 +940,7 @@ impl Builder {
             if let Some(x) = &e.count {
                 let v = &x.value;
                 let w = self.workload(&v.workload, &workload_names, &format!("{f}.count.workload"));
-                let window = self.window(&v.window, &format!("{f}.count.window"), duration);
+                let window = self.window(&v.window, &format!("{f}.count.window"), run_end);
                 if let Some(p) = &v.pod {
                     self.pods(std::slice::from_ref(p), &pod_index, &format!("{f}.count.pod"));
                 }
@@ -1042,10 +1048,13 @@ impl Builder {
         }
     }
 
+    /// Indices of the pods `names` lists. A pod listed twice is an error rather than
+    /// silently deduplicated: it is most likely a typo for another pod.
     fn pods(&mut self, names: &[Spanned<String>], index: &BTreeMap<String, usize>, field: &str) -> Vec<usize> {
         let mut out = Vec::new();
         for n in names {
             match index.get(&n.value) {
+                Some(i) if out.contains(i) => self.err(n, field, format!("pod {:?} is listed twice", n.value)),
                 Some(&i) => out.push(i),
                 None => self.not_found(
                     n,

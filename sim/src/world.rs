@@ -66,6 +66,9 @@ impl std::fmt::Display for RunError {
     }
 }
 
+/// What a node does to one of its pods. The driver sends a pod's commands in order and only
+/// on a change (see [`Faults::crash`]), so they alternate; the node still treats a crash of
+/// a pod that is down, or a restart of one that is up, as nothing to do.
 enum Command {
     Crash(usize),
     Restart(usize),
@@ -125,7 +128,9 @@ impl Node {
 
     async fn run(self: Arc<Self>) -> turmoil::Result {
         let mut sidecars = BTreeMap::new();
+        // Tasks of running pods, and the aborted tasks of crashed ones.
         let mut tasks: BTreeMap<usize, Vec<JoinHandle<()>>> = BTreeMap::new();
+        let mut aborted: BTreeMap<usize, Vec<JoinHandle<()>>> = BTreeMap::new();
         for &pod in &self.pods {
             let t = self.start_pod(pod, &mut sidecars);
             tasks.insert(pod, t);
@@ -150,12 +155,22 @@ impl Node {
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Crash(pod) => {
-                    for t in tasks.remove(&pod).unwrap_or_default() {
+                    let Some(running) = tasks.remove(&pod) else { continue };
+                    for t in &running {
                         t.abort();
                     }
+                    aborted.entry(pod).or_default().extend(running);
                     sidecars.lock().expect("sidecars lock").remove(&pod);
                 }
                 Command::Restart(pod) => {
+                    if tasks.contains_key(&pod) {
+                        continue;
+                    }
+                    // An aborted task drops its listeners, freeing their ports, only when the
+                    // runtime next polls it: wait for that before binding them again.
+                    for t in aborted.remove(&pod).unwrap_or_default() {
+                        let _ = t.await;
+                    }
                     let mut map = sidecars.lock().expect("sidecars lock").clone();
                     let t = self.start_pod(pod, &mut map);
                     *sidecars.lock().expect("sidecars lock") = map;
@@ -167,16 +182,13 @@ impl Node {
     }
 }
 
-/// Binds `port`; a restarted pod may find its old listener not yet released, so retry
-/// for up to 100 ms.
+/// Binds `port`. Every pod port is unique to its pod, and a restarted pod binds only after
+/// its old tasks, which held the old listeners, have finished: the port is free.
 async fn bind(net: SimNet, port: u16) -> <SimNet as Net>::Listener {
-    for _ in 0..100 {
-        if let Ok(l) = net.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await {
-            return l;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+    match net.bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await {
+        Ok(l) => l,
+        Err(e) => panic!("bug: pod port {port} is not free when its pod starts: {e}"),
     }
-    panic!("port {port} stayed in use for 100 ms");
 }
 
 /// A fault boundary on the driver's timeline.
@@ -288,7 +300,7 @@ fn apply(
     match &f.kind {
         FaultKind::AppErrors { pods, status, rate_ppm } => {
             for &p in pods {
-                faults.set_app_errors(p, a.start.then_some((*status, *rate_ppm)));
+                faults.set_app_errors(p, a.fault, a.start.then_some((*status, *rate_ppm)));
             }
             recorder.event(
                 now,
@@ -331,11 +343,18 @@ fn apply(
             );
         }
         FaultKind::Crash { pods } => {
+            // Crash windows of one pod may overlap or touch: the pod is down while any
+            // is active, so only the first start stops it and only the last end restarts it.
             for &p in pods {
-                faults.set_crashed(p, a.start);
-                let cmd = if a.start { Command::Crash(p) } else { Command::Restart(p) };
-                // The node's receiver lives as long as the simulation.
-                let _ = nodes[plan.pods[p].node].send(cmd);
+                let cmd = if a.start {
+                    faults.crash(p).then_some(Command::Crash(p))
+                } else {
+                    faults.recover(p).then_some(Command::Restart(p))
+                };
+                if let Some(cmd) = cmd {
+                    // The node's receiver lives as long as the simulation.
+                    let _ = nodes[plan.pods[p].node].send(cmd);
+                }
             }
             recorder.event(now, &format!("fault_{verb}"), format!("crash {}", names(plan, pods)));
         }

@@ -167,7 +167,6 @@ fn unknown_field_in_an_istio_spec() {
 }
 
 #[test]
-#[ignore = "bug: an error in a resource's top-level keys read from istio_files has no line (inline it has one)"]
 fn unknown_field_in_an_istio_file_has_its_line() {
     let scratch = Scratch::new("istio-file");
     let resources = "\
@@ -190,7 +189,6 @@ spec:
 // ------------------------------------------------------------------ wrong types
 
 #[test]
-#[ignore = "bug: a type error names no field (\"invalid floating point\", not `rate`)"]
 fn wrong_type_rate_is_a_word() {
     let y = edit(PLAIN, "rate: 100", "rate: fast");
     let (line, col) = pos(&y, "rate: fast", "fast");
@@ -203,7 +201,6 @@ fn wrong_type_rate_is_a_word() {
 }
 
 #[test]
-#[ignore = "bug: a type error names no field (\"invalid u32\", not `replicas`)"]
 fn wrong_type_negative_replicas() {
     let y = edit(PLAIN, "replicas: 2", "replicas: -1");
     let (line, col) = pos(&y, "replicas: -1", "-1");
@@ -216,7 +213,6 @@ fn wrong_type_negative_replicas() {
 }
 
 #[test]
-#[ignore = "bug: a type error names no field (\"invalid i64\", not `weight`)"]
 fn wrong_type_weight_is_a_word() {
     let y = edit(MESH, "weight: 10", "weight: ten");
     let (line, col) = pos(&y, "weight: ten", "ten");
@@ -229,7 +225,6 @@ fn wrong_type_weight_is_a_word() {
 }
 
 #[test]
-#[ignore = "bug: schema errors repeat the position in the message (`…: error [IST0106] … at line 3, column 1`)"]
 fn schema_errors_state_the_position_once() {
     let y = edit(PLAIN, "duration: 10s\n", "duration: 10s\nretries: 3\n");
     let r = rejects("position-once", &y, &Expect { at: At::Anywhere, code: "IST0106", field: None, rule: "unknown" });
@@ -377,7 +372,6 @@ fn duration_with_a_word_unit() {
 }
 
 #[test]
-#[ignore = "bug: a unitless duration's error names no field (\"duration 5 has no unit\", not `timeout`)"]
 fn workload_timeout_without_a_unit() {
     let y = edit(PLAIN, "timeout: 2s", "timeout: 5");
     let (line, col) = pos(&y, "timeout: 5", "5");
@@ -390,7 +384,6 @@ fn workload_timeout_without_a_unit() {
 }
 
 #[test]
-#[ignore = "bug: a unitless duration's error names no field (\"duration 5 has no unit\", not `timeout`)"]
 fn virtual_service_timeout_without_a_unit() {
     let y = edit(MESH, "timeout: 2s", "timeout: 5");
     let (line, col) = pos(&y, "timeout: 5", "5");
@@ -419,7 +412,6 @@ fn zero_duration() {
 }
 
 #[test]
-#[ignore = "bug: `duration: 0s` also reports `workload[0].stop: workload stops (0ns) before it starts (0ns)`"]
 fn zero_duration_is_one_error() {
     let y = edit(PLAIN, "duration: 10s", "duration: 0s");
     let (line, col) = pos(&y, "duration: 0s", "0s");
@@ -532,7 +524,6 @@ fn missing_required_field() {
 }
 
 #[test]
-#[ignore = "bug: a missing field is reported at the mapping's last key (here `expect:`), not where the mapping starts"]
 fn missing_required_field_points_at_its_mapping() {
     let y = edit(PLAIN, "duration: 10s\n", "");
     let (line, col) = pos(&y, "name: shop", "name");
@@ -782,7 +773,6 @@ fn unusual_fault_schedules_run_without_panicking() {
 }
 
 #[test]
-#[ignore = "bug: overlapping or back-to-back crashes of one pod panic (world.rs: \"port … stayed in use\")"]
 fn overlapping_crashes_of_one_pod_do_not_panic() {
     for (name, faults) in [
         (
@@ -805,4 +795,63 @@ fn overlapping_crashes_of_one_pod_do_not_panic() {
         assert!(!ran.stderr.contains("panicked"), "{name}: run panicked\n{}", ran.dump());
         assert!(matches!(ran.code, Some(0 | 2)), "{name}\n{}", ran.dump());
     }
+}
+
+#[test]
+fn overlapping_crashes_keep_the_pod_down_until_the_last_ends() {
+    // Down for the union of the windows (500ms-1s), then serving again.
+    let expect = "\
+expect:
+  - count: {workload: w, pod: b-v1-0, status: 200, window: [510ms, 990ms], at_most: 0}
+  - count: {workload: w, pod: b-v1-0, status: 200, window: [1100ms, 2s], at_least: 10}
+";
+    for (name, faults) in [
+        (
+            "nested",
+            "  - {at: 500ms, for: 500ms, crash: {pods: [b-v1-0]}}\n\
+             \x20 - {at: 600ms, for: 100ms, crash: {pods: [b-v1-0]}}\n",
+        ),
+        (
+            "chained",
+            "  - {at: 500ms, for: 300ms, crash: {pods: [b-v1-0]}}\n\
+             \x20 - {at: 800ms, for: 200ms, crash: {pods: [b-v1-0]}}\n",
+        ),
+        (
+            "staggered",
+            "  - {at: 500ms, for: 300ms, crash: {pods: [b-v1-0]}}\n\
+             \x20 - {at: 700ms, for: 300ms, crash: {pods: [b-v1-0]}}\n",
+        ),
+    ] {
+        run_exits_cleanly(&format!("crash-union-{name}"), &format!("{faults}{expect}"));
+    }
+}
+
+#[test]
+fn a_pod_listed_twice_in_one_fault() {
+    let y = edit(PLAIN, "app_errors: {pods: [backend-v1-0]}", "crash: {pods: [backend-v1-0, backend-v1-0]}");
+    let line = pos(&y, "crash: {pods", "crash").0;
+    rejects(
+        "crash-pod-twice",
+        &y,
+        &Expect {
+            at: At::Line(line),
+            code: "MSIM0002",
+            field: Some("faults[0].crash.pods"),
+            rule: "pod \"backend-v1-0\" is listed twice",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn duplicate_key_is_named_for_users() {
+    let y = edit(PLAIN, "duration: 10s\n", "duration: 10s\nduration: 20s\n");
+    let (line, col) = pos(&y, "duration: 20s", "duration");
+    let r = rejects(
+        "duplicate-key",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0106", field: None, rule: "duplicate key `duration`" },
+    );
+    r.single();
+    assert!(!r.ran.stderr.contains("DuplicateKeyPolicy"), "library advice in a user message\n{}", r.ran.dump());
 }

@@ -95,8 +95,11 @@ impl<'de> de::Deserialize<'de> for Resource {
                         }
                         "spec" => {
                             let Some(k) = &kind else {
-                                return Err(de::Error::custom(
-                                    "`kind` must come before `spec` (meshsim reads spec by kind)",
+                                // Not `custom`: serde-saphyr positions only its typed errors
+                                // here (at the key just read) when this is a document's root.
+                                return Err(de::Error::invalid_value(
+                                    de::Unexpected::Other("`spec` before `kind`"),
+                                    &"`kind` first (meshsim reads spec by kind)",
                                 ));
                             };
                             spec = Some(match k.value.as_str() {
@@ -109,9 +112,7 @@ impl<'de> de::Deserialize<'de> for Resource {
                             });
                         }
                         other => {
-                            return Err(de::Error::custom(format!(
-                                "unknown field `{other}`, expected one of `apiVersion`, `kind`, `metadata`, `spec`"
-                            )));
+                            return Err(de::Error::unknown_field(other, &["apiVersion", "kind", "metadata", "spec"]));
                         }
                     }
                 }

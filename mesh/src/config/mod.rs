@@ -14,7 +14,8 @@ pub use istio::Resource;
 /// Parses a multi-document Kubernetes YAML text holding Istio resources.
 /// Empty documents (a trailing `---`) are skipped.
 pub fn parse_resources(file: &str, text: &str) -> Result<Vec<Resource>, Finding> {
-    let docs: Vec<Option<Resource>> = serde_saphyr::from_multiple(text).map_err(|e| diag::from_yaml_error(file, &e))?;
+    let docs: Vec<Option<Resource>> =
+        serde_saphyr::from_multiple(text).map_err(|e| diag::from_yaml_error(file, text, &e))?;
     Ok(docs.into_iter().flatten().collect())
 }
 
@@ -82,6 +83,24 @@ spec:
         let text = VS.replace("weight: 90", "weight: ninety");
         let err = parse_resources("x.yaml", &text).unwrap_err();
         assert_eq!(err.pos.line, 10, "{err}");
+    }
+
+    #[test]
+    fn errors_in_a_resource_s_own_keys_have_their_line() {
+        let text = format!("{VS}---\napiVersion: networking.istio.io/v1\nmetdata: {{name: x}}\n");
+        let err = parse_resources("x.yaml", &text).unwrap_err();
+        assert_eq!((err.pos.line, err.pos.column), (23, 1), "{err}");
+        assert!(err.message.contains("unknown field `metdata`"), "{err}");
+
+        let text = "apiVersion: v1\nmetadata: {name: x}\nspec: {}\nkind: DestinationRule\n";
+        let err = parse_resources("x.yaml", text).unwrap_err();
+        assert_eq!((err.pos.line, err.pos.column), (3, 1), "{err}");
+        assert!(err.message.contains("`kind` first"), "{err}");
+
+        let text = "apiVersion: v1\nmetadata: {name: x}\n";
+        let err = parse_resources("x.yaml", text).unwrap_err();
+        assert_eq!((err.pos.line, err.pos.column), (1, 1), "{err}");
+        assert!(err.message.contains("missing field `kind`"), "{err}");
     }
 
     #[test]
