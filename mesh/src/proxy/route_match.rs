@@ -1,1 +1,999 @@
-//! (in progress)
+//! VirtualService request matching (MESH_SEMANTICS 2): Istio's `HTTPMatchRequest` as
+//! written in YAML, its webhook validation, and the compiled matcher a sidecar runs on
+//! each request with Envoy's semantics.
+//!
+//! Within one `HTTPMatchRequest` every condition must hold; a route's `match` list
+//! accepts a request if any entry does, and an empty list accepts everything
+//! ([`route_matches`]). Paths, methods, authorities, schemes and values are
+//! case-sensitive (`ignoreUriCase` relaxes `uri` exact and prefix only); header names are
+//! not. `prefix` is a raw string prefix: `/v2` accepts `/v2example`. Regexes are RE2
+//! full matches (run with the `regex` crate, anchored at both ends).
+//!
+//! Pure. This module does not own choosing the route (the first `http[]` entry whose list
+//! accepts), VirtualService-level `hosts`/`gateways`, rewrites, or JWT claims: no
+//! RequestAuthentication is simulated, so a `@request.auth.claims…` header condition sees
+//! no claim (it never holds in `headers`, always holds in `withoutHeaders`).
+//!
+//! Sources: Istio `pilot/pkg/networking/core/route/route.go` (`TranslateRouteMatch`,
+//! `translateHeaderMatch`, `translateQueryParamMatch`, `sourceMatchHTTP`,
+//! `TranslateRoute`) and `pkg/config/validation/virtualservice.go`
+//! (`validateHTTPRouteMatchRequest`); Envoy `HeaderUtility::matchHeaders`,
+//! `ConfigUtility::QueryParameterMatcher::matches` and the route path matchers.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+use http::HeaderMap;
+use regex::Regex;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::config::diag::code;
+use crate::config::istio::NotSimulated;
+use crate::config::{Finding, Pos};
+
+/// The gateway name a sidecar's routes are built for.
+pub const MESH_GATEWAY: &str = "mesh";
+/// Istio rejects longer regexes (an approximation of Envoy's RE2 program size limit).
+pub const REGEX_MAX_LEN: usize = 1024;
+const JWT_CLAIM_PREFIX: &str = "@request.auth.claims";
+
+// ---------------------------------------------------------------- Istio model
+
+/// Istio's `StringMatch`: at most one of `exact`, `prefix`, `regex` (a protobuf oneof);
+/// none (`{}`) means "present" for headers and query parameters, "any" for `uri`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatch {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    /// RE2 syntax, matched against the whole value.
+    pub regex: Option<String>,
+}
+
+/// One entry of `HTTPRoute.match` as Istio's YAML writes it. Map values are `None` when
+/// the YAML value is null.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMatchRequest {
+    /// Appended to the route's name (`<route>.<name>`) by Istio.
+    pub name: Option<String>,
+    pub uri: Option<Spanned<StringMatch>>,
+    pub scheme: Option<Spanned<StringMatch>>,
+    pub method: Option<Spanned<StringMatch>>,
+    pub authority: Option<Spanned<StringMatch>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Option<Spanned<StringMatch>>>,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, Option<Spanned<StringMatch>>>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, Option<Spanned<StringMatch>>>,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    /// The destination port the request must have been sent to; 0 = any.
+    pub port: Option<Spanned<u32>>,
+    /// When set, replaces `sourceLabels`/`sourceNamespace`: a sidecar applies the entry
+    /// only if the list holds `mesh`.
+    #[serde(default)]
+    pub gateways: Vec<Spanned<String>>,
+    pub source_namespace: Option<Spanned<String>>,
+    /// Only names statistics: not simulated.
+    pub stat_prefix: NotSimulated,
+}
+
+// ---------------------------------------------------------------- validation
+
+/// Checks one `match` entry (at field path `at`, e.g. `spec.http[0].match[1]`) the way
+/// Istio's webhook does (`validateHTTPRouteMatchRequest`), with its messages; errors are
+/// [`code::SCHEMA`]. Also rejects a `StringMatch` with more than one kind (the CRD schema
+/// does), and warns ([`code::NOT_SIMULATED`]) about `statPrefix` and JWT claim headers.
+pub fn validate(m: &Spanned<HttpMatchRequest>, file: &str, at: &str) -> Vec<Finding> {
+    let mut v = Checker { file, out: Vec::new() };
+    let r = &m.value;
+    for (name, sm) in &r.headers {
+        let field = format!("{at}.headers.{name}");
+        let pos = sm.as_ref().map_or_else(|| Pos::of(file, m), |s| Pos::of(file, s));
+        if sm.is_none() {
+            v.error(&pos, &field, format!("header match {name} cannot be null"));
+        }
+        v.header_name(&pos, &field, name);
+        if let Some(sm) = sm {
+            v.string_match(sm, &field, "headers", false);
+        }
+    }
+    for (name, sm) in &r.without_headers {
+        let field = format!("{at}.withoutHeaders.{name}");
+        let pos = sm.as_ref().map_or_else(|| Pos::of(file, m), |s| Pos::of(file, s));
+        v.header_name(&pos, &field, name);
+        // `*` is not RE2: Istio turns it into a presence check.
+        if let Some(sm) = sm
+            && sm.value.regex.as_deref() != Some("*")
+        {
+            v.string_match(sm, &field, "withoutHeaders", false);
+        }
+    }
+    // Envoy allows an empty path prefix; scheme, method and authority need a non-empty one.
+    if let Some(sm) = &r.uri {
+        v.string_match(sm, &format!("{at}.uri"), "uri", true);
+    }
+    for (key, sm) in [("scheme", &r.scheme), ("method", &r.method), ("authority", &r.authority)] {
+        if let Some(sm) = sm {
+            v.string_match(sm, &format!("{at}.{key}"), key, false);
+        }
+    }
+    for (name, sm) in &r.query_params {
+        if let Some(sm) = sm {
+            v.string_match(sm, &format!("{at}.queryParams.{name}"), "queryParams", false);
+        }
+    }
+    if let Some(p) = &r.port
+        && p.value > 65535
+    {
+        v.error(
+            &Pos::of(file, p),
+            &format!("{at}.port"),
+            format!("port number {} must be in the range 1..65535", p.value),
+        );
+    }
+    for (key, value) in &r.source_labels {
+        let field = format!("{at}.sourceLabels.{key}");
+        if let Some(msg) = tag_key_error(key) {
+            v.error(&Pos::of(file, m), &field, msg);
+        }
+        if !LABEL_VALUE.is_match(value) {
+            v.error(&Pos::of(file, m), &field, format!("invalid tag value: {value:?}"));
+        }
+    }
+    v.gateways(&r.gateways, &format!("{at}.gateways"));
+    if let Some(ns) = &r.source_namespace
+        && !ns.value.is_empty()
+        && !is_dns1123_label(&ns.value)
+    {
+        v.error(
+            &Pos::of(file, ns),
+            &format!("{at}.sourceNamespace"),
+            format!("sourceNamespace match {} is invalid", ns.value),
+        );
+    }
+    if let Some(sp) = &r.stat_prefix {
+        let field = format!("{at}.statPrefix");
+        let msg = format!("`{field}` is an Istio field meshsim does not simulate yet: it is ignored");
+        v.out.push(Finding::warning(Pos::of(file, sp), code::NOT_SIMULATED, field, msg));
+    }
+    for (kind, map) in [("headers", &r.headers), ("withoutHeaders", &r.without_headers)] {
+        for (name, sm) in map.iter().filter(|(name, _)| name.starts_with(JWT_CLAIM_PREFIX)) {
+            let pos = sm.as_ref().map_or_else(|| Pos::of(file, m), |s| Pos::of(file, s));
+            let msg = "JWT claims are not simulated (no RequestAuthentication): no request carries this claim";
+            v.out.push(Finding::warning(pos, code::NOT_SIMULATED, format!("{at}.{kind}.{name}"), msg));
+        }
+    }
+    v.out
+}
+
+struct Checker<'a> {
+    file: &'a str,
+    out: Vec<Finding>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, pos: &Pos, field: &str, message: impl Into<String>) {
+        self.out.push(Finding::error(pos.clone(), code::SCHEMA, field, message));
+    }
+
+    /// Istio's `validateStringMatch` (`allow_empty_prefix`: `validateStringMatchRegexp`,
+    /// used for `uri`). `word` is the word Istio quotes in its messages.
+    fn string_match(&mut self, sm: &Spanned<StringMatch>, field: &str, word: &str, allow_empty_prefix: bool) {
+        let pos = Pos::of(self.file, sm);
+        let s = &sm.value;
+        if [&s.exact, &s.prefix, &s.regex].iter().filter(|k| k.is_some()).count() > 1 {
+            self.error(&pos, field, "at most one of exact, prefix or regex may be set");
+        }
+        if s.prefix.as_deref() == Some("") && !allow_empty_prefix {
+            self.error(&pos, field, format!("{word:?}: prefix string match should not be empty"));
+        }
+        if let Some(re) = &s.regex
+            && let Some(why) = regex_error(re)
+        {
+            self.error(&pos, field, format!("{word:?}: {why}"));
+        }
+    }
+
+    /// Istio's `ValidateHTTPHeaderNameOrJwtClaimRoute`. (Upper case is allowed: Envoy
+    /// lowercases matcher names.)
+    fn header_name(&mut self, pos: &Pos, field: &str, name: &str) {
+        const PSEUDO: [&str; 5] = [":method", ":scheme", ":authority", ":path", ":status"];
+        if name.is_empty() {
+            self.error(pos, field, "header name cannot be empty");
+        } else if !(name.starts_with(JWT_CLAIM_PREFIX) || PSEUDO.contains(&name) || is_token(name)) {
+            self.error(pos, field, format!("header name {name} is not a valid header name"));
+        }
+    }
+
+    /// Istio's `validateGatewayNames` (which stops at the first name without a `/`).
+    fn gateways(&mut self, gateways: &[Spanned<String>], field: &str) {
+        for g in gateways {
+            let pos = Pos::of(self.file, g);
+            let Some((ns, name)) = g.value.split_once('/') else {
+                if g.value.contains('.') {
+                    let parts: Vec<&str> = g.value.split('.').collect();
+                    let msg = format!(
+                        "using legacy gatewayName format {:?}; prefer the <namespace>/<name> format: {:?}",
+                        g.value,
+                        format!("{}/{}", parts[1], parts[0])
+                    );
+                    self.out.push(Finding::warning(pos.clone(), code::SCHEMA, field, msg));
+                }
+                if let Some(msg) = fqdn_error(&g.value) {
+                    self.error(&pos, field, msg);
+                }
+                return;
+            };
+            if ns.is_empty() || name.is_empty() {
+                self.error(&pos, field, "config namespace and gateway name cannot be empty");
+            }
+            if !is_dns1123_label(ns) {
+                self.error(&pos, field, format!("invalid value for namespace: {ns:?}"));
+            }
+            if !is_dns1123_label(name) {
+                self.error(&pos, field, format!("invalid value for gateway name: {name:?}"));
+            }
+        }
+    }
+}
+
+/// Istio's `validateStringRegexp` message (after the quoted field word), or `None`.
+/// Go's parser error text differs from the `regex` crate's; the frame is Istio's.
+fn regex_error(re: &str) -> Option<String> {
+    if re.is_empty() {
+        return Some("regex string match should not be empty".into());
+    }
+    if re.len() > REGEX_MAX_LEN {
+        return Some(format!("regex is too large, max length allowed is {REGEX_MAX_LEN}"));
+    }
+    let err = full_match_regex(re).err()?;
+    let why = match &err {
+        regex::Error::Syntax(text) => {
+            text.lines().rev().find_map(|l| l.strip_prefix("error: ")).unwrap_or(text.trim()).to_string()
+        }
+        regex::Error::CompiledTooBig(limit) => format!("expression too large (compiled size over {limit} bytes)"),
+        other => other.to_string(),
+    };
+    Some(format!(
+        "error parsing regexp: {why}: `{re}`; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)"
+    ))
+}
+
+/// An RE2 full match: the pattern must compile on its own (so `a)|(b` cannot escape the
+/// anchoring group), then is anchored at both ends.
+fn full_match_regex(re: &str) -> Result<Regex, regex::Error> {
+    Regex::new(re)?;
+    // A pattern ending in an `(?x)` comment would swallow `)$`; a newline ends the comment.
+    Regex::new(&format!("^(?:{re})$")).or_else(|_| Regex::new(&format!("^(?:{re}\n)$")))
+}
+
+/// RFC 7230 token (Istio's `validHeaderNameRegex`).
+fn is_token(name: &str) -> bool {
+    name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+const DNS1123_LABEL: &str = "[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?";
+const QUALIFIED_NAME: &str = "(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+static DNS1123: LazyLock<Regex> = LazyLock::new(|| Regex::new(&format!("^{DNS1123_LABEL}$")).expect("valid"));
+static TAG_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(&format!("^({DNS1123_LABEL}(?:\\.{DNS1123_LABEL})*/)?({QUALIFIED_NAME})$")).expect("valid")
+});
+static LABEL_VALUE: LazyLock<Regex> = LazyLock::new(|| Regex::new(&format!("^({QUALIFIED_NAME})?$")).expect("valid"));
+
+/// Istio's `labels.IsDNS1123Label`.
+fn is_dns1123_label(s: &str) -> bool {
+    s.len() <= 63 && DNS1123.is_match(s)
+}
+
+/// Istio's `validateTagKey` message, if `key` is not a valid label key.
+fn tag_key_error(key: &str) -> Option<String> {
+    let Some(c) = TAG_KEY.captures(key) else {
+        return Some(format!("invalid tag key: {key:?}"));
+    };
+    if c.get(1).is_some_and(|p| p.len() - 1 > 253) {
+        return Some(format!("invalid tag key: {key:?} (DNS prefix is too long)"));
+    }
+    if c.get(2).is_some_and(|n| n.len() > 63) {
+        return Some(format!("invalid tag key: {key:?} (name is too long)"));
+    }
+    None
+}
+
+/// Istio's `agent.ValidateFQDN` message, if `fqdn` is not a valid domain name.
+fn fqdn_error(fqdn: &str) -> Option<String> {
+    if fqdn.len() > 255 {
+        return Some(format!("domain name {fqdn:?} too long (max 255)"));
+    }
+    if fqdn.is_empty() {
+        return Some("empty domain name not allowed".into());
+    }
+    let labels: Vec<&str> = fqdn.split('.').collect();
+    let tld = labels[labels.len() - 1];
+    if tld.parse::<i64>().is_ok() {
+        return Some(format!("domain name {fqdn:?} invalid (top level domain {tld:?} cannot be all-numeric)"));
+    }
+    let last = labels.len() - 1;
+    labels
+        .iter()
+        .enumerate()
+        .find(|&(i, l)| (i != last || !l.is_empty()) && !is_dns1123_label(l))
+        .map(|(_, l)| format!("domain name {fqdn:?} invalid (label {l:?} invalid)"))
+}
+
+// ---------------------------------------------------------------- compiled matcher
+
+/// What one request offers to matching.
+#[derive(Clone, Copy, Debug)]
+pub struct MatchInput<'a> {
+    pub method: &'a str,
+    /// The path, without the query string.
+    pub path: &'a str,
+    /// The query string, without `?`.
+    pub query: Option<&'a str>,
+    /// `:authority`: the Host header as sent (`reviews:9080` if the client wrote a port).
+    pub authority: &'a str,
+    pub scheme: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The port the request was sent to (the outbound listener's service port).
+    pub port: u16,
+    /// Labels of the workload this sidecar serves.
+    pub source_labels: &'a BTreeMap<String, String>,
+    pub source_namespace: &'a str,
+}
+
+/// A value matcher (Envoy's `StringMatcher`, or `present_match`).
+#[derive(Clone, Debug)]
+enum Matcher {
+    Present,
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl Matcher {
+    /// Istio's `translateHeaderMatch`/`translateQueryParamMatch`: no kind, or regex `*`,
+    /// is a presence check.
+    fn compile(sm: Option<&StringMatch>) -> Result<Matcher, String> {
+        let Some(sm) = sm else { return Ok(Matcher::Present) };
+        Ok(match (&sm.exact, &sm.prefix, &sm.regex) {
+            (Some(e), _, _) => Matcher::Exact(e.clone()),
+            (None, Some(p), _) => Matcher::Prefix(p.clone()),
+            (None, None, Some(r)) if r == "*" => Matcher::Present,
+            (None, None, Some(r)) => Matcher::Regex(full_match_regex(r).map_err(|e| e.to_string())?),
+            (None, None, None) => Matcher::Present,
+        })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Present => true,
+            Matcher::Exact(e) => value == e,
+            Matcher::Prefix(p) => value.starts_with(p.as_str()),
+            Matcher::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Envoy's route path specifier.
+#[derive(Clone, Debug)]
+enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+/// One header condition (Envoy `HeaderMatcher`, or a JWT claim's metadata matcher).
+#[derive(Clone, Debug)]
+enum Cond {
+    Header {
+        /// Lower case; pseudo-headers (`:method`, `:authority`, `:scheme`, `:path`) too.
+        name: String,
+        matcher: Matcher,
+        invert: bool,
+        /// Envoy's `treat_missing_header_as_empty`, which Istio sets on `withoutHeaders`
+        /// conditions that are not presence checks.
+        missing_as_empty: bool,
+    },
+    /// No claim is ever present: holds only when inverted.
+    Claim { invert: bool },
+}
+
+/// One compiled `HTTPMatchRequest`.
+#[derive(Clone, Debug)]
+pub struct RouteMatch {
+    name: Option<String>,
+    path: PathMatch,
+    ignore_uri_case: bool,
+    conds: Vec<Cond>,
+    query_params: Vec<(String, Matcher)>,
+    /// `None` = any port.
+    port: Option<u32>,
+    source_labels: BTreeMap<String, String>,
+    source_namespace: Option<String>,
+    gateways: Vec<String>,
+}
+
+impl RouteMatch {
+    /// Istio's `TranslateRouteMatch`. Fails only on a regex [`validate`] reports.
+    pub fn compile(m: &HttpMatchRequest) -> Result<RouteMatch, String> {
+        let value = |s: &Option<Spanned<StringMatch>>| s.as_ref().map(|s| s.value.clone());
+        let path = match value(&m.uri).unwrap_or_default() {
+            StringMatch { exact: Some(e), .. } => PathMatch::Exact(e),
+            StringMatch { prefix: Some(p), .. } => PathMatch::Prefix(p),
+            StringMatch { regex: Some(r), .. } => PathMatch::Regex(full_match_regex(&r).map_err(|e| e.to_string())?),
+            _ => PathMatch::Prefix("/".into()),
+        };
+        let mut conds = Vec::new();
+        for (invert, map) in [(false, &m.headers), (true, &m.without_headers)] {
+            for (name, sm) in map {
+                if name.starts_with(JWT_CLAIM_PREFIX) {
+                    conds.push(Cond::Claim { invert });
+                    continue;
+                }
+                let matcher = Matcher::compile(sm.as_ref().map(|s| &s.value))?;
+                let missing_as_empty = invert && !matches!(matcher, Matcher::Present);
+                conds.push(Cond::Header { name: name.to_ascii_lowercase(), matcher, invert, missing_as_empty });
+            }
+        }
+        for (name, sm) in [(":method", &m.method), (":authority", &m.authority), (":scheme", &m.scheme)] {
+            if let Some(sm) = value(sm) {
+                let matcher = Matcher::compile(Some(&sm))?;
+                conds.push(Cond::Header { name: name.into(), matcher, invert: false, missing_as_empty: false });
+            }
+        }
+        let query_params = m
+            .query_params
+            .iter()
+            .map(|(name, sm)| Ok((name.clone(), Matcher::compile(sm.as_ref().map(|s| &s.value))?)))
+            .collect::<Result<_, String>>()?;
+        Ok(RouteMatch {
+            name: m.name.clone(),
+            path,
+            ignore_uri_case: m.ignore_uri_case,
+            conds,
+            query_params,
+            port: m.port.as_ref().map(|p| p.value).filter(|&p| p != 0),
+            source_labels: m.source_labels.clone(),
+            source_namespace: m.source_namespace.as_ref().map(|n| n.value.clone()).filter(|n| !n.is_empty()),
+            gateways: m.gateways.iter().map(|g| g.value.clone()).collect(),
+        })
+    }
+
+    /// The entry's `name`, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The `uri` prefix of this entry, if it matches by prefix (what `rewrite.uri` replaces).
+    pub fn uri_prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Whether every condition of this entry holds for `req`.
+    pub fn matches(&self, req: &MatchInput<'_>) -> bool {
+        self.source_matches(req)
+            && self.port.is_none_or(|p| p == u32::from(req.port))
+            && self.path_matches(req.path)
+            && self.conds.iter().all(|c| cond_matches(c, req))
+            && self
+                .query_params
+                .iter()
+                .all(|(name, m)| first_query_value(req.query, name).is_some_and(|v| m.matches(v)))
+    }
+
+    /// Istio's `sourceMatchHTTP` (applied when routes are built for this sidecar).
+    fn source_matches(&self, req: &MatchInput<'_>) -> bool {
+        if !self.gateways.is_empty() {
+            return self.gateways.iter().any(|g| g == MESH_GATEWAY);
+        }
+        // Go's `labels.SubsetOf`: a missing label reads as "".
+        self.source_labels.iter().all(|(k, v)| req.source_labels.get(k).map_or("", String::as_str) == v)
+            && self.source_namespace.as_deref().is_none_or(|ns| ns == req.source_namespace)
+    }
+
+    fn path_matches(&self, path: &str) -> bool {
+        let (p, want) = (path.as_bytes(), self.ignore_uri_case);
+        match &self.path {
+            PathMatch::Exact(e) if want => p.eq_ignore_ascii_case(e.as_bytes()),
+            PathMatch::Exact(e) => path == e,
+            PathMatch::Prefix(x) if want => p.len() >= x.len() && p[..x.len()].eq_ignore_ascii_case(x.as_bytes()),
+            PathMatch::Prefix(x) => path.starts_with(x.as_str()),
+            // Envoy ignores `case_sensitive` for regex paths.
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// A route's `match` list: any entry accepts; no entry accepts everything.
+pub fn route_matches(entries: &[RouteMatch], req: &MatchInput<'_>) -> bool {
+    entries.is_empty() || entries.iter().any(|m| m.matches(req))
+}
+
+/// Envoy's `HeaderUtility::matchHeaders` for one condition.
+fn cond_matches(cond: &Cond, req: &MatchInput<'_>) -> bool {
+    let Cond::Header { name, matcher, invert, missing_as_empty } = cond else {
+        return matches!(cond, Cond::Claim { invert: true });
+    };
+    match header_value(req, name) {
+        Some(v) => matcher.matches(&v) != *invert,
+        None if *missing_as_empty => matcher.matches("") != *invert,
+        None => *invert && matches!(matcher, Matcher::Present),
+    }
+}
+
+/// A header's value as Envoy's matchers see it: pseudo-headers from the request line,
+/// several values joined with `,`.
+fn header_value<'a>(req: &MatchInput<'a>, name: &str) -> Option<Cow<'a, str>> {
+    match name {
+        ":method" => Some(Cow::Borrowed(req.method)),
+        ":authority" => Some(Cow::Borrowed(req.authority)),
+        ":scheme" => Some(Cow::Borrowed(req.scheme)),
+        ":path" => Some(match req.query {
+            Some(q) => Cow::Owned(format!("{}?{q}", req.path)),
+            None => Cow::Borrowed(req.path),
+        }),
+        _ if name.starts_with(':') => None,
+        _ => {
+            let values: Vec<Cow<'a, str>> =
+                req.headers.get_all(name).iter().map(|v| String::from_utf8_lossy(v.as_bytes())).collect();
+            match values.len() {
+                0 => None,
+                1 => values.into_iter().next(),
+                _ => Some(Cow::Owned(values.join(","))),
+            }
+        }
+    }
+}
+
+/// Envoy's `QueryParamsMulti::parseQueryString(..).getFirstValue(name)`: `&`-separated,
+/// split at the first `=`, not percent-decoded; a bare `key` has the value "".
+fn first_query_value<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|param| match param.split_once('=') {
+        Some((k, v)) => (k == name).then_some(v),
+        None => (param == name).then_some(""),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use proptest::prelude::*;
+
+    fn parse(yaml: &str) -> Spanned<HttpMatchRequest> {
+        serde_saphyr::from_str(yaml).expect("valid HttpMatchRequest YAML")
+    }
+
+    fn compile(yaml: &str) -> RouteMatch {
+        let m = parse(yaml);
+        let errors: Vec<_> =
+            validate(&m, "vs.yaml", "m").into_iter().filter(|f| f.level == crate::config::Level::Error).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        RouteMatch::compile(&m.value).expect("compiles")
+    }
+
+    fn messages(yaml: &str) -> Vec<String> {
+        validate(&parse(yaml), "vs.yaml", "spec.http[0].match[0]").into_iter().map(|f| f.message).collect()
+    }
+
+    /// A test request; `target` is `path?query`.
+    struct Req {
+        method: &'static str,
+        target: &'static str,
+        authority: &'static str,
+        scheme: &'static str,
+        headers: HeaderMap,
+        port: u16,
+        labels: BTreeMap<String, String>,
+        namespace: &'static str,
+    }
+
+    fn req(target: &'static str) -> Req {
+        Req {
+            method: "GET",
+            target,
+            authority: "reviews",
+            scheme: "http",
+            headers: HeaderMap::new(),
+            port: 9080,
+            labels: BTreeMap::from([("app".into(), "productpage".into())]),
+            namespace: "default",
+        }
+    }
+
+    impl Req {
+        fn header(mut self, name: &'static str, value: &'static str) -> Req {
+            self.headers.append(name, HeaderValue::from_static(value));
+            self
+        }
+        fn input(&self) -> MatchInput<'_> {
+            let (path, query) = match self.target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (self.target, None),
+            };
+            MatchInput {
+                method: self.method,
+                path,
+                query,
+                authority: self.authority,
+                scheme: self.scheme,
+                headers: &self.headers,
+                port: self.port,
+                source_labels: &self.labels,
+                source_namespace: self.namespace,
+            }
+        }
+    }
+
+    fn hits(yaml: &str, r: &Req) -> bool {
+        compile(yaml).matches(&r.input())
+    }
+
+    // ------------------------------------------------ model
+
+    #[test]
+    fn parses_istio_yaml_with_positions_and_null_values() {
+        let m = parse(
+            "name: v2\nuri: {prefix: /v2}\nheaders:\n  end-user: {exact: jason}\n  x-null:\nignoreUriCase: true\n",
+        );
+        assert_eq!(m.value.uri.as_ref().unwrap().referenced.line(), 2);
+        assert_eq!(m.value.headers["end-user"].as_ref().unwrap().value.exact.as_deref(), Some("jason"));
+        assert!(m.value.headers["x-null"].is_none());
+        assert!(m.value.ignore_uri_case);
+    }
+
+    #[test]
+    fn unknown_fields_are_parse_errors() {
+        assert!(serde_saphyr::from_str::<HttpMatchRequest>("url: {prefix: /}\n").is_err());
+        assert!(serde_saphyr::from_str::<HttpMatchRequest>("uri: {suffix: /}\n").is_err());
+    }
+
+    // ------------------------------------------------ uri
+
+    #[test]
+    fn uri_prefix_is_a_raw_string_prefix() {
+        let m = "uri: {prefix: /v2}\n";
+        assert!(hits(m, &req("/v2")) && hits(m, &req("/v2/x")) && hits(m, &req("/v2example")));
+        assert!(!hits(m, &req("/v1/v2")) && !hits(m, &req("/V2")));
+    }
+
+    #[test]
+    fn uri_exact_ignores_the_query_string() {
+        let m = "uri: {exact: /login}\n";
+        assert!(hits(m, &req("/login")) && hits(m, &req("/login?next=/")));
+        assert!(!hits(m, &req("/login/")) && !hits(m, &req("/Login")));
+    }
+
+    #[test]
+    fn uri_regex_is_a_full_match() {
+        let m = "uri: {regex: \"/users/[0-9]+\"}\n";
+        assert!(hits(m, &req("/users/42")) && hits(m, &req("/users/42?x=1")));
+        assert!(!hits(m, &req("/users/42/posts")) && !hits(m, &req("/api/users/42")));
+    }
+
+    #[test]
+    fn absent_or_empty_uri_accepts_every_path() {
+        assert!(hits("{}\n", &req("/anything")));
+        assert!(hits("uri: {}\n", &req("/anything")));
+        assert!(hits("uri: {prefix: \"\"}\n", &req("/anything")), "an empty uri prefix is allowed");
+    }
+
+    #[test]
+    fn ignore_uri_case_relaxes_exact_and_prefix_but_not_regex() {
+        assert!(hits("uri: {exact: /Login}\nignoreUriCase: true\n", &req("/LOGIN")));
+        assert!(hits("uri: {prefix: /API}\nignoreUriCase: true\n", &req("/api/v1")));
+        assert!(!hits("uri: {regex: /api}\nignoreUriCase: true\n", &req("/API")));
+    }
+
+    // ------------------------------------------------ method, authority, scheme
+
+    #[test]
+    fn method_matches_case_sensitively_by_each_kind() {
+        let post = Req { method: "POST", ..req("/") };
+        assert!(hits("method: {exact: POST}\n", &post) && !hits("method: {exact: post}\n", &post));
+        assert!(hits("method: {prefix: PO}\n", &post) && hits("method: {regex: \"P(OST|UT)\"}\n", &post));
+        assert!(!hits("method: {regex: P}\n", &post), "regex must match the whole method");
+        assert!(hits("method: {}\n", &post), "no kind: the method is present");
+    }
+
+    #[test]
+    fn authority_is_the_host_as_sent_port_included() {
+        let r = Req { authority: "reviews:9080", ..req("/") };
+        assert!(!hits("authority: {exact: reviews}\n", &r));
+        assert!(hits("authority: {prefix: reviews}\n", &r));
+        assert!(hits("authority: {regex: \"reviews(:[0-9]+)?\"}\n", &r));
+    }
+
+    #[test]
+    fn scheme_matches_the_request_scheme() {
+        assert!(hits("scheme: {exact: http}\n", &req("/")));
+        assert!(!hits("scheme: {exact: https}\n", &req("/")));
+    }
+
+    // ------------------------------------------------ headers
+
+    #[test]
+    fn header_values_are_case_sensitive_names_are_not() {
+        let r = req("/").header("end-user", "jason");
+        assert!(hits("headers: {end-user: {exact: jason}}\n", &r));
+        assert!(hits("headers: {End-User: {exact: jason}}\n", &r));
+        assert!(!hits("headers: {end-user: {exact: Jason}}\n", &r));
+    }
+
+    #[test]
+    fn header_prefix_and_full_regex() {
+        let r = req("/").header("user-agent", "curl/8.5.0");
+        assert!(hits("headers: {user-agent: {prefix: curl/}}\n", &r));
+        assert!(hits("headers: {user-agent: {regex: \"curl/.*\"}}\n", &r));
+        assert!(!hits("headers: {user-agent: {regex: curl}}\n", &r));
+    }
+
+    #[test]
+    fn empty_header_match_means_present() {
+        assert!(hits("headers: {x-canary: {}}\n", &req("/").header("x-canary", "")));
+        assert!(!hits("headers: {x-canary: {}}\n", &req("/")));
+    }
+
+    #[test]
+    fn a_missing_header_fails_every_kind() {
+        for kind in ["exact: \"\"", "prefix: a", "regex: \".*\""] {
+            assert!(!hits(&format!("headers: {{x-a: {{{kind}}}}}\n"), &req("/")), "{kind}");
+        }
+    }
+
+    #[test]
+    fn repeated_headers_are_joined_with_commas() {
+        let r = req("/").header("x-tag", "a").header("x-tag", "b");
+        assert!(hits("headers: {x-tag: {exact: \"a,b\"}}\n", &r));
+        assert!(!hits("headers: {x-tag: {exact: a}}\n", &r));
+    }
+
+    #[test]
+    fn pseudo_header_names_read_the_request_line() {
+        let r = req("/a?b=c");
+        assert!(hits("headers: {\":path\": {exact: \"/a?b=c\"}}\n", &r));
+        assert!(hits("headers: {\":method\": {exact: GET}}\n", &r));
+    }
+
+    #[test]
+    fn without_headers_exact_holds_when_the_header_is_missing_or_differs() {
+        let m = "withoutHeaders: {end-user: {exact: jason}}\n";
+        assert!(hits(m, &req("/")));
+        assert!(hits(m, &req("/").header("end-user", "mary")));
+        assert!(!hits(m, &req("/").header("end-user", "jason")));
+        // Istio sets treat_missing_header_as_empty: a missing header reads as "".
+        assert!(!hits("withoutHeaders: {x-a: {exact: \"\"}}\n", &req("/")));
+    }
+
+    #[test]
+    fn without_headers_presence_holds_only_when_absent() {
+        for m in [
+            "withoutHeaders: {x-debug: {}}\n",
+            "withoutHeaders: {x-debug: {regex: \"*\"}}\n",
+            "withoutHeaders: {x-debug: }\n",
+        ] {
+            assert!(hits(m, &req("/")), "{m}");
+            assert!(!hits(m, &req("/").header("x-debug", "1")), "{m}");
+        }
+    }
+
+    #[test]
+    fn jwt_claims_never_match_and_are_never_excluded() {
+        assert!(!hits("headers: {\"@request.auth.claims.group\": {exact: admin}}\n", &req("/")));
+        assert!(hits("withoutHeaders: {\"@request.auth.claims.group\": {exact: admin}}\n", &req("/")));
+        let f = validate(&parse("headers: {\"@request.auth.claims.group\": {exact: admin}}\n"), "vs.yaml", "m");
+        assert_eq!((f.len(), f[0].code, f[0].level), (1, code::NOT_SIMULATED, crate::config::Level::Warning));
+    }
+
+    // ------------------------------------------------ query parameters
+
+    #[test]
+    fn query_params_match_the_first_value_by_each_kind() {
+        let r = req("/p?id=42&mode=dark&id=7&flag");
+        assert!(hits("queryParams: {id: {exact: \"42\"}}\n", &r));
+        assert!(!hits("queryParams: {id: {exact: \"7\"}}\n", &r), "only the first value counts");
+        assert!(hits("queryParams: {id: {regex: \"[0-9]+\"}}\n", &r));
+        assert!(hits("queryParams: {mode: {prefix: da}}\n", &r), "Istio translates prefix too");
+        assert!(hits("queryParams: {flag: {exact: \"\"}}\n", &r), "a bare key has the empty value");
+        assert!(hits("queryParams: {mode: {}}\n", &r), "no kind: present");
+        assert!(!hits("queryParams: {absent: {}}\n", &r));
+        assert!(!hits("queryParams: {id: {exact: \"42\"}}\n", &req("/p")));
+    }
+
+    #[test]
+    fn query_values_are_not_percent_decoded() {
+        let r = req("/p?q=a%20b");
+        assert!(hits("queryParams: {q: {exact: \"a%20b\"}}\n", &r));
+        assert!(!hits("queryParams: {q: {exact: \"a b\"}}\n", &r));
+    }
+
+    // ------------------------------------------------ source, port, gateways
+
+    #[test]
+    fn source_labels_must_be_a_subset_of_the_workload_labels() {
+        assert!(hits("sourceLabels: {app: productpage}\n", &req("/")));
+        assert!(!hits("sourceLabels: {app: reviews}\n", &req("/")));
+        assert!(!hits("sourceLabels: {app: productpage, version: v1}\n", &req("/")));
+        assert!(hits("sourceLabels: {version: \"\"}\n", &req("/")), "Go reads a missing label as \"\"");
+    }
+
+    #[test]
+    fn source_namespace_must_equal_the_workload_namespace() {
+        assert!(hits("sourceNamespace: default\n", &req("/")));
+        assert!(!hits("sourceNamespace: prod\n", &req("/")));
+    }
+
+    #[test]
+    fn port_must_equal_the_destination_port() {
+        assert!(hits("port: 9080\n", &req("/")));
+        assert!(!hits("port: 8080\n", &req("/")));
+        assert!(hits("port: 0\n", &req("/")), "0 means any port");
+    }
+
+    #[test]
+    fn gateways_replace_source_checks_and_sidecars_are_mesh() {
+        assert!(hits("gateways: [mesh]\nsourceLabels: {app: other}\n", &req("/")));
+        assert!(!hits("gateways: [istio-system/ingress]\n", &req("/")));
+    }
+
+    // ------------------------------------------------ AND inside, OR across
+
+    #[test]
+    fn conditions_inside_one_entry_all_hold() {
+        let m = "uri: {prefix: /api}\nmethod: {exact: GET}\nheaders: {x-v: {exact: \"2\"}}\n";
+        assert!(hits(m, &req("/api/x").header("x-v", "2")));
+        assert!(!hits(m, &req("/api/x").header("x-v", "1")));
+        assert!(!hits(m, &req("/web").header("x-v", "2")));
+    }
+
+    #[test]
+    fn entries_of_a_route_are_alternatives_and_none_means_all() {
+        let entries = [compile("uri: {exact: /a}\n"), compile("headers: {x-b: {}}\n")];
+        assert!(route_matches(&entries, &req("/a").input()));
+        assert!(route_matches(&entries, &req("/z").header("x-b", "1").input()));
+        assert!(!route_matches(&entries, &req("/z").input()));
+        assert!(route_matches(&[], &req("/z").input()));
+        assert_eq!(compile("name: v2\n").name(), Some("v2"));
+    }
+
+    // ------------------------------------------------ validation
+
+    #[test]
+    fn invalid_regex_is_an_error_in_istio_words() {
+        let m = messages("uri: {regex: \"(a\"}\n");
+        assert_eq!(m.len(), 1);
+        assert!(m[0].starts_with("\"uri\": error parsing regexp: "), "{}", m[0]);
+        assert!(
+            m[0].ends_with("`(a`; Istio uses RE2 style regex-based match (https://github.com/google/re2/wiki/Syntax)")
+        );
+        assert!(RouteMatch::compile(&parse("uri: {regex: \"(a\"}\n").value).is_err());
+        assert_eq!(messages("headers: {x-a: {regex: \"*\"}}\n").len(), 1, "* is not a regex in headers");
+    }
+
+    #[test]
+    fn a_regex_cannot_break_out_of_its_anchors() {
+        assert_eq!(messages("uri: {regex: \"a)|(b\"}\n").len(), 1);
+        let m = compile("uri: {regex: \"(?x) /a  # a comment\"}\n");
+        assert!(m.matches(&req("/a").input()) && !m.matches(&req("/ab").input()));
+    }
+
+    #[test]
+    fn empty_or_oversized_regex_is_an_error() {
+        assert_eq!(messages("method: {regex: \"\"}\n"), ["\"method\": regex string match should not be empty"]);
+        let long = format!("uri: {{regex: \"{}\"}}\n", "a".repeat(REGEX_MAX_LEN + 1));
+        assert_eq!(messages(&long), ["\"uri\": regex is too large, max length allowed is 1024"]);
+    }
+
+    #[test]
+    fn empty_prefix_is_an_error_except_for_uri() {
+        assert_eq!(
+            messages("headers: {x-a: {prefix: \"\"}}\n"),
+            ["\"headers\": prefix string match should not be empty"]
+        );
+        assert_eq!(messages("authority: {prefix: \"\"}\n"), ["\"authority\": prefix string match should not be empty"]);
+        assert_eq!(
+            messages("queryParams: {q: {prefix: \"\"}}\n"),
+            ["\"queryParams\": prefix string match should not be empty"]
+        );
+        assert!(messages("uri: {prefix: \"\"}\n").is_empty());
+    }
+
+    #[test]
+    fn null_header_match_and_bad_header_names_are_errors() {
+        assert_eq!(messages("headers: {x-a: }\n"), ["header match x-a cannot be null"]);
+        assert_eq!(messages("headers: {\"x a\": {}}\n"), ["header name x a is not a valid header name"]);
+        assert_eq!(messages("withoutHeaders: {\"\": {}}\n"), ["header name cannot be empty"]);
+        assert!(messages("headers: {X-Upper: {}, \":authority\": {}}\n").is_empty());
+    }
+
+    #[test]
+    fn more_than_one_kind_is_an_error() {
+        assert_eq!(messages("uri: {exact: /a, prefix: /a}\n"), ["at most one of exact, prefix or regex may be set"]);
+    }
+
+    #[test]
+    fn port_labels_namespace_and_gateways_are_checked() {
+        assert_eq!(messages("port: 70000\n"), ["port number 70000 must be in the range 1..65535"]);
+        assert_eq!(messages("sourceLabels: {\"-bad\": ok}\n"), ["invalid tag key: \"-bad\""]);
+        assert_eq!(messages("sourceLabels: {app: \"bad value\"}\n"), ["invalid tag value: \"bad value\""]);
+        assert_eq!(messages("sourceNamespace: Bad_NS\n"), ["sourceNamespace match Bad_NS is invalid"]);
+        assert_eq!(messages("gateways: [\"ns/\"]\n")[0], "config namespace and gateway name cannot be empty");
+        assert_eq!(messages("gateways: [\"ns/gw_1\"]\n"), ["invalid value for gateway name: \"gw_1\""]);
+        assert_eq!(
+            messages("gateways: [\"1.2\"]\n").last().unwrap(),
+            "domain name \"1.2\" invalid (top level domain \"2\" cannot be all-numeric)"
+        );
+        assert!(
+            messages("gateways: [mesh, istio-system/ingress]\nsourceLabels: {app.kubernetes.io/name: x}\n").is_empty()
+        );
+    }
+
+    #[test]
+    fn legacy_gateway_names_warn_with_the_recommended_form() {
+        let f = validate(&parse("gateways: [ingress.istio-system]\n"), "vs.yaml", "m");
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].level, crate::config::Level::Warning);
+        assert!(f[0].message.ends_with("prefer the <namespace>/<name> format: \"istio-system/ingress\""));
+    }
+
+    #[test]
+    fn stat_prefix_is_a_not_simulated_warning() {
+        let f = validate(&parse("statPrefix: foo\n"), "vs.yaml", "spec.http[0].match[0]");
+        assert_eq!(
+            (f.len(), f[0].code, f[0].field.as_str()),
+            (1, code::NOT_SIMULATED, "spec.http[0].match[0].statPrefix")
+        );
+    }
+
+    #[test]
+    fn findings_point_at_the_offending_value() {
+        let f = validate(&parse("uri: {prefix: /}\nheaders:\n  x-a: {regex: \"[\"}\n"), "vs.yaml", "m");
+        assert_eq!((f[0].field.as_str(), f[0].pos.line), ("m.headers.x-a", 3));
+    }
+
+    proptest! {
+        #[test]
+        fn prefix_matching_is_str_starts_with(path in "/[a-zA-Z0-9/._-]{0,12}", prefix in "/[a-zA-Z0-9/._-]{0,4}") {
+            let m = RouteMatch::compile(&HttpMatchRequest {
+                uri: Some(Spanned::new(StringMatch { prefix: Some(prefix.clone()), ..StringMatch::default() }, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)),
+                ..HttpMatchRequest::default()
+            }).unwrap();
+            let r = Req { target: "", ..req("") };
+            let input = MatchInput { path: &path, ..r.input() };
+            prop_assert_eq!(m.matches(&input), path.starts_with(&prefix));
+        }
+
+        #[test]
+        fn an_escaped_regex_fully_matches_only_its_text(text in "[ -~]{0,16}", extra in "[a-z]{1,3}") {
+            let re = full_match_regex(&regex::escape(&text)).unwrap();
+            prop_assert!(re.is_match(&text));
+            let longer = format!("{text}{extra}");
+            prop_assert!(!re.is_match(&longer));
+        }
+
+        #[test]
+        fn without_headers_is_the_negation_of_headers_for_exact(value in "[a-z]{0,3}", want in "[a-z]{0,3}", present: bool) {
+            let yes = compile(&format!("headers: {{x-a: {{exact: \"{want}\"}}}}\n"));
+            let no = compile(&format!("withoutHeaders: {{x-a: {{exact: \"{want}\"}}}}\n"));
+            let mut h = HeaderMap::new();
+            if present {
+                h.insert("x-a", HeaderValue::from_str(&value).unwrap());
+            }
+            let r = req("/");
+            let input = MatchInput { headers: &h, ..r.input() };
+            if present || !want.is_empty() {
+                prop_assert_eq!(no.matches(&input), !yes.matches(&input));
+            }
+        }
+    }
+}
