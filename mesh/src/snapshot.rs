@@ -13,9 +13,16 @@ use serde_saphyr::Spanned;
 
 use crate::config::diag::code;
 use crate::config::istio::{
-    DestinationRuleSpec, NotSimulated, OutlierDetection, Resource, SimpleLb, Spec, TrafficPolicy, VirtualServiceSpec,
+    ConnectionPoolSettings, ConsistentHash, DestinationRuleSpec, Headers, NotSimulated, OutlierDetection, Resource,
+    SimpleLb, Spec, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::config::{Finding, Findings, Pos};
+use crate::proxy::fault::{FaultPolicy, per_million};
+use crate::proxy::hash::HashPolicy;
+use crate::proxy::headers::HeaderOps;
+use crate::proxy::pool::{self, Limits};
+use crate::proxy::retry::{self, RetryPolicy};
+use crate::proxy::route_match::{self, RouteMatch};
 use crate::registry::{Registry, qualify};
 
 /// Envoy's connect timeout as Istio's mesh config sets it.
@@ -69,6 +76,23 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+/// Consistent-hash load balancing of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HashLb {
+    pub policy: HashPolicy,
+    pub table: HashTable,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HashTable {
+    Ring { min_ring_size: u64 },
+    Maglev { table_size: u64 },
+}
+
+/// Envoy's ring-hash default minimum ring size and maglev's default table size.
+pub const DEFAULT_MIN_RING_SIZE: u64 = 1024;
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+
 #[derive(Clone, Debug)]
 pub struct Cluster {
     /// Istio's name: `outbound|<port>|<subset>|<fqdn>`.
@@ -77,29 +101,79 @@ pub struct Cluster {
     pub subset: Option<String>,
     pub endpoints: Vec<Endpoint>,
     pub lb: LbPolicy,
+    /// Consistent hashing replaces `lb` when set.
+    pub hash: Option<HashLb>,
     pub outlier: Option<OutlierConfig>,
     pub connect_timeout: Duration,
+    pub limits: Limits,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightedCluster {
     pub cluster: String,
     pub weight: u32,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+/// What a route does with a matched request.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Send it to one of these clusters (Envoy's weighted pick).
+    Forward(Vec<WeightedCluster>),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer with this status and body.
+    Direct { status: u16, body: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub scheme: Option<String>,
+    /// 301 unless set.
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub cluster: String,
+    pub per_million: u32,
 }
 
 #[derive(Clone, Debug)]
 pub struct Route {
     /// `<vs namespace>/<vs name>/<route index or name>` or `default` without a VirtualService.
     pub name: String,
-    pub clusters: Vec<WeightedCluster>,
-    /// Route timeout covering the whole request; `None` = disabled (Istio's default).
+    /// Any entry matching selects the route; empty = every request.
+    pub matches: Vec<RouteMatch>,
+    pub action: Action,
+    /// Route timeout covering the whole request, retries and backoff included; `None` =
+    /// disabled (Istio's default).
     pub timeout: Option<Duration>,
+    /// `None` = retries disabled (`attempts: 0`).
+    pub retry: Option<RetryPolicy>,
+    pub fault: Option<FaultPolicy>,
+    pub mirror: Option<Mirror>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub rewrite: Option<Rewrite>,
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Ordered routes (first match wins) per destination service FQDN.
     pub routes: BTreeMap<String, Vec<Route>>,
+    /// Service port per destination service FQDN.
+    pub ports: BTreeMap<String, u16>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
 }
 
@@ -126,13 +200,13 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
             Spec::DestinationRule(dr) => {
                 let host = qualify(&dr.host.value, r.namespace());
                 if !registry.services.contains_key(&host) {
-                    c.error(
+                    c.warning(
                         s.file,
                         &dr.host,
-                        code::NOT_FOUND,
+                        "IST0174",
                         "spec.host",
                         format!(
-                            "Referenced host not found: {:?} (no service of that name in the scenario)",
+                            "DestinationRule for non-existent service registry host {:?}: it has no effect",
                             dr.host.value
                         ),
                     );
@@ -249,16 +323,91 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
         }
         // Routes: the VirtualService's, or one default route to the whole service.
         let routes = match vss.get(fqdn) {
-            Some((file, r, vs)) => c.routes(file, r, vs, &drs),
-            None => vec![Route {
-                name: "default".into(),
-                clusters: vec![WeightedCluster { cluster: cluster_name(svc.port, None, fqdn), weight: 1 }],
-                timeout: None,
-            }],
+            Some((file, r, vs)) => c.routes(file, r, vs, &drs, &snap.clusters),
+            None => {
+                let cluster = cluster_name(svc.port, None, fqdn);
+                let hashed = snap.clusters.get(&cluster).is_some_and(|c| c.hash.is_some());
+                vec![Route {
+                    name: "default".into(),
+                    matches: Vec::new(),
+                    action: Action::Forward(vec![WeightedCluster {
+                        cluster,
+                        weight: 1,
+                        request_headers: HeaderOps::default(),
+                        response_headers: HeaderOps::default(),
+                    }]),
+                    timeout: None,
+                    retry: RetryPolicy::from_istio(None, hashed),
+                    fault: None,
+                    mirror: None,
+                    request_headers: HeaderOps::default(),
+                    response_headers: HeaderOps::default(),
+                    rewrite: None,
+                }]
+            }
         };
         snap.routes.insert(fqdn.clone(), routes);
+        snap.ports.insert(fqdn.clone(), svc.port);
     }
     (snap, c.findings)
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+}
+
+/// Istio's translation of `consistentHash` (ring hash unless maglev is asked for).
+fn compile_hash(c: &ConsistentHash) -> Option<HashLb> {
+    let policy = if let Some(h) = &c.http_header_name {
+        HashPolicy::Header(http::HeaderName::try_from(h.to_ascii_lowercase()).ok()?)
+    } else if let Some(k) = &c.http_cookie {
+        HashPolicy::Cookie { name: k.name.clone(), path: k.path.clone().unwrap_or_default(), ttl: k.ttl.map(|t| t.0) }
+    } else if c.use_source_ip == Some(true) {
+        HashPolicy::SourceIp
+    } else if let Some(q) = &c.http_query_parameter_name {
+        HashPolicy::QueryParameter(q.clone())
+    } else {
+        return None;
+    };
+    let table = match &c.maglev {
+        Some(m) => HashTable::Maglev { table_size: m.table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE) },
+        None => HashTable::Ring {
+            min_ring_size: c
+                .ring_hash
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(c.minimum_ring_size)
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_MIN_RING_SIZE),
+        },
+    };
+    Some(HashLb { policy, table })
+}
+
+/// Circuit-breaker thresholds as Istio writes them: every threshold set, values <= 0
+/// meaning unset (2^32−1).
+fn limits(pool: Option<&ConnectionPoolSettings>, budget: Option<&crate::config::istio::RetryBudget>) -> Limits {
+    let cap = |v: Option<i64>| v.filter(|&v| v > 0).map(|v| v.min(i64::from(u32::MAX)) as u32);
+    let tcp = pool.and_then(|p| p.tcp.as_ref());
+    let http = pool.and_then(|p| p.http.as_ref());
+    let d = Limits::default();
+    Limits {
+        max_connections: cap(tcp.and_then(|t| t.max_connections)).unwrap_or(d.max_connections),
+        max_pending_requests: cap(http.and_then(|h| h.http1_max_pending_requests)).unwrap_or(d.max_pending_requests),
+        max_requests: cap(http.and_then(|h| h.http2_max_requests)).unwrap_or(d.max_requests),
+        max_requests_per_connection: cap(http.and_then(|h| h.max_requests_per_connection)).unwrap_or(0),
+        idle_timeout: http
+            .and_then(|h| h.idle_timeout.as_ref())
+            .or(tcp.and_then(|t| t.idle_timeout.as_ref()))
+            .map(|d| d.value.0)
+            .unwrap_or(d.idle_timeout),
+        max_connection_duration: tcp.and_then(|t| t.max_connection_duration.as_ref()).map(|d| d.value.0),
+        max_retries: cap(http.and_then(|h| h.max_retries)).unwrap_or(d.max_retries),
+        retry_budget: budget.map(|b| pool::RetryBudget {
+            percent: b.percent.as_ref().map(|p| p.value.value).unwrap_or(20.0),
+            min_concurrency: b.min_retry_concurrency.unwrap_or(3),
+        }),
+    }
 }
 
 struct Compiler<'a> {
@@ -318,7 +467,18 @@ impl Compiler<'_> {
 
     fn check_policy(&mut self, file: &str, at: &str, p: &TrafficPolicy) {
         if let Some(lb) = &p.load_balancer {
-            self.not_simulated(file, &format!("{at}.loadBalancer.consistentHash"), &lb.value.consistent_hash);
+            if let Some(ch) = &lb.value.consistent_hash {
+                self.check_consistent_hash(file, &format!("{at}.loadBalancer.consistentHash"), ch);
+                if lb.value.simple.is_some() {
+                    self.error(
+                        file,
+                        ch,
+                        code::SCHEMA,
+                        &format!("{at}.loadBalancer"),
+                        "only one of simple or consistentHash can be set".into(),
+                    );
+                }
+            }
             self.not_simulated(file, &format!("{at}.loadBalancer.localityLbSetting"), &lb.value.locality_lb_setting);
             self.not_simulated(file, &format!("{at}.loadBalancer.warmupDurationSecs"), &lb.value.warmup_duration_secs);
             self.not_simulated(file, &format!("{at}.loadBalancer.warmup"), &lb.value.warmup);
@@ -345,17 +505,19 @@ impl Compiler<'_> {
                     "connection pool must have at least one field".into(),
                 );
             }
-            self.not_simulated(file, &format!("{at}.connectionPool.http"), &pool.value.http);
             if let Some(tcp) = &pool.value.tcp {
-                self.check_duration(file, &format!("{at}.connectionPool.tcp.connectTimeout"), &tcp.connect_timeout);
-                self.not_simulated(file, &format!("{at}.connectionPool.tcp.maxConnections"), &tcp.max_connections);
-                self.not_simulated(file, &format!("{at}.connectionPool.tcp.tcpKeepalive"), &tcp.tcp_keepalive);
-                self.not_simulated(
-                    file,
-                    &format!("{at}.connectionPool.tcp.maxConnectionDuration"),
-                    &tcp.max_connection_duration,
-                );
-                self.not_simulated(file, &format!("{at}.connectionPool.tcp.idleTimeout"), &tcp.idle_timeout);
+                let f = format!("{at}.connectionPool.tcp");
+                self.check_duration(file, &format!("{f}.connectTimeout"), &tcp.connect_timeout);
+                self.check_duration(file, &format!("{f}.maxConnectionDuration"), &tcp.max_connection_duration);
+                self.check_duration(file, &format!("{f}.idleTimeout"), &tcp.idle_timeout);
+                self.not_simulated(file, &format!("{f}.tcpKeepalive"), &tcp.tcp_keepalive);
+            }
+            if let Some(http) = &pool.value.http {
+                let f = format!("{at}.connectionPool.http");
+                self.check_duration(file, &format!("{f}.idleTimeout"), &http.idle_timeout);
+                self.not_simulated(file, &format!("{f}.h2UpgradePolicy"), &http.h2_upgrade_policy);
+                self.not_simulated(file, &format!("{f}.useClientProtocol"), &http.use_client_protocol);
+                self.not_simulated(file, &format!("{f}.maxConcurrentStreams"), &http.max_concurrent_streams);
             }
         }
         if let Some(od) = &p.outlier_detection {
@@ -401,7 +563,72 @@ impl Compiler<'_> {
         self.not_simulated(file, &format!("{at}.portLevelSettings"), &p.port_level_settings);
         self.not_simulated(file, &format!("{at}.tunnel"), &p.tunnel);
         self.not_simulated(file, &format!("{at}.proxyProtocol"), &p.proxy_protocol);
-        self.not_simulated(file, &format!("{at}.retryBudget"), &p.retry_budget);
+        if let Some(rb) = &p.retry_budget
+            && let Some(pct) = &rb.value.percent
+            && !(0.0..=100.0).contains(&pct.value.value)
+        {
+            self.error(
+                file,
+                pct,
+                code::SCHEMA,
+                &format!("{at}.retryBudget.percent"),
+                format!("percentage {} is out of range 0..100", pct.value.value),
+            );
+        }
+    }
+
+    fn check_consistent_hash(&mut self, file: &str, at: &str, ch: &Spanned<ConsistentHash>) {
+        let c = &ch.value;
+        let keys = [
+            c.http_header_name.is_some(),
+            c.http_cookie.is_some(),
+            c.use_source_ip.is_some(),
+            c.http_query_parameter_name.is_some(),
+        ]
+        .into_iter()
+        .filter(|&k| k)
+        .count();
+        if keys != 1 {
+            self.error(
+                file,
+                ch,
+                code::SCHEMA,
+                at,
+                "consistentHash needs exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName"
+                    .into(),
+            );
+        }
+        if c.ring_hash.is_some() && c.maglev.is_some() {
+            self.error(file, ch, code::SCHEMA, at, "only one of ringHash or maglev can be set".into());
+        }
+        if let Some(size) = c.maglev.as_ref().and_then(|m| m.table_size)
+            && !is_prime(size)
+        {
+            self.error(
+                file,
+                ch,
+                code::SCHEMA,
+                &format!("{at}.maglev.tableSize"),
+                format!("table size {size} must be a prime number"),
+            );
+        }
+        if c.minimum_ring_size.is_some() {
+            self.warning(
+                file,
+                ch,
+                "IST0002",
+                &format!("{at}.minimumRingSize"),
+                "minimumRingSize is deprecated: use ringHash.minimumRingSize".into(),
+            );
+        }
+        self.not_simulated(file, &format!("{at}.localityLbSetting"), &c.locality_lb_setting);
+        if let Some(cookie) = &c.http_cookie {
+            self.not_simulated(file, &format!("{at}.httpCookie.attributes"), &cookie.attributes);
+            if cookie.ttl.is_some() {
+                self.warning(file, ch, code::NOT_SIMULATED, &format!("{at}.httpCookie.ttl"),
+                    "Envoy generates the cookie when it is absent and ttl is set; meshsim does not yet (an absent cookie hashes randomly)".into());
+            }
+        }
     }
 
     fn check_destination_rule(&mut self, file: &str, dr: &DestinationRuleSpec) {
@@ -448,6 +675,8 @@ impl Compiler<'_> {
         let lb = own.and_then(|p| p.load_balancer.as_ref()).or(top.and_then(|p| p.load_balancer.as_ref()));
         let pool = own.and_then(|p| p.connection_pool.as_ref()).or(top.and_then(|p| p.connection_pool.as_ref()));
         let od = own.and_then(|p| p.outlier_detection.as_ref()).or(top.and_then(|p| p.outlier_detection.as_ref()));
+        let budget = own.and_then(|p| p.retry_budget.as_ref()).or(top.and_then(|p| p.retry_budget.as_ref()));
+        let hash = lb.and_then(|l| l.value.consistent_hash.as_ref()).and_then(|ch| compile_hash(&ch.value));
         let lb = match lb.and_then(|l| l.value.simple.as_ref()).map(|s| s.value) {
             Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
             Some(SimpleLb::Random) => LbPolicy::Random,
@@ -469,9 +698,76 @@ impl Compiler<'_> {
             subset: subset.map(str::to_string),
             endpoints,
             lb,
+            hash,
             outlier: od.map(|o| OutlierConfig::from_istio(&o.value)),
             connect_timeout,
+            limits: limits(pool.map(|p| &p.value), budget.map(|b| &b.value)),
         }
+    }
+
+    fn header_ops(
+        &mut self,
+        file: &str,
+        at: &str,
+        pos: &Spanned<String>,
+        h: Option<&Headers>,
+    ) -> (HeaderOps, HeaderOps) {
+        let mut compile = |which: &str, ops: Option<&crate::config::istio::HeaderOperations>| match ops {
+            None => HeaderOps::default(),
+            Some(o) => HeaderOps::compile(o).unwrap_or_else(|e| {
+                self.findings.push(Finding::error(
+                    Pos::of(file, pos),
+                    code::SCHEMA,
+                    format!("{at}.headers.{which}"),
+                    e,
+                ));
+                HeaderOps::default()
+            }),
+        };
+        let req = compile("request", h.and_then(|h| h.request.as_ref()));
+        let resp = compile("response", h.and_then(|h| h.response.as_ref()));
+        (req, resp)
+    }
+
+    /// A destination's cluster, checking that its host and subset exist (IST0101).
+    fn destination(
+        &mut self,
+        file: &str,
+        at: &str,
+        ns: &str,
+        d: &crate::config::istio::Destination,
+        drs: &BTreeMap<String, (&str, &Resource, &DestinationRuleSpec)>,
+        what: &str,
+    ) -> Option<String> {
+        let host = qualify(&d.host.value, ns);
+        let Some(svc) = self.registry.services.get(&host) else {
+            self.error(
+                file,
+                &d.host,
+                code::NOT_FOUND,
+                &format!("{at}.host"),
+                format!("Referenced {what} not found: {:?}", d.host.value),
+            );
+            return None;
+        };
+        let port = svc.port;
+        if let Some(subset) = &d.subset {
+            let known =
+                drs.get(&host).is_some_and(|(_, _, dr)| dr.subsets.iter().any(|s| s.name.value == subset.value));
+            if !known {
+                self.error(
+                    file,
+                    subset,
+                    code::NOT_FOUND,
+                    &format!("{at}.subset"),
+                    format!(
+                        "Referenced host+subset in destinationrule not found: \"{}+{}\"",
+                        d.host.value, subset.value
+                    ),
+                );
+            }
+        }
+        Some(cluster_name(port, d.subset.as_ref().map(|s| s.value.as_str()), &host))
     }
 
     fn routes(
@@ -480,112 +776,288 @@ impl Compiler<'_> {
         r: &Resource,
         vs: &VirtualServiceSpec,
         drs: &BTreeMap<String, (&str, &Resource, &DestinationRuleSpec)>,
+        clusters: &BTreeMap<String, Arc<Cluster>>,
     ) -> Vec<Route> {
         let mut out = Vec::new();
+        let what = format!("VirtualService {}/{}", r.namespace(), r.name());
+        // For IST0130/IST0131: the first catch-all route, and the match entries seen so far.
+        let mut catch_all: Option<usize> = None;
+        let mut seen_matches: Vec<String> = Vec::new();
         for (i, http) in vs.http.iter().enumerate() {
             let at = format!("spec.http[{i}]");
-            for (field, v) in [
-                ("match", &http.match_),
-                ("redirect", &http.redirect),
-                ("directResponse", &http.direct_response),
-                ("delegate", &http.delegate),
-                ("rewrite", &http.rewrite),
-                ("retries", &http.retries),
-                ("fault", &http.fault),
-                ("mirror", &http.mirror),
-                ("mirrors", &http.mirrors),
-                ("mirrorPercentage", &http.mirror_percentage),
-                ("mirrorPercent", &http.mirror_percent),
-                ("corsPolicy", &http.cors_policy),
-                ("headers", &http.headers),
-            ] {
-                self.not_simulated(file, &format!("{at}.{field}"), v);
-            }
+            let anchor = http.route.first().map(|d| d.destination.host.clone()).unwrap_or_else(|| r.kind.clone());
+            self.not_simulated(file, &format!("{at}.delegate"), &http.delegate);
+            self.not_simulated(file, &format!("{at}.mirrors"), &http.mirrors);
+            self.not_simulated(file, &format!("{at}.corsPolicy"), &http.cors_policy);
             self.check_duration(file, &format!("{at}.timeout"), &http.timeout);
-            let mut clusters = Vec::new();
-            let mut total: i64 = 0;
-            for (j, d) in http.route.iter().enumerate() {
-                let dat = format!("{at}.route[{j}]");
-                self.not_simulated(file, &format!("{dat}.headers"), &d.headers);
-                let weight = d.weight.as_ref().map(|w| w.value).unwrap_or(0);
-                if let Some(w) = &d.weight
-                    && w.value < 0
-                {
-                    self.error(file, w, code::SCHEMA, &format!("{dat}.weight"), format!("weight {} < 0", w.value));
+
+            // Matches, with the analyzer's reachability checks.
+            let mut matches = Vec::new();
+            for (j, m) in http.match_.iter().enumerate() {
+                let mat = format!("{at}.match[{j}]");
+                self.findings.0.extend(route_match::validate(m, file, &mat));
+                if let Ok(c) = RouteMatch::compile(&m.value) {
+                    matches.push(c);
                 }
-                if weight > i64::from(u32::MAX) {
-                    self.error(
-                        file,
-                        d.weight.as_ref().expect("weight set"),
-                        code::SCHEMA,
-                        &format!("{dat}.weight"),
-                        format!("weight {weight} is larger than {}", u32::MAX),
-                    );
+                let key = format!("{:?}", m.value);
+                if let Some(k) = catch_all {
+                    let _ = k;
+                } else if seen_matches.contains(&key) {
+                    self.findings.push(Finding::warning(
+                        Pos::of(file, m),
+                        "IST0131",
+                        mat.clone(),
+                        format!(
+                            "{what} rule #{i} match #{j} is not used (duplicate/overlapping match in rule #{} )",
+                            seen_matches.iter().position(|x| *x == key).map(|_| "earlier").unwrap_or("earlier")
+                        ),
+                    ));
                 }
-                total = total.saturating_add(weight.max(0));
-                let host = qualify(&d.destination.host.value, r.namespace());
-                let Some(svc) = self.registry.services.get(&host) else {
-                    self.error(
-                        file,
-                        &d.destination.host,
-                        code::NOT_FOUND,
-                        &format!("{dat}.destination.host"),
-                        format!("Referenced host not found: {:?}", d.destination.host.value),
-                    );
-                    continue;
-                };
-                if let Some(subset) = &d.destination.subset {
-                    let known = drs
-                        .get(&host)
-                        .is_some_and(|(_, _, dr)| dr.subsets.iter().any(|s| s.name.value == subset.value));
-                    if !known {
-                        self.error(
-                            file,
-                            subset,
-                            code::NOT_FOUND,
-                            &format!("{dat}.destination.subset"),
-                            format!(
-                                "Referenced host+subset in destinationrule not found: \"{}+{}\"",
-                                d.destination.host.value, subset.value
-                            ),
-                        );
-                    }
-                }
-                clusters.push(WeightedCluster {
-                    cluster: cluster_name(svc.port, d.destination.subset.as_ref().map(|s| s.value.as_str()), &host),
-                    weight: weight.clamp(0, i64::from(u32::MAX)) as u32,
-                });
+                seen_matches.push(key);
             }
-            if http.route.is_empty() {
+            if let Some(k) = catch_all {
+                self.findings.push(Finding::warning(Pos::of(file, &anchor), "IST0130", at.clone(), format!(
+                    "{what} rule #{i} not used (only the last rule can have no matches: rule #{k} matches every request)"
+                )));
+            } else if http.match_.is_empty() {
+                catch_all = Some(i);
+            }
+
+            // Action: exactly one of route, redirect, directResponse.
+            let kinds = [!http.route.is_empty(), http.redirect.is_some(), http.direct_response.is_some()];
+            if kinds[0] && kinds[1] {
                 self.findings.push(Finding::error(
-                    Pos::of(file, &r.kind),
+                    Pos::of(file, &anchor),
                     code::SCHEMA,
                     at.clone(),
-                    "HTTP route or redirect is required",
+                    "HTTP route cannot contain both route and redirect",
                 ));
             }
-            if http.route.len() > 1 && total == 0 {
-                let w = http.route[0].weight.as_ref();
-                let pos = w.map(|w| Pos::of(file, w)).unwrap_or_else(|| Pos::of(file, &http.route[0].destination.host));
+            if kinds[0] && kinds[2] {
                 self.findings.push(Finding::error(
-                    pos,
+                    Pos::of(file, &anchor),
                     code::SCHEMA,
-                    format!("{at}.route"),
-                    "total destination weight = 0",
+                    at.clone(),
+                    "HTTP route cannot contain both route and direct response",
                 ));
             }
-            // Istio: one destination gets all traffic whatever its weight; weight-0 entries drop.
-            if clusters.len() == 1 {
-                clusters[0].weight = 1;
-            } else {
-                clusters.retain(|c| c.weight > 0);
+            if kinds[1] && kinds[2] {
+                self.findings.push(Finding::error(
+                    Pos::of(file, &anchor),
+                    code::SCHEMA,
+                    at.clone(),
+                    "HTTP route cannot contain both redirect and direct response",
+                ));
             }
+            if !kinds.iter().any(|&k| k) {
+                self.findings.push(Finding::error(
+                    Pos::of(file, &anchor),
+                    code::SCHEMA,
+                    at.clone(),
+                    "HTTP route, redirect or direct response is required",
+                ));
+            }
+
+            let action = if let Some(rd) = &http.redirect {
+                let code_ = rd.value.redirect_code.as_ref().map(|c| c.value).unwrap_or(301);
+                if let Some(c) = &rd.value.redirect_code
+                    && !matches!(c.value, 301 | 302 | 303 | 307 | 308)
+                {
+                    self.error(
+                        file,
+                        c,
+                        code::SCHEMA,
+                        &format!("{at}.redirect.redirectCode"),
+                        format!("{} is not a valid redirect code, must be 301, 302, 303, 307, or 308", c.value),
+                    );
+                }
+                self.not_simulated(file, &format!("{at}.redirect.derivePort"), &rd.value.derive_port);
+                Action::Redirect(Redirect {
+                    uri: rd.value.uri.clone(),
+                    authority: rd.value.authority.clone(),
+                    port: rd.value.port,
+                    scheme: rd.value.scheme.clone(),
+                    code: code_ as u16,
+                })
+            } else if let Some(dr) = &http.direct_response {
+                let st = dr.value.status.value;
+                if !(200..=599).contains(&st) {
+                    self.error(
+                        file,
+                        &dr.value.status,
+                        code::SCHEMA,
+                        &format!("{at}.directResponse.status"),
+                        format!("directResponse status {st} is not in range 200-599"),
+                    );
+                }
+                if let Some(b) = &dr.value.body {
+                    self.not_simulated(file, &format!("{at}.directResponse.body.bytes"), &b.bytes);
+                }
+                Action::Direct {
+                    status: st as u16,
+                    body: dr.value.body.as_ref().and_then(|b| b.string.clone()).unwrap_or_default(),
+                }
+            } else {
+                let mut weighted = Vec::new();
+                let mut total: i64 = 0;
+                for (j, d) in http.route.iter().enumerate() {
+                    let dat = format!("{at}.route[{j}]");
+                    let weight = d.weight.as_ref().map(|w| w.value).unwrap_or(0);
+                    if let Some(w) = &d.weight
+                        && w.value < 0
+                    {
+                        self.error(file, w, code::SCHEMA, &format!("{dat}.weight"), format!("weight {} < 0", w.value));
+                    }
+                    total = total.saturating_add(weight.max(0));
+                    let (rq, rs) = self.header_ops(file, &dat, &d.destination.host, d.headers.as_ref());
+                    if let Some(cluster) = self.destination(
+                        file,
+                        &format!("{dat}.destination"),
+                        r.namespace(),
+                        &d.destination,
+                        drs,
+                        "host",
+                    ) {
+                        weighted.push(WeightedCluster {
+                            cluster,
+                            weight: weight.clamp(0, i64::from(u32::MAX)) as u32,
+                            request_headers: rq,
+                            response_headers: rs,
+                        });
+                    }
+                }
+                if http.route.len() > 1 && total == 0 {
+                    let pos = http.route[0]
+                        .weight
+                        .as_ref()
+                        .map(|w| Pos::of(file, w))
+                        .unwrap_or_else(|| Pos::of(file, &anchor));
+                    self.findings.push(Finding::error(
+                        pos,
+                        code::SCHEMA,
+                        format!("{at}.route"),
+                        "total destination weight = 0",
+                    ));
+                }
+                // Istio: one destination gets all traffic whatever its weight; weight-0 entries drop.
+                if weighted.len() == 1 {
+                    weighted[0].weight = 1;
+                } else {
+                    weighted.retain(|c| c.weight > 0);
+                }
+                Action::Forward(weighted)
+            };
+
+            if let Some(rt) = &http.retries {
+                self.findings.0.extend(retry::validate(rt, file, &format!("{at}.retries")));
+            }
+            let hashed = matches!(&action, Action::Forward(w) if w.iter().any(|c| clusters.get(&c.cluster).is_some_and(|c| c.hash.is_some())));
+            let retry = RetryPolicy::from_istio(http.retries.as_ref().map(|r| &r.value), hashed);
+
+            let fault = http.fault.as_ref().map(|f| {
+                let fat = format!("{at}.fault");
+                if f.value.delay.is_none() && f.value.abort.is_none() {
+                    self.error(
+                        file,
+                        f,
+                        code::SCHEMA,
+                        &fat,
+                        "HTTP fault injection must have an abort and/or a delay".into(),
+                    );
+                }
+                if let Some(d) = &f.value.delay {
+                    self.not_simulated(file, &format!("{fat}.delay.exponentialDelay"), &d.value.exponential_delay);
+                    match &d.value.fixed_delay {
+                        None => self.error(
+                            file,
+                            d,
+                            code::SCHEMA,
+                            &format!("{fat}.delay"),
+                            "delay must have a fixedDelay".into(),
+                        ),
+                        Some(fd) => self.check_duration(file, &format!("{fat}.delay.fixedDelay"), &Some(fd.clone())),
+                    }
+                    self.check_percent(file, d, &format!("{fat}.delay.percentage"), d.value.percentage.as_ref());
+                }
+                if let Some(ab) = &f.value.abort {
+                    self.not_simulated(file, &format!("{fat}.abort.grpcStatus"), &ab.value.grpc_status);
+                    self.not_simulated(file, &format!("{fat}.abort.http2Error"), &ab.value.http2_error);
+                    match &ab.value.http_status {
+                        Some(st) if !(200..=599).contains(&st.value) => self.error(
+                            file,
+                            st,
+                            code::SCHEMA,
+                            &format!("{fat}.abort.httpStatus"),
+                            format!("HTTP status {} is not in range 200-599", st.value),
+                        ),
+                        Some(_) => {}
+                        None if ab.value.grpc_status.is_none() && ab.value.http2_error.is_none() => self.error(
+                            file,
+                            ab,
+                            code::SCHEMA,
+                            &format!("{fat}.abort"),
+                            "abort must have an httpStatus".into(),
+                        ),
+                        None => {}
+                    }
+                    self.check_percent(file, ab, &format!("{fat}.abort.percentage"), ab.value.percentage.as_ref());
+                }
+                FaultPolicy::from_istio(&f.value)
+            });
+
+            let mirror = http.mirror.as_ref().and_then(|m| {
+                let cluster =
+                    self.destination(file, &format!("{at}.mirror"), r.namespace(), &m.value, drs, "mirror host")?;
+                if let Some(p) = &http.mirror_percentage {
+                    self.check_percent(file, p, &format!("{at}.mirrorPercentage"), Some(&p.value));
+                }
+                // mirrorPercentage defaults to 100% when omitted (0 disables).
+                let ppm = match (&http.mirror_percentage, &http.mirror_percent) {
+                    (None, None) => 1_000_000,
+                    (p, d) => per_million(p.as_ref().map(|p| &p.value), d.as_ref().map(|d| d.value)),
+                };
+                Some(Mirror { cluster, per_million: ppm })
+            });
+            if http.mirror.is_none() && (http.mirror_percentage.is_some() || http.mirror_percent.is_some()) {
+                self.findings.push(Finding::warning(
+                    Pos::of(file, &anchor),
+                    code::SCHEMA,
+                    format!("{at}.mirrorPercentage"),
+                    "mirrorPercentage without mirror has no effect",
+                ));
+            }
+            let rewrite = http.rewrite.as_ref().map(|rw| {
+                self.not_simulated(file, &format!("{at}.rewrite.uriRegexRewrite"), &rw.value.uri_regex_rewrite);
+                Rewrite { uri: rw.value.uri.clone(), authority: rw.value.authority.clone() }
+            });
+            let (request_headers, response_headers) = self.header_ops(file, &at, &anchor, http.headers.as_ref());
             out.push(Route {
                 name: http.name.clone().unwrap_or_else(|| format!("{}/{}/{i}", r.namespace(), r.name())),
-                clusters,
+                matches,
+                action,
                 timeout: http.timeout.as_ref().map(|t| t.value.0),
+                retry,
+                fault,
+                mirror,
+                request_headers,
+                response_headers,
+                rewrite,
             });
         }
         out
+    }
+
+    fn check_percent<T>(
+        &mut self,
+        file: &str,
+        at: &Spanned<T>,
+        field: &str,
+        p: Option<&crate::config::istio::Percent>,
+    ) {
+        if let Some(p) = p
+            && !(0.0..=100.0).contains(&p.value)
+        {
+            self.error(file, at, code::SCHEMA, field, format!("percentage {} is out of range 0..100", p.value));
+        }
     }
 }

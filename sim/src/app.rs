@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, LogNormal};
 
 use crate::net::Faults;
+use crate::recorder::Recorder;
 use crate::scenario::{AppModel, Latency};
 
 /// The response header naming the serving pod.
@@ -55,10 +56,22 @@ pub struct App {
     pub model: AppModel,
     pub faults: Arc<Faults>,
     pub rng: Mutex<ChaCha8Rng>,
+    /// Told of every request received (by `x-request-id`), when recording a run.
+    pub recorder: Option<Arc<Recorder>>,
 }
 
 impl App {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let attempt = req
+            .headers()
+            .get("x-envoy-attempt-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(1);
+        if let (Some(r), Some(id)) = (&self.recorder, id) {
+            r.app_received(id);
+        }
         // Drain the request body like a real app would.
         let _ = req.into_body().collect().await;
         let (delay, status) = {
@@ -67,7 +80,12 @@ impl App {
             let (status, ppm) =
                 self.faults.app_errors(self.pod).unwrap_or((self.model.error_status, self.model.error_rate_ppm));
             let error = ppm > 0 && rng.random_range(0..1_000_000u32) < ppm;
-            (delay, if error { status } else { 200 })
+            let status = match self.model.fail_attempts {
+                Some((count, fail)) if attempt <= count => fail,
+                _ if error => status,
+                _ => 200,
+            };
+            (delay, status)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

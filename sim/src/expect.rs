@@ -9,7 +9,7 @@ use mesh::proxy::telemetry::OutlierKind;
 use serde::Serialize;
 
 use crate::recorder::{Event, Outcome, Record};
-use crate::scenario::{Expectation, Plan, Window};
+use crate::scenario::{CountFilter, Expectation, Plan, Window};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Check {
@@ -54,6 +54,21 @@ pub fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
 pub fn binomial_tolerance(p: f64, n: usize) -> f64 {
     let n = n.max(1) as f64;
     (4.5 * (p * (1.0 - p) / n).sqrt()).max(1.0 / n)
+}
+
+/// Whether `r` passes every condition of `cf`.
+fn counts(cf: &CountFilter, r: &Record) -> bool {
+    let (st, pd, err) = match &r.outcome {
+        Outcome::Response { status, pod } => (Some(*status), pod.as_deref(), None),
+        Outcome::Error(e) => (None, None, Some(*e)),
+    };
+    cf.status.is_none_or(|s| st == Some(s))
+        && cf.flag.as_ref().is_none_or(|f| r.flags.split(',').any(|x| x == f))
+        && cf.error.as_ref().is_none_or(|e| err == Some(e.as_str()))
+        && cf.pod.as_ref().is_none_or(|p| pd == Some(p.as_str()))
+        && cf.upstream_attempts.is_none_or(|a| r.upstream_attempts == a)
+        && cf.header.as_ref().is_none_or(|h| r.headers.iter().any(|x| x == h))
+        && cf.body.as_ref().is_none_or(|b| r.body.as_deref() == Some(b.as_str()))
 }
 
 pub fn check(plan: &Plan, records: &[Record], events: &[Event]) -> Vec<Check> {
@@ -210,31 +225,29 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
                 pass: got.is_some_and(|d| at_most.is_none_or(|m| d <= m) && at_least.is_none_or(|l| d >= l)),
             }
         }
-        Expectation::Count { workload, window, status, flag, error, pod, at_least, at_most } => {
-            let n = in_window(records, *workload, window)
-                .filter(|r| {
-                    let (st, pd, err) = match &r.outcome {
-                        Outcome::Response { status, pod } => (Some(*status), pod.as_deref(), None),
-                        Outcome::Error(e) => (None, None, Some(*e)),
-                    };
-                    status.is_none_or(|s| st == Some(s))
-                        && flag.as_ref().is_none_or(|f| r.flags.split(',').any(|x| x == f))
-                        && error.as_ref().is_none_or(|e| err == Some(e.as_str()))
-                        && pod.as_ref().is_none_or(|p| pd == Some(p.as_str()))
-                })
-                .count() as u64;
+        Expectation::Count { workload, window, filter: cf, at_least, at_most } => {
+            let n = in_window(records, *workload, window).filter(|r| counts(cf, r)).count() as u64;
             let mut what = Vec::new();
-            if let Some(s) = status {
+            if let Some(s) = cf.status {
                 what.push(format!("status {s}"));
             }
-            if let Some(f) = flag {
+            if let Some(f) = &cf.flag {
                 what.push(format!("flag {f}"));
             }
-            if let Some(e) = error {
+            if let Some(e) = &cf.error {
                 what.push(format!("error {e}"));
             }
-            if let Some(p) = pod {
+            if let Some(p) = &cf.pod {
                 what.push(format!("served by {p}"));
+            }
+            if let Some(a) = cf.upstream_attempts {
+                what.push(format!("{a} upstream attempt(s)"));
+            }
+            if let Some(h) = &cf.header {
+                what.push(format!("header {h}"));
+            }
+            if let Some(b) = &cf.body {
+                what.push(format!("body {b:?}"));
             }
             let mut expected = Vec::new();
             let mut pass = true;

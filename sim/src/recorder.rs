@@ -28,6 +28,13 @@ pub struct Record {
     /// Envoy response flags logged by the source sidecar (`-` = none); empty when the
     /// request never reached it.
     pub flags: String,
+    /// How many times a destination app received this request (tries that got through).
+    pub upstream_attempts: u32,
+    /// Names of the response's `x-*` headers (other than the serving-pod header and
+    /// `x-envoy-upstream-service-time`).
+    pub headers: Vec<String>,
+    /// The response body, kept for non-2xx responses only.
+    pub body: Option<String>,
 }
 
 /// A world event on the timeline.
@@ -44,6 +51,7 @@ pub struct Event {
 struct Inner {
     records: Vec<Option<Record>>,
     flags: Vec<String>,
+    attempts: Vec<u32>,
     events: Vec<Event>,
     filled: usize,
 }
@@ -65,6 +73,7 @@ impl Recorder {
             inner: Mutex::new(Inner {
                 records: vec![None; issued],
                 flags: vec![String::new(); issued],
+                attempts: vec![0; issued],
                 events: Vec::new(),
                 filled: 0,
             }),
@@ -81,6 +90,13 @@ impl Recorder {
         assert!(slot.is_none(), "request {id} recorded twice: {slot:?} then {record:?}");
         *slot = Some(record);
         g.filled += 1;
+    }
+
+    /// A destination app received request `id` (once per try that reached it).
+    pub fn app_received(&self, id: u64) {
+        if let Some(n) = self.lock().attempts.get_mut(id as usize) {
+            *n += 1;
+        }
     }
 
     pub fn is_complete(&self) -> bool {
@@ -101,12 +117,15 @@ impl Recorder {
             return Err(Lost { missing });
         }
         let flags = std::mem::take(&mut g.flags);
+        let attempts = std::mem::take(&mut g.attempts);
         let records = std::mem::take(&mut g.records)
             .into_iter()
             .zip(flags)
-            .map(|(r, f)| {
+            .zip(attempts)
+            .map(|((r, f), a)| {
                 let mut r = r.expect("checked above");
                 r.flags = f;
+                r.upstream_attempts = a;
                 r
             })
             .collect();

@@ -11,6 +11,7 @@ use std::time::Duration;
 use mesh::config::diag::code;
 use mesh::config::istio::Resource;
 use mesh::config::{Finding, Findings, IstioDuration, Pos, parse_resources};
+use mesh::proxy::ratelimit::{Denominator, FractionalPercent, LocalRateLimit, LocalRateLimitConfig};
 use mesh::registry::{Pod, Registry, Service, qualify};
 use mesh::snapshot::{self, Snapshot, Sourced};
 use serde::Deserialize;
@@ -63,6 +64,23 @@ pub struct ServiceDef {
     pub port: Option<Spanned<u16>>,
     pub service_account: Option<String>,
     pub pods: Vec<PodGroupDef>,
+    /// A local rate limit on every pod's inbound sidecar (Envoy's `local_ratelimit`).
+    pub rate_limit: Option<Spanned<RateLimitDef>>,
+}
+
+/// Envoy's local rate limit as a scenario writes it. Unlike Envoy's proto (0% by
+/// default), `enabled_percent` and `enforced_percent` default to 100.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitDef {
+    pub max_tokens: u32,
+    pub tokens_per_fill: Option<u32>,
+    pub fill_interval: IstioDuration,
+    pub status: Option<u16>,
+    pub enabled_percent: Option<f64>,
+    pub enforced_percent: Option<f64>,
+    #[serde(default)]
+    pub response_headers_to_add: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +108,15 @@ pub struct AppDef {
     /// Share of requests answered with `error_status`, in parts per million.
     pub error_rate_ppm: Option<Spanned<u32>>,
     pub error_status: Option<Spanned<u16>>,
+    /// Answer `status` while the request's `x-envoy-attempt-count` is at most `count`.
+    pub fail_attempts: Option<Spanned<FailAttemptsDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailAttemptsDef {
+    pub count: u32,
+    pub status: u16,
 }
 
 /// Exactly one of the fields; none = 1 ms constant.
@@ -261,6 +288,12 @@ pub struct CountDef {
     pub error: Option<String>,
     /// Served by this pod.
     pub pod: Option<Spanned<String>>,
+    /// Requests the destination apps received exactly this many times (retries).
+    pub upstream_attempts: Option<u32>,
+    /// Responses carrying this header (name, lower case).
+    pub header: Option<String>,
+    /// Responses with exactly this body.
+    pub body: Option<String>,
     pub at_least: Option<u64>,
     pub at_most: Option<u64>,
 }
@@ -284,6 +317,8 @@ pub struct AppModel {
     pub latency: Latency,
     pub error_rate_ppm: u32,
     pub error_status: u16,
+    /// `(count, status)`: fail tries 1..=count with `status`.
+    pub fail_attempts: Option<(u32, u16)>,
 }
 
 #[derive(Clone, Debug)]
@@ -297,6 +332,8 @@ pub struct PlannedPod {
     pub inbound_port: u16,
     pub outbound_port: u16,
     pub app: AppModel,
+    /// The inbound local rate limit of the pod's sidecar.
+    pub rate_limit: Option<LocalRateLimitConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -390,13 +427,22 @@ pub enum Expectation {
     Count {
         workload: usize,
         window: Window,
-        status: Option<u16>,
-        flag: Option<String>,
-        error: Option<String>,
-        pod: Option<String>,
+        filter: CountFilter,
         at_least: Option<u64>,
         at_most: Option<u64>,
     },
+}
+
+/// Which requests a count expectation counts; every condition set must hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CountFilter {
+    pub status: Option<u16>,
+    pub flag: Option<String>,
+    pub error: Option<String>,
+    pub pod: Option<String>,
+    pub upstream_attempts: Option<u32>,
+    pub header: Option<String>,
+    pub body: Option<String>,
 }
 
 #[derive(Debug)]
@@ -566,6 +612,7 @@ impl Builder {
             }
             registry.add_service(Service { name: s.name.value.clone(), namespace: namespace.clone(), port });
             let mut mine = Vec::new();
+            let rate_limit = s.rate_limit.as_ref().and_then(|r| self.rate_limit(r, &f));
             let mut groups = BTreeSet::new();
             if s.pods.is_empty() {
                 self.err(&s.name, &format!("{f}.pods"), "a service needs at least one pod group");
@@ -605,6 +652,7 @@ impl Builder {
                         inbound_port: FIRST_PORT + 3 * k + 1,
                         outbound_port: FIRST_PORT + 3 * k + 2,
                         app: app.clone(),
+                        rate_limit: rate_limit.clone(),
                     });
                 }
             }
@@ -951,10 +999,15 @@ impl Builder {
                     got.push(Expectation::Count {
                         workload: w,
                         window,
-                        status: v.status,
-                        flag: v.flag.clone(),
-                        error: v.error.clone(),
-                        pod: v.pod.as_ref().map(|p| p.value.clone()),
+                        filter: CountFilter {
+                            status: v.status,
+                            flag: v.flag.clone(),
+                            error: v.error.clone(),
+                            pod: v.pod.as_ref().map(|p| p.value.clone()),
+                            upstream_attempts: v.upstream_attempts,
+                            header: v.header.as_ref().map(|h| h.to_ascii_lowercase()),
+                            body: v.body.clone(),
+                        },
                         at_least: v.at_least,
                         at_most: v.at_most,
                     });
@@ -1045,6 +1098,57 @@ impl Builder {
             latency,
             error_rate_ppm: a.error_rate_ppm.as_ref().map(|r| r.value).unwrap_or(0),
             error_status: a.error_status.as_ref().map(|s| s.value).unwrap_or(500),
+            fail_attempts: a.fail_attempts.as_ref().map(|fa| {
+                if !(100..=599).contains(&fa.value.status) {
+                    self.err(
+                        fa,
+                        &format!("{f}.app.fail_attempts.status"),
+                        format!("HTTP status {} is not in range 100-599", fa.value.status),
+                    );
+                }
+                (fa.value.count, fa.value.status)
+            }),
+        }
+    }
+
+    /// The scenario's rate-limit form into Envoy's filter config, checked by its rules.
+    fn rate_limit(&mut self, r: &Spanned<RateLimitDef>, f: &str) -> Option<LocalRateLimitConfig> {
+        let d = &r.value;
+        let pct = |p: Option<f64>| FractionalPercent {
+            numerator: (p.unwrap_or(100.0).clamp(0.0, 100.0) * 10_000.0).round() as u32,
+            denominator: Denominator::Million,
+        };
+        for (name, p) in [("enabled_percent", d.enabled_percent), ("enforced_percent", d.enforced_percent)] {
+            if let Some(p) = p
+                && !(0.0..=100.0).contains(&p)
+            {
+                self.err(r, &format!("{f}.rate_limit.{name}"), format!("percentage {p} is out of range 0..100"));
+            }
+        }
+        let mut headers = Vec::new();
+        for (k, v) in &d.response_headers_to_add {
+            match (http::HeaderName::try_from(k.as_str()), http::HeaderValue::try_from(v.as_str())) {
+                (Ok(k), Ok(v)) => headers.push((k, v)),
+                _ => {
+                    self.err(r, &format!("{f}.rate_limit.response_headers_to_add"), format!("invalid header {k}: {v}"))
+                }
+            }
+        }
+        let cfg = LocalRateLimitConfig {
+            max_tokens: d.max_tokens,
+            tokens_per_fill: d.tokens_per_fill,
+            fill_interval: d.fill_interval.0,
+            status: d.status,
+            filter_enabled: pct(d.enabled_percent),
+            filter_enforced: pct(d.enforced_percent),
+            response_headers_to_add: headers,
+        };
+        match LocalRateLimit::new(cfg.clone(), Duration::ZERO) {
+            Ok(_) => Some(cfg),
+            Err(e) => {
+                self.err(r, &format!("{f}.rate_limit"), e);
+                None
+            }
         }
     }
 

@@ -107,6 +107,9 @@ impl Generator {
                 latency: clock.now().saturating_sub(r.intended),
                 outcome,
                 flags: String::new(),
+                upstream_attempts: 0,
+                headers: Vec::new(),
+                body: None,
             };
             if self.faults.is_crashed(r.source) {
                 self.recorder.record(r.id, record(Outcome::Error("source_down")));
@@ -129,11 +132,27 @@ impl Generator {
                     .body(Full::new(Bytes::new()))
                     .expect("valid request");
                 let send = pool.send("127.0.0.1", port, Duration::from_secs(1), req);
+                let mut headers = Vec::new();
+                let mut body = None;
                 let outcome = match tokio::time::timeout(w.timeout, send).await {
-                    Ok(Ok(resp)) => Outcome::Response {
-                        status: resp.status().as_u16(),
-                        pod: resp.headers().get(POD_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string),
-                    },
+                    Ok(Ok(resp)) => {
+                        headers = resp
+                            .headers()
+                            .keys()
+                            .map(|k| k.as_str())
+                            .filter(|k| {
+                                k.starts_with("x-") && *k != POD_HEADER && *k != "x-envoy-upstream-service-time"
+                            })
+                            .map(str::to_string)
+                            .collect();
+                        if !resp.status().is_success() {
+                            body = Some(String::from_utf8_lossy(resp.body()).into_owned());
+                        }
+                        Outcome::Response {
+                            status: resp.status().as_u16(),
+                            pod: resp.headers().get(POD_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string),
+                        }
+                    }
                     Ok(Err(UpstreamError::Connect(_))) => Outcome::Error("connect_error"),
                     Ok(Err(UpstreamError::Reset)) => Outcome::Error("reset"),
                     Ok(Err(UpstreamError::Overflow(_))) => unreachable!("the app's own pool has no limits"),
@@ -150,6 +169,9 @@ impl Generator {
                         latency: clock.now().saturating_sub(r.intended),
                         outcome,
                         flags: String::new(),
+                        upstream_attempts: 0,
+                        headers,
+                        body,
                     },
                 );
             });

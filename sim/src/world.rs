@@ -96,19 +96,23 @@ impl Node {
             model: p.app.clone(),
             faults: self.faults.clone(),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(sub_seed(self.seed, "app", pod as u64))),
+            recorder: Some(self.recorder.clone()),
         });
         let sidecar = Sidecar::new(
             SidecarConfig {
                 pod: p.name.clone(),
                 namespace: p.namespace.clone(),
+                labels: p.labels.clone(),
                 app_port: p.app_port,
                 seed: sub_seed(self.seed, "sidecar", pod as u64),
+                rate_limit: p.rate_limit.clone(),
             },
             net.clone(),
             Arc::new(SimClock),
             self.recorder.clone(),
             self.snapshot.clone(),
-        );
+        )
+        .expect("the rate limit was validated with the scenario");
         sidecars.insert(pod, sidecar.clone());
         let (n1, n2, n3) = (net.clone(), net.clone(), net);
         let (app_port, in_port, out_port) = (p.app_port, p.inbound_port, p.outbound_port);

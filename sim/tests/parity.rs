@@ -75,13 +75,26 @@ async fn server<N: Net>(net: N, ports: &Ports, clock: Arc<dyn Clock>, sink: Arc<
     let app = Arc::new(App {
         pod: 0,
         name: "backend-v1-0".into(),
-        model: AppModel { latency: Latency::Constant(Duration::from_millis(2)), error_rate_ppm: 0, error_status: 500 },
+        model: AppModel {
+            latency: Latency::Constant(Duration::from_millis(2)),
+            error_rate_ppm: 0,
+            error_status: 500,
+            fail_attempts: None,
+        },
         faults: Faults::new(1, BTreeMap::new()),
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(1)),
+        recorder: None,
     });
-    let cfg = SidecarConfig { pod: "backend-v1-0".into(), namespace: "default".into(), app_port, seed: 1 };
+    let cfg = SidecarConfig {
+        pod: "backend-v1-0".into(),
+        namespace: "default".into(),
+        labels: BTreeMap::new(),
+        app_port,
+        seed: 1,
+        rate_limit: None,
+    };
     // The inbound side does not route: its snapshot is never consulted.
-    let sidecar = Sidecar::new(cfg, net, clock, sink, Arc::new(Snapshot::default()));
+    let sidecar = Sidecar::new(cfg, net, clock, sink, Arc::new(Snapshot::default())).expect("no rate limit");
     tokio::spawn(async move {
         let _ = app.serve(app_l).await;
     });
@@ -101,8 +114,15 @@ async fn client<N: Net>(
     sink: Arc<dyn Telemetry>,
 ) -> Response<Bytes> {
     let (out_l, out_port) = bind(&net, ports.ip, ports.outbound).await;
-    let cfg = SidecarConfig { pod: "frontend-v1-0".into(), namespace: "default".into(), app_port: 1, seed: 2 };
-    let sidecar = Sidecar::new(cfg, net.clone(), clock, sink, snapshot(server_host, in_port));
+    let cfg = SidecarConfig {
+        pod: "frontend-v1-0".into(),
+        namespace: "default".into(),
+        labels: BTreeMap::new(),
+        app_port: 1,
+        seed: 2,
+        rate_limit: None,
+    };
+    let sidecar = Sidecar::new(cfg, net.clone(), clock, sink, snapshot(server_host, in_port)).expect("no rate limit");
     let task = tokio::spawn(async move {
         let _ = sidecar.run_outbound(out_l).await;
     });

@@ -147,23 +147,23 @@ pub struct VirtualServiceSpec {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRoute {
     pub name: Option<String>,
-    #[serde(rename = "match")]
-    pub match_: NotSimulated,
+    #[serde(rename = "match", default)]
+    pub match_: Vec<Spanned<crate::proxy::route_match::HttpMatchRequest>>,
     #[serde(default)]
     pub route: Vec<HttpRouteDestination>,
     pub timeout: Option<Spanned<IstioDuration>>,
-    pub redirect: NotSimulated,
-    pub direct_response: NotSimulated,
+    pub redirect: Option<Spanned<HttpRedirect>>,
+    pub direct_response: Option<Spanned<HttpDirectResponse>>,
     pub delegate: NotSimulated,
-    pub rewrite: NotSimulated,
-    pub retries: NotSimulated,
-    pub fault: NotSimulated,
-    pub mirror: NotSimulated,
+    pub rewrite: Option<Spanned<HttpRewrite>>,
+    pub retries: Option<Spanned<crate::proxy::retry::HttpRetry>>,
+    pub fault: Option<Spanned<HttpFaultInjection>>,
+    pub mirror: Option<Spanned<Destination>>,
     pub mirrors: NotSimulated,
-    pub mirror_percentage: NotSimulated,
-    pub mirror_percent: NotSimulated,
+    pub mirror_percentage: Option<Spanned<Percent>>,
+    pub mirror_percent: Option<Spanned<u32>>,
     pub cors_policy: NotSimulated,
-    pub headers: NotSimulated,
+    pub headers: Option<Headers>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -171,7 +171,92 @@ pub struct HttpRoute {
 pub struct HttpRouteDestination {
     pub destination: Destination,
     pub weight: Option<Spanned<i64>>,
-    pub headers: NotSimulated,
+    pub headers: Option<Headers>,
+}
+
+/// A percentage as Istio writes it: `{value: 12.5}`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Percent {
+    pub value: f64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Headers {
+    pub request: Option<HeaderOperations>,
+    pub response: Option<HeaderOperations>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HeaderOperations {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRedirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub derive_port: NotSimulated,
+    pub scheme: Option<String>,
+    pub redirect_code: Option<Spanned<u32>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpDirectResponse {
+    pub status: Spanned<u32>,
+    pub body: Option<HttpBody>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpBody {
+    pub string: Option<String>,
+    /// Base64 in Istio's API; meshsim takes the text as is.
+    pub bytes: NotSimulated,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRewrite {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub uri_regex_rewrite: NotSimulated,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpFaultInjection {
+    pub delay: Option<Spanned<FaultDelay>>,
+    pub abort: Option<Spanned<FaultAbort>>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultDelay {
+    pub fixed_delay: Option<Spanned<IstioDuration>>,
+    pub exponential_delay: NotSimulated,
+    pub percentage: Option<Percent>,
+    /// Deprecated integer percent.
+    pub percent: Option<u32>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub http_status: Option<Spanned<i64>>,
+    pub grpc_status: NotSimulated,
+    pub http2_error: NotSimulated,
+    pub percentage: Option<Percent>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -220,14 +305,14 @@ pub struct TrafficPolicy {
     pub port_level_settings: NotSimulated,
     pub tunnel: NotSimulated,
     pub proxy_protocol: NotSimulated,
-    pub retry_budget: NotSimulated,
+    pub retry_budget: Option<Spanned<RetryBudget>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancerSettings {
     pub simple: Option<Spanned<SimpleLb>>,
-    pub consistent_hash: NotSimulated,
+    pub consistent_hash: Option<Spanned<ConsistentHash>>,
     pub locality_lb_setting: NotSimulated,
     pub warmup_duration_secs: NotSimulated,
     pub warmup: NotSimulated,
@@ -248,17 +333,73 @@ pub enum SimpleLb {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConnectionPoolSettings {
     pub tcp: Option<TcpSettings>,
-    pub http: NotSimulated,
+    pub http: Option<HttpSettings>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TcpSettings {
     pub connect_timeout: Option<Spanned<IstioDuration>>,
-    pub max_connections: NotSimulated,
+    pub max_connections: Option<i64>,
     pub tcp_keepalive: NotSimulated,
-    pub max_connection_duration: NotSimulated,
-    pub idle_timeout: NotSimulated,
+    pub max_connection_duration: Option<Spanned<IstioDuration>>,
+    pub idle_timeout: Option<Spanned<IstioDuration>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpSettings {
+    pub http1_max_pending_requests: Option<i64>,
+    pub http2_max_requests: Option<i64>,
+    pub max_requests_per_connection: Option<i64>,
+    pub max_retries: Option<i64>,
+    pub idle_timeout: Option<Spanned<IstioDuration>>,
+    pub h2_upgrade_policy: NotSimulated,
+    pub use_client_protocol: NotSimulated,
+    pub max_concurrent_streams: NotSimulated,
+}
+
+/// `trafficPolicy.retryBudget`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetryBudget {
+    pub percent: Option<Spanned<Percent>>,
+    pub min_retry_concurrency: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConsistentHash {
+    pub http_header_name: Option<String>,
+    pub http_cookie: Option<HttpCookie>,
+    pub use_source_ip: Option<bool>,
+    pub http_query_parameter_name: Option<String>,
+    pub ring_hash: Option<RingHashSettings>,
+    pub maglev: Option<MaglevSettings>,
+    /// Deprecated: `ringHash.minimumRingSize`.
+    pub minimum_ring_size: Option<u64>,
+    pub locality_lb_setting: NotSimulated,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpCookie {
+    pub name: String,
+    pub path: Option<String>,
+    pub ttl: Option<IstioDuration>,
+    pub attributes: NotSimulated,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RingHashSettings {
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MaglevSettings {
+    pub table_size: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -22,6 +22,14 @@ pub enum Flag {
     UpstreamRequestTimeout,
     /// Upstream overflow: a circuit breaker refused the request.
     UpstreamOverflow,
+    /// Upstream retry limit exceeded.
+    UpstreamRetryLimitExceeded,
+    /// The fault filter delayed the request.
+    DelayInjected,
+    /// The fault filter aborted the request.
+    FaultInjected,
+    /// The local rate limit answered the request.
+    RateLimited,
 }
 
 impl Flag {
@@ -34,8 +42,40 @@ impl Flag {
             Flag::UpstreamConnectionTermination => "UC",
             Flag::UpstreamRequestTimeout => "UT",
             Flag::UpstreamOverflow => "UO",
+            Flag::UpstreamRetryLimitExceeded => "URX",
+            Flag::DelayInjected => "DI",
+            Flag::FaultInjected => "FI",
+            Flag::RateLimited => "RL",
         }
     }
+
+    /// Envoy's order when it prints several flags.
+    fn rank(self) -> u8 {
+        match self {
+            Flag::NoHealthyUpstream => 0,
+            Flag::UpstreamRequestTimeout => 1,
+            Flag::UpstreamConnectionFailure => 2,
+            Flag::UpstreamConnectionTermination => 3,
+            Flag::UpstreamOverflow => 4,
+            Flag::NoRoute => 5,
+            Flag::DelayInjected => 6,
+            Flag::FaultInjected => 7,
+            Flag::RateLimited => 8,
+            Flag::UpstreamRetryLimitExceeded => 9,
+            Flag::NoCluster => 10,
+        }
+    }
+}
+
+/// Flags as an access log prints them: Envoy's order, comma-joined; `-` when none.
+pub fn flags_string(flags: &[Flag]) -> String {
+    if flags.is_empty() {
+        return "-".to_string();
+    }
+    let mut f = flags.to_vec();
+    f.sort_by_key(|f| f.rank());
+    f.dedup();
+    f.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
 }
 
 /// Why an upstream connection failed, in Envoy's words.
@@ -55,6 +95,8 @@ pub fn connect_failure_body(reason: ConnectFailure) -> String {
     };
     format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
 }
+
+pub const BODY_FAULT_ABORT: &str = "fault filter abort";
 
 pub const BODY_OVERFLOW: &str = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
 
@@ -85,5 +127,10 @@ pub fn for_flag(flag: Flag, connect: Option<ConnectFailure>) -> (StatusCode, Str
         Flag::UpstreamConnectionTermination => (StatusCode::SERVICE_UNAVAILABLE, BODY_CONNECTION_TERMINATION.into()),
         Flag::UpstreamRequestTimeout => (StatusCode::GATEWAY_TIMEOUT, BODY_TIMEOUT.into()),
         Flag::UpstreamOverflow => (StatusCode::SERVICE_UNAVAILABLE, BODY_OVERFLOW.into()),
+        Flag::FaultInjected => (StatusCode::SERVICE_UNAVAILABLE, BODY_FAULT_ABORT.into()),
+        Flag::RateLimited => (StatusCode::TOO_MANY_REQUESTS, super::ratelimit::RATE_LIMITED_BODY.into()),
+        Flag::DelayInjected | Flag::UpstreamRetryLimitExceeded => {
+            unreachable!("{flag:?} decorates another reply; it has no local reply of its own")
+        }
     }
 }

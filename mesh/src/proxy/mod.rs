@@ -1,16 +1,25 @@
 //! The sidecar proxy. An outbound listener takes the app's plain HTTP/1.1 requests (the
-//! destination named by the Host header, as a captured call would be) and sends them
-//! down the stack, in reading order:
+//! destination named by the Host header, as a captured call would be) and runs them down
+//! the stack, in reading order (see `outbound`):
 //!
-//! route (VirtualService → weighted cluster) → timeout → balance (outlier-aware
-//! candidates, LB policy) → pool (connect over the `Net` seam) → the peer's sidecar.
+//! route (first matching VirtualService rule; redirect / direct response / weighted
+//! cluster; header edits and rewrites) → fault (delay, abort) → mirror → timeout (the
+//! route timeout covers every try and backoff) → retry (policy, backoff, retry circuit
+//! breaker) → balance (outlier-aware candidates; LB policy or consistent hash) → pool
+//! (circuit breakers, connect over the `Net` seam) → the peer's sidecar.
 //!
-//! An inbound listener forwards what peers send to the local app. Each concern is its
-//! own module; this one wires them and owns the per-cluster runtime state.
+//! An inbound listener applies the local rate limit and forwards to the local app (see
+//! `inbound`). Each policy is its own module; this one owns the sidecar's state: the
+//! config snapshot and, per cluster, hosts' load, the outlier detector, the hash table
+//! and the connection pool.
 
 pub mod balance;
+pub mod fault;
 pub mod hash;
+pub mod headers;
+mod inbound;
 pub mod local_reply;
+mod outbound;
 pub mod outlier;
 pub mod pool;
 pub mod ratelimit;
@@ -25,22 +34,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::net::{Clock, Listener, Net};
-use crate::registry::qualify;
-use crate::snapshot::{Cluster, Snapshot};
+use crate::snapshot::{Cluster, HashTable, Snapshot};
 use balance::Balancer;
+use hash::{Maglev, RingHash};
 use local_reply::Flag;
 use outlier::{Detector, Transition};
 use pool::{Pool, UpstreamError};
+use ratelimit::{LocalRateLimit, LocalRateLimitConfig};
 use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, Telemetry};
 
 /// Who this sidecar serves.
@@ -48,28 +57,44 @@ use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, Telemetry};
 pub struct SidecarConfig {
     pub pod: String,
     pub namespace: String,
+    /// The pod's labels (VirtualService `sourceLabels` match on them).
+    pub labels: BTreeMap<String, String>,
     /// Where the local app listens (on loopback).
     pub app_port: u16,
-    /// Seed of this proxy's RNG (weighted picks, load balancing).
+    /// Seed of this proxy's RNG (weighted picks, load balancing, faults, backoff).
     pub seed: u64,
+    /// The inbound local rate limit (Envoy's `local_ratelimit` filter), if any.
+    pub rate_limit: Option<LocalRateLimitConfig>,
+}
+
+/// A consistent-hash table built over one set of candidate hosts.
+enum HashTableRt {
+    Ring(RingHash),
+    Maglev(Maglev),
 }
 
 /// Runtime state of one cluster in one proxy.
-struct ClusterRt {
+struct ClusterRt<N: Net> {
     cfg: Arc<Cluster>,
     active: Vec<u32>,
     balancer: Balancer,
     detector: Option<Detector>,
+    /// The hash table and the candidates it was built over (rebuilt when they change).
+    hash: Option<(Vec<usize>, HashTableRt)>,
+    pool: Arc<Pool<N>>,
 }
 
 pub struct Sidecar<N: Net> {
     cfg: SidecarConfig,
+    net: N,
     clock: Arc<dyn Clock>,
     telemetry: Arc<dyn Telemetry>,
     snapshot: Mutex<Arc<Snapshot>>,
-    clusters: Mutex<BTreeMap<String, ClusterRt>>,
+    clusters: Mutex<BTreeMap<String, ClusterRt<N>>>,
     rng: Mutex<ChaCha8Rng>,
-    pool: Pool<N>,
+    /// Connections to the local app.
+    app_pool: Pool<N>,
+    rate_limit: Mutex<Option<LocalRateLimit>>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -82,13 +107,6 @@ struct Target<'a> {
     upstream: Option<&'a str>,
 }
 
-/// Why forwarding produced no upstream response.
-enum Failure {
-    Upstream(UpstreamError),
-    /// The route timeout expired (it covers the whole upstream exchange).
-    Timeout,
-}
-
 const HOP_BY_HOP: [HeaderName; 5] =
     [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TRANSFER_ENCODING, header::TE, header::UPGRADE];
 
@@ -99,22 +117,26 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 impl<N: Net> Sidecar<N> {
+    /// A sidecar; fails when its rate-limit config is invalid.
     pub fn new(
         cfg: SidecarConfig,
         net: N,
         clock: Arc<dyn Clock>,
         telemetry: Arc<dyn Telemetry>,
         snapshot: Arc<Snapshot>,
-    ) -> Arc<Self> {
-        Arc::new(Sidecar {
+    ) -> Result<Arc<Self>, String> {
+        let rate_limit = cfg.rate_limit.clone().map(|c| LocalRateLimit::new(c, clock.now())).transpose()?;
+        Ok(Arc::new(Sidecar {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(cfg.seed)),
             cfg,
+            app_pool: Pool::new(net.clone()),
+            net,
             clock,
             telemetry,
             snapshot: Mutex::new(snapshot),
             clusters: Mutex::new(BTreeMap::new()),
-            pool: Pool::new(net),
-        })
+            rate_limit: Mutex::new(rate_limit),
+        }))
     }
 
     pub fn pod(&self) -> &str {
@@ -133,14 +155,14 @@ impl<N: Net> Sidecar<N> {
 
     async fn serve(self: Arc<Self>, mut listener: N::Listener, dir: Direction) -> std::io::Result<()> {
         loop {
-            let (stream, _peer) = listener.accept().await?;
+            let (stream, peer) = listener.accept().await?;
             let me = self.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let me = me.clone();
                     async move {
                         Ok::<_, Infallible>(match dir {
-                            Direction::Outbound => me.outbound(req).await,
+                            Direction::Outbound => me.outbound(req, peer).await,
                             Direction::Inbound => me.inbound(req).await,
                         })
                     }
@@ -149,6 +171,15 @@ impl<N: Net> Sidecar<N> {
                 let _ = pool::server_builder().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.lock().expect("snapshot lock").clone()
+    }
+
+    /// A uniform draw from this proxy's RNG.
+    fn draw(&self) -> u64 {
+        self.rng.lock().expect("rng lock").next_u64()
     }
 
     /// Replays due outlier sweeps of every cluster up to now (so readmissions show up
@@ -192,11 +223,6 @@ impl<N: Net> Sidecar<N> {
         start: Duration,
     ) {
         let Target { route, cluster, upstream } = to;
-        let flags = if flags.is_empty() {
-            "-".to_string()
-        } else {
-            flags.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
-        };
         self.telemetry.access_log(AccessLog {
             proxy: self.cfg.pod.clone(),
             direction: dir,
@@ -205,7 +231,7 @@ impl<N: Net> Sidecar<N> {
             cluster: cluster.to_string(),
             upstream_pod: upstream.map(str::to_string),
             status,
-            flags,
+            flags: local_reply::flags_string(flags),
             start,
             duration: self.clock.now().saturating_sub(start),
         });
@@ -220,20 +246,18 @@ impl<N: Net> Sidecar<N> {
         reply
     }
 
-    /// The local reply for a failed upstream exchange, its status and flags.
-    fn upstream_failure(&self, e: UpstreamError, server: &'static str) -> (Reply, u16, Vec<Flag>) {
-        let (flag, why) = match e {
+    /// The flag of a failed upstream exchange.
+    fn failure_flag(e: UpstreamError) -> (Flag, Option<local_reply::ConnectFailure>) {
+        match e {
             UpstreamError::Connect(why) => (Flag::UpstreamConnectionFailure, Some(why)),
             UpstreamError::Reset => (Flag::UpstreamConnectionTermination, None),
             UpstreamError::Overflow(_) => (Flag::UpstreamOverflow, None),
-        };
-        let reply = self.local(flag, why, server);
-        let status = reply.status().as_u16();
-        (reply, status, vec![flag])
+        }
     }
 
-    /// Picks a host of `cluster`, counting it active. `None` = no healthy upstream.
-    fn pick_host(&self, cluster: &Arc<Cluster>) -> Option<usize> {
+    /// Runs `f` on the runtime state of `cluster`, creating it on first use (the outlier
+    /// interval timer starts then).
+    fn with_cluster<T>(&self, cluster: &Arc<Cluster>, f: impl FnOnce(&mut ClusterRt<N>) -> T) -> T {
         let now = self.clock.now();
         let mut clusters = self.clusters.lock().expect("clusters lock");
         let rt = clusters.entry(cluster.name.clone()).or_insert_with(|| ClusterRt {
@@ -241,139 +265,78 @@ impl<N: Net> Sidecar<N> {
             active: vec![0; cluster.endpoints.len()],
             balancer: Balancer::default(),
             detector: cluster.outlier.map(|o| Detector::new(o, cluster.endpoints.len(), now)),
+            hash: None,
+            pool: Arc::new(Pool::with_limits(self.net.clone(), cluster.limits, self.clock.clone())),
         });
-        let mut candidates = Vec::with_capacity(rt.cfg.endpoints.len());
-        match rt.detector.as_mut() {
-            Some(d) => {
+        f(rt)
+    }
+
+    fn cluster_pool(&self, cluster: &Arc<Cluster>) -> Arc<Pool<N>> {
+        self.with_cluster(cluster, |rt| rt.pool.clone())
+    }
+
+    /// Chooses a host of `cluster` without committing to it. `hash`: the request's
+    /// consistent-hash key (`None` = hash randomly, as Envoy does). `None` = no healthy
+    /// upstream.
+    fn choose_host(&self, cluster: &Arc<Cluster>, hash: Option<u64>) -> Option<usize> {
+        let now = self.clock.now();
+        self.with_cluster(cluster, |rt| {
+            let mut candidates = Vec::with_capacity(rt.cfg.endpoints.len());
+            match rt.detector.as_mut() {
+                Some(d) => {
+                    let mut out = Vec::new();
+                    d.advance(now, &mut out);
+                    self.emit(&cluster.name, &rt.cfg, &out);
+                    d.candidates(&mut candidates);
+                }
+                None => candidates.extend(0..rt.cfg.endpoints.len()),
+            }
+            if candidates.is_empty() {
+                return None;
+            }
+            if let Some(h) = &rt.cfg.hash {
+                if rt.hash.as_ref().is_none_or(|(built_for, _)| *built_for != candidates) {
+                    let keys: Vec<String> = candidates
+                        .iter()
+                        .map(|&i| format!("{}:{}", rt.cfg.endpoints[i].host, rt.cfg.endpoints[i].port))
+                        .collect();
+                    let table = match h.table {
+                        HashTable::Ring { min_ring_size } => RingHash::new(&keys, min_ring_size).map(HashTableRt::Ring),
+                        HashTable::Maglev { table_size } => Maglev::new(&keys, table_size).map(HashTableRt::Maglev),
+                    }
+                    .expect("hash table sizes are validated and endpoint keys are unique");
+                    rt.hash = Some((candidates.clone(), table));
+                }
+                let (_, table) = rt.hash.as_ref().expect("built above");
+                let key = hash.unwrap_or_else(|| self.draw());
+                let i = match table {
+                    HashTableRt::Ring(r) => r.pick(key),
+                    HashTableRt::Maglev(m) => m.pick(key),
+                };
+                return Some(candidates[i]);
+            }
+            let mut rng = self.rng.lock().expect("rng lock");
+            Some(rt.balancer.pick(rt.cfg.lb, &candidates, &rt.active, &mut *rng))
+        })
+    }
+
+    /// Counts a request to `host` as active.
+    fn commit_host(&self, cluster: &Arc<Cluster>, host: usize) {
+        self.with_cluster(cluster, |rt| rt.active[host] += 1);
+    }
+
+    /// Ends a request to `host`: no longer active; `status` (if any) feeds outlier
+    /// detection (connect failures count as 503, timeouts as 504).
+    fn release_host(&self, cluster: &Arc<Cluster>, host: usize, status: Option<u16>) {
+        let now = self.clock.now();
+        self.with_cluster(cluster, |rt| {
+            rt.active[host] -= 1;
+            if let (Some(d), Some(status)) = (rt.detector.as_mut(), status) {
                 let mut out = Vec::new();
                 d.advance(now, &mut out);
+                d.record(host, status, now, &mut out);
                 self.emit(&cluster.name, &rt.cfg, &out);
-                d.candidates(&mut candidates);
             }
-            None => candidates.extend(0..rt.cfg.endpoints.len()),
-        }
-        if candidates.is_empty() {
-            return None;
-        }
-        let mut rng = self.rng.lock().expect("rng lock");
-        let host = rt.balancer.pick(rt.cfg.lb, &candidates, &rt.active, &mut *rng);
-        rt.active[host] += 1;
-        Some(host)
-    }
-
-    /// Ends a request to `host`: no longer active; the result feeds outlier detection.
-    fn release_host(&self, cluster: &str, host: usize, status: u16) {
-        let now = self.clock.now();
-        let mut clusters = self.clusters.lock().expect("clusters lock");
-        let rt = clusters.get_mut(cluster).expect("picked cluster has runtime state");
-        rt.active[host] -= 1;
-        if let Some(d) = rt.detector.as_mut() {
-            let mut out = Vec::new();
-            d.advance(now, &mut out);
-            d.record(host, status, now, &mut out);
-            self.emit(cluster, &rt.cfg, &out);
-        }
-    }
-
-    async fn outbound(self: Arc<Self>, req: Request<Incoming>) -> Reply {
-        let start = self.clock.now();
-        let (mut parts, body) = req.into_parts();
-        let req_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-            self.log(Direction::Outbound, req_id, Target::default(), 400, &[], start);
-            return local_reply::reply(StatusCode::BAD_REQUEST, "", "envoy");
-        };
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        let snapshot = self.snapshot.lock().expect("snapshot lock").clone();
-        let fqdn = qualify(&host, &self.cfg.namespace);
-        // Route: first match wins (every route matches until `match` is simulated).
-        let Some(route) = snapshot.routes.get(&fqdn).and_then(|r| r.first()) else {
-            self.log(Direction::Outbound, req_id, Target::default(), 404, &[Flag::NoRoute], start);
-            return self.local(Flag::NoRoute, None, "envoy");
-        };
-        let weights: Vec<u32> = route.clusters.iter().map(|c| c.weight).collect();
-        let random = self.rng.lock().expect("rng lock").next_u64();
-        let cluster = weighted::pick(&weights, random).and_then(|i| snapshot.clusters.get(&route.clusters[i].cluster));
-        let Some(cluster) = cluster.cloned() else {
-            self.log(
-                Direction::Outbound,
-                req_id,
-                Target { route: &route.name, ..Target::default() },
-                503,
-                &[Flag::NoCluster],
-                start,
-            );
-            return self.local(Flag::NoCluster, None, "envoy");
-        };
-        let Some(host_idx) = self.pick_host(&cluster) else {
-            let to = Target { route: &route.name, cluster: &cluster.name, upstream: None };
-            self.log(Direction::Outbound, req_id, to, 503, &[Flag::NoHealthyUpstream], start);
-            return self.local(Flag::NoHealthyUpstream, None, "envoy");
-        };
-        let ep = &cluster.endpoints[host_idx];
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        let upstream_req = Request::from_parts(parts, Full::new(body));
-        let send = self.pool.send(&ep.host, ep.port, cluster.connect_timeout, upstream_req);
-        let result = match route.timeout {
-            Some(t) => match tokio::time::timeout(t, send).await {
-                Ok(r) => r.map_err(Failure::Upstream),
-                Err(_) => Err(Failure::Timeout),
-            },
-            None => send.await.map_err(Failure::Upstream),
-        };
-        let (reply, status, flags) = match result {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                let ms = self.clock.now().saturating_sub(start).as_millis();
-                parts.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(ms as u64));
-                parts.headers.insert(header::SERVER, HeaderValue::from_static("envoy"));
-                (Response::from_parts(parts, Full::new(body)), status, vec![])
-            }
-            Err(Failure::Timeout) => {
-                (self.local(Flag::UpstreamRequestTimeout, None, "envoy"), 504, vec![Flag::UpstreamRequestTimeout])
-            }
-            Err(Failure::Upstream(e)) => self.upstream_failure(e, "envoy"),
-        };
-        self.release_host(&cluster.name, host_idx, status);
-        let to = Target { route: &route.name, cluster: &cluster.name, upstream: Some(&ep.pod) };
-        self.log(Direction::Outbound, req_id, to, status, &flags, start);
-        reply
-    }
-
-    async fn inbound(self: Arc<Self>, req: Request<Incoming>) -> Reply {
-        let start = self.clock.now();
-        let (mut parts, body) = req.into_parts();
-        let req_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-            self.log(Direction::Inbound, req_id, Target { route: "inbound", ..Target::default() }, 400, &[], start);
-            return local_reply::reply(StatusCode::BAD_REQUEST, "", "istio-envoy");
-        };
-        strip_hop_by_hop(&mut parts.headers);
-        let app = Request::from_parts(parts, Full::new(body));
-        let cluster = format!("inbound|{}||", self.cfg.app_port);
-        let result =
-            self.pool.send("127.0.0.1", self.cfg.app_port, crate::snapshot::DEFAULT_CONNECT_TIMEOUT, app).await;
-        let (reply, status, flags) = match result {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                parts.headers.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
-                (Response::from_parts(parts, Full::new(body)), status, vec![])
-            }
-            Err(e) => self.upstream_failure(e, "istio-envoy"),
-        };
-        let to = Target { route: "inbound", cluster: &cluster, upstream: Some(&self.cfg.pod) };
-        self.log(Direction::Inbound, req_id, to, status, &flags, start);
-        reply
+        });
     }
 }

@@ -246,7 +246,8 @@ impl<N: Net> Pool<N> {
         let attempt = async {
             let addr = self.net.resolve(host, port).await?;
             let stream = self.net.connect(addr).await?;
-            let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+            let (sender, conn) =
+                http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
             tokio::spawn(async move {
                 // The connection ends when either side closes; errors surface on requests.
                 let _ = conn.await;

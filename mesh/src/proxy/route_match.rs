@@ -471,6 +471,14 @@ impl RouteMatch {
         self.name.as_deref()
     }
 
+    /// The `uri` prefix of this entry, if it matches by prefix (what `rewrite.uri` replaces).
+    pub fn uri_prefix(&self) -> Option<&str> {
+        match &self.path {
+            PathMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// Whether every condition of this entry holds for `req`.
     pub fn matches(&self, req: &MatchInput<'_>) -> bool {
         self.source_matches(req)

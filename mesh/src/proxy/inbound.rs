@@ -1,0 +1,70 @@
+//! The inbound path: local rate limit, then forward to the local app.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+
+use super::local_reply::{self, Flag};
+use super::ratelimit::{Decision, RATE_LIMITED_BODY};
+use super::telemetry::Direction;
+use super::{Reply, Sidecar, Target, strip_hop_by_hop};
+use crate::net::Net;
+
+impl<N: Net> Sidecar<N> {
+    pub(super) async fn inbound(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+        let start = self.clock.now();
+        let (mut parts, body) = req.into_parts();
+        let req_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let cluster = format!("inbound|{}||", self.cfg.app_port);
+        let to = Target { route: "inbound", cluster: &cluster, upstream: None };
+        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+            self.log(Direction::Inbound, req_id, to, 400, &[], start);
+            return local_reply::reply(StatusCode::BAD_REQUEST, "", "istio-envoy");
+        };
+
+        // Local rate limit: one bucket for this proxy.
+        let limited = {
+            let mut rl = self.rate_limit.lock().expect("rate limit lock");
+            rl.as_mut().and_then(|rl| {
+                let mut rng = self.rng.lock().expect("rng lock");
+                match rl.decide(self.clock.now(), &mut *rng) {
+                    Decision::Limited { enforced: true } => Some((rl.status(), rl.response_headers_to_add().to_vec())),
+                    _ => None,
+                }
+            })
+        };
+        if let Some((status, headers)) = limited {
+            let mut reply = local_reply::reply(status, RATE_LIMITED_BODY, "istio-envoy");
+            for (k, v) in headers {
+                reply.headers_mut().append(k, v);
+            }
+            self.log(Direction::Inbound, req_id, to, status.as_u16(), &[Flag::RateLimited], start);
+            return reply;
+        }
+
+        strip_hop_by_hop(&mut parts.headers);
+        let app = Request::from_parts(parts, Full::new(body));
+        let result =
+            self.app_pool.send("127.0.0.1", self.cfg.app_port, crate::snapshot::DEFAULT_CONNECT_TIMEOUT, app).await;
+        let to = Target { upstream: Some(&self.cfg.pod), ..to };
+        match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts.headers.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
+                self.log(Direction::Inbound, req_id, to, status, &[], start);
+                Response::from_parts(parts, Full::new(body))
+            }
+            Err(e) => {
+                let (flag, why) = Self::failure_flag(e);
+                let reply = self.local(flag, why, "istio-envoy");
+                self.log(Direction::Inbound, req_id, to, reply.status().as_u16(), &[flag], start);
+                reply
+            }
+        }
+    }
+}
