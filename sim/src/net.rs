@@ -187,15 +187,40 @@ impl Faults {
 }
 
 /// Simulated time: the simulation's elapsed time and its fixed epoch.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SimClock;
+///
+/// Asking turmoil for the elapsed time borrows its whole world; the host's own tokio
+/// clock (which turmoil advances by exactly one tick per step, on every host) is far
+/// cheaper. So a clock notes both once, in the host that creates it, and then reads
+/// the tokio clock. Create it inside a simulated host.
+#[derive(Clone, Copy, Debug)]
+pub struct SimClock {
+    base: tokio::time::Instant,
+    base_elapsed: Duration,
+    epoch: Duration,
+}
+
+impl SimClock {
+    #[allow(clippy::disallowed_methods)] // the seam's simulated implementation
+    pub fn new() -> SimClock {
+        let base_elapsed = turmoil::sim_elapsed().expect("SimClock::new runs inside a simulated host");
+        let epoch = turmoil::since_epoch().unwrap_or_default().saturating_sub(base_elapsed);
+        SimClock { base: tokio::time::Instant::now(), base_elapsed, epoch }
+    }
+}
+
+impl Default for SimClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Clock for SimClock {
+    #[allow(clippy::disallowed_methods)] // the seam's simulated implementation
     fn now(&self) -> Duration {
-        turmoil::sim_elapsed().unwrap_or_default()
+        self.base_elapsed + self.base.elapsed()
     }
     fn unix_time(&self) -> Duration {
-        turmoil::since_epoch().unwrap_or_default()
+        self.epoch + self.now()
     }
 }
 

@@ -136,16 +136,21 @@ impl Recorder {
 }
 
 impl Telemetry for Recorder {
-    fn access_log(&self, entry: AccessLog) {
+    /// Only the source side's flags are joined to the records.
+    fn wants_access_log(&self, dir: Direction) -> bool {
+        dir == Direction::Outbound
+    }
+
+    fn access_log(&self, entry: &AccessLog<'_>) {
         if entry.direction != Direction::Outbound {
             return;
         }
-        let Some(id) = entry.request_id.as_deref().and_then(|s| s.parse::<usize>().ok()) else {
+        let Some(id) = entry.request_id.and_then(|s| s.parse::<usize>().ok()) else {
             return;
         };
         let mut g = self.lock();
         if let Some(slot) = g.flags.get_mut(id) {
-            *slot = entry.flags;
+            *slot = entry.flags.to_string();
         }
     }
 

@@ -87,7 +87,7 @@ pub struct Generator {
 
 impl Generator {
     pub async fn run(self: Arc<Self>) {
-        let clock = SimClock;
+        let clock = SimClock::new();
         let pools: Vec<Arc<Pool<SimNet>>> = (0..self.plan.pods.len())
             .map(|p| {
                 Arc::new(Pool::new(SimNet::new(p, self.plan.pods[p].node, self.faults.clone(), self.local.clone())))
@@ -159,7 +159,7 @@ impl Generator {
                     Err(_) => Outcome::Error("client_timeout"),
                 };
                 me.in_flight[r.workload].fetch_sub(1, Ordering::SeqCst);
-                let clock = SimClock;
+                let clock = SimClock::new();
                 me.recorder.record(
                     r.id,
                     Record {

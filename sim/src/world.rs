@@ -108,7 +108,7 @@ impl Node {
                 rate_limit: p.rate_limit.clone(),
             },
             net.clone(),
-            Arc::new(SimClock),
+            Arc::new(SimClock::new()),
             self.recorder.clone(),
             self.snapshot.clone(),
         )

@@ -181,7 +181,7 @@ fn simulated() -> Seen {
         let (f, l, t) = (f.clone(), l.clone(), t.clone());
         async move {
             let ports = Ports { ip: Ipv4Addr::UNSPECIFIED, app: 10_000, inbound: 10_001, outbound: 10_002 };
-            server(SimNet::new(0, 1, f, l), &ports, Arc::new(SimClock), t).await;
+            server(SimNet::new(0, 1, f, l), &ports, Arc::new(SimClock::new()), t).await;
             std::future::pending::<()>().await;
             Ok(())
         }
@@ -189,7 +189,7 @@ fn simulated() -> Seen {
     let out = Arc::new(Mutex::new(None));
     let (o, t, l) = (out.clone(), telemetry.clone(), local.clone());
     sim.client("node-0", async move {
-        let resp = client(SimNet::new(1, 0, faults, l), "node-1", 10_001, &ports, Arc::new(SimClock), t).await;
+        let resp = client(SimNet::new(1, 0, faults, l), "node-1", 10_001, &ports, Arc::new(SimClock::new()), t).await;
         *o.lock().expect("out") = Some(resp);
         Ok(())
     });

@@ -17,7 +17,8 @@ impl<N: Net> Sidecar<N> {
     pub(super) async fn inbound(self: Arc<Self>, req: Request<Incoming>) -> Reply {
         let start = self.clock.now();
         let (mut parts, body) = req.into_parts();
-        let req_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let req_id = parts.headers.get("x-request-id").cloned();
+        let req_id = req_id.as_ref().and_then(|v| v.to_str().ok());
         let cluster = format!("inbound|{}||", self.cfg.app_port);
         let to = Target { route: "inbound", cluster: &cluster, upstream: None };
         let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {

@@ -68,14 +68,16 @@ impl Flag {
 }
 
 /// Flags as an access log prints them: Envoy's order, comma-joined; `-` when none.
-pub fn flags_string(flags: &[Flag]) -> String {
-    if flags.is_empty() {
-        return "-".to_string();
+pub fn flags_string(flags: &[Flag]) -> std::borrow::Cow<'static, str> {
+    match flags {
+        [] => return "-".into(),
+        [one] => return one.as_str().into(),
+        _ => {}
     }
     let mut f = flags.to_vec();
     f.sort_by_key(|f| f.rank());
     f.dedup();
-    f.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",")
+    f.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(",").into()
 }
 
 /// Why an upstream connection failed, in Envoy's words.

@@ -213,25 +213,18 @@ impl<N: Net> Sidecar<N> {
         }
     }
 
-    fn log(
-        &self,
-        dir: Direction,
-        req_id: Option<String>,
-        to: Target<'_>,
-        status: u16,
-        flags: &[Flag],
-        start: Duration,
-    ) {
+    fn log(&self, dir: Direction, req_id: Option<&str>, to: Target<'_>, status: u16, flags: &[Flag], start: Duration) {
         let Target { route, cluster, upstream } = to;
-        self.telemetry.access_log(AccessLog {
-            proxy: self.cfg.pod.clone(),
+        let flags = local_reply::flags_string(flags);
+        self.telemetry.access_log(&AccessLog {
+            proxy: &self.cfg.pod,
             direction: dir,
             request_id: req_id,
-            route: route.to_string(),
-            cluster: cluster.to_string(),
-            upstream_pod: upstream.map(str::to_string),
+            route,
+            cluster,
+            upstream_pod: upstream,
             status,
-            flags: local_reply::flags_string(flags),
+            flags: &flags,
             start,
             duration: self.clock.now().saturating_sub(start),
         });
@@ -260,15 +253,20 @@ impl<N: Net> Sidecar<N> {
     fn with_cluster<T>(&self, cluster: &Arc<Cluster>, f: impl FnOnce(&mut ClusterRt<N>) -> T) -> T {
         let now = self.clock.now();
         let mut clusters = self.clusters.lock().expect("clusters lock");
-        let rt = clusters.entry(cluster.name.clone()).or_insert_with(|| ClusterRt {
-            cfg: cluster.clone(),
-            active: vec![0; cluster.endpoints.len()],
-            balancer: Balancer::default(),
-            detector: cluster.outlier.map(|o| Detector::new(o, cluster.endpoints.len(), now)),
-            hash: None,
-            pool: Arc::new(Pool::with_limits(self.net.clone(), cluster.limits, self.clock.clone())),
-        });
-        f(rt)
+        if !clusters.contains_key(&cluster.name) {
+            clusters.insert(
+                cluster.name.clone(),
+                ClusterRt {
+                    cfg: cluster.clone(),
+                    active: vec![0; cluster.endpoints.len()],
+                    balancer: Balancer::default(),
+                    detector: cluster.outlier.map(|o| Detector::new(o, cluster.endpoints.len(), now)),
+                    hash: None,
+                    pool: Arc::new(Pool::with_limits(self.net.clone(), cluster.limits, self.clock.clone())),
+                },
+            );
+        }
+        f(clusters.get_mut(&cluster.name).expect("inserted above"))
     }
 
     fn cluster_pool(&self, cluster: &Arc<Cluster>) -> Arc<Pool<N>> {

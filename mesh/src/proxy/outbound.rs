@@ -38,32 +38,33 @@ impl<N: Net> Sidecar<N> {
     pub(super) async fn outbound(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
         let start = self.clock.now();
         let (mut parts, body) = req.into_parts();
-        let req_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let req_id = parts.headers.get("x-request-id").cloned();
+        let req_id = req_id.as_ref().and_then(|v| v.to_str().ok());
         let log = |status: u16, flags: &[Flag], to: Target<'_>| {
-            self.log(Direction::Outbound, req_id.clone(), to, status, flags, start)
+            self.log(Direction::Outbound, req_id, to, status, flags, start)
         };
         let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
             log(400, &[], Target::default());
             return local_reply::reply(StatusCode::BAD_REQUEST, "", "envoy");
         };
-        let authority = parts
-            .headers
-            .get(header::HOST)
+        let uri = parts.uri.clone();
+        let host = parts.headers.get(header::HOST).cloned();
+        let authority = host
+            .as_ref()
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .or_else(|| uri.authority().map(|a| a.as_str()))
             .unwrap_or_default();
         let snapshot = self.snapshot();
-        let fqdn = qualify(&authority, &self.cfg.namespace);
+        let fqdn = qualify(authority, &self.cfg.namespace);
 
         // Route: the first rule whose match list accepts the request.
-        let path = parts.uri.path().to_string();
-        let query = parts.uri.query().map(str::to_string);
+        let (path, query) = (uri.path(), uri.query());
+        let method = parts.method.clone();
         let input = MatchInput {
-            method: parts.method.as_str(),
-            path: &path,
-            query: query.as_deref(),
-            authority: &authority,
+            method: method.as_str(),
+            path,
+            query,
+            authority,
             scheme: "http",
             headers: &parts.headers,
             port: snapshot.ports.get(&fqdn).copied().unwrap_or(0),
@@ -80,7 +81,7 @@ impl<N: Net> Sidecar<N> {
         let to = Target { route: &route.name, ..Target::default() };
         let clusters = match &route.action {
             Action::Redirect(rd) => {
-                let reply = redirect(rd, &authority, &path, query.as_deref());
+                let reply = redirect(rd, authority, path, query);
                 log(reply.status().as_u16(), &[], to);
                 return reply;
             }
@@ -111,7 +112,7 @@ impl<N: Net> Sidecar<N> {
                     Some(p) if path.starts_with(p.as_str()) => format!("{uri}{}", &path[p.len()..]),
                     _ => uri.clone(),
                 };
-                let pq = match &query {
+                let pq = match query {
                     Some(q) => format!("{new_path}?{q}"),
                     None => new_path,
                 };
@@ -163,9 +164,10 @@ impl<N: Net> Sidecar<N> {
         }
 
         // Router, bounded by the route timeout (which covers every try and backoff).
-        let hash = cluster.hash.as_ref().and_then(|h| {
-            h.policy.hash(&HashInput { headers: &parts.headers, query: query.as_deref(), source_ip: Some(peer.ip()) })
-        });
+        let hash = cluster
+            .hash
+            .as_ref()
+            .and_then(|h| h.policy.hash(&HashInput { headers: &parts.headers, query, source_ip: Some(peer.ip()) }));
         let deadline = route.timeout.map(|t| self.clock.now() + t);
         let (tried, host, mut router_flags) = self.route_tries(&cluster, route, &parts, body, hash, deadline).await;
         flags.append(&mut router_flags);

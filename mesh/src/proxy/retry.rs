@@ -483,8 +483,8 @@ pub enum Decision {
 
 /// One request's retry state: tries started, retries left, hosts tried.
 #[derive(Clone, Debug)]
-pub struct RetryState {
-    policy: Option<RetryPolicy>,
+pub struct RetryState<'p> {
+    policy: Option<&'p RetryPolicy>,
     phase: Phase,
     attempts: u32,
     retries_remaining: u32,
@@ -493,12 +493,12 @@ pub struct RetryState {
     request_started: bool,
 }
 
-impl RetryState {
+impl<'p> RetryState<'p> {
     /// State for a request on a route whose policy is `policy` (`None`: retries disabled).
-    pub fn new(policy: Option<&RetryPolicy>) -> RetryState {
+    pub fn new(policy: Option<&'p RetryPolicy>) -> RetryState<'p> {
         RetryState {
             retries_remaining: policy.map_or(0, |p| p.num_retries),
-            policy: policy.cloned(),
+            policy,
             phase: Phase::Ready,
             attempts: 0,
             backoffs_drawn: 0,
@@ -970,7 +970,8 @@ mod tests {
 
     #[test]
     fn ready_to_in_flight_on_start() {
-        let mut s = RetryState::new(Some(&RetryPolicy::default()));
+        let p = RetryPolicy::default();
+        let mut s = RetryState::new(Some(&p));
         assert_eq!(s.phase(), Phase::Ready);
         s.start_attempt(3);
         assert_eq!((s.phase(), s.attempts()), (Phase::InFlight, 1));
@@ -978,7 +979,8 @@ mod tests {
 
     #[test]
     fn in_flight_to_ready_on_retry() {
-        let mut s = RetryState::new(Some(&RetryPolicy::default()));
+        let p = RetryPolicy::default();
+        let mut s = RetryState::new(Some(&p));
         s.start_attempt(0);
         assert!(matches!(s.on_outcome(&Outcome::ConnectFailure, &mut rng()), Decision::Retry { .. }));
         assert_eq!((s.phase(), s.retries_remaining()), (Phase::Ready, 1));
@@ -986,7 +988,8 @@ mod tests {
 
     #[test]
     fn in_flight_to_done_on_final_outcome() {
-        let mut s = RetryState::new(Some(&RetryPolicy::default()));
+        let p = RetryPolicy::default();
+        let mut s = RetryState::new(Some(&p));
         s.start_attempt(0);
         s.on_outcome(&resp(200), &mut rng());
         assert_eq!(s.phase(), Phase::Done);
@@ -1019,7 +1022,8 @@ mod tests {
 
     #[test]
     fn pick_host_gives_up_after_five_re_picks_and_keeps_the_last() {
-        let mut s = RetryState::new(Some(&RetryPolicy::default()));
+        let p = RetryPolicy::default();
+        let mut s = RetryState::new(Some(&p));
         s.start_attempt(0);
         s.on_outcome(&Outcome::ConnectFailure, &mut rng());
         let mut calls = 0;
@@ -1049,7 +1053,8 @@ mod tests {
 
     #[test]
     fn pick_host_stops_when_no_host_is_healthy() {
-        let s = RetryState::new(Some(&RetryPolicy::default()));
+        let p = RetryPolicy::default();
+        let s = RetryState::new(Some(&p));
         assert_eq!(s.pick_host(|| None), None);
     }
 

@@ -13,24 +13,57 @@ pub enum Direction {
     Inbound,
 }
 
-/// One request as a proxy saw it (Envoy's access log, reduced).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessLog {
+/// One request as a proxy saw it (Envoy's access log, reduced). Borrowed: a sink keeps
+/// what it needs ([`AccessLog::to_owned`] for all of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessLog<'a> {
     /// The pod whose sidecar logged this.
+    pub proxy: &'a str,
+    pub direction: Direction,
+    pub request_id: Option<&'a str>,
+    /// Route name (outbound) or `inbound`.
+    pub route: &'a str,
+    /// Cluster name, empty when no cluster was chosen.
+    pub cluster: &'a str,
+    /// The pod the request was sent to, if one was picked.
+    pub upstream_pod: Option<&'a str>,
+    pub status: u16,
+    /// Envoy response flags, comma-joined; `-` when none.
+    pub flags: &'a str,
+    pub start: Duration,
+    pub duration: Duration,
+}
+
+/// An [`AccessLog`] that owns its strings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedAccessLog {
     pub proxy: String,
     pub direction: Direction,
     pub request_id: Option<String>,
-    /// Route name (outbound) or `inbound`.
     pub route: String,
-    /// Cluster name, empty when no cluster was chosen.
     pub cluster: String,
-    /// The pod the request was sent to, if one was picked.
     pub upstream_pod: Option<String>,
     pub status: u16,
-    /// Envoy response flags, comma-joined; `-` when none.
     pub flags: String,
     pub start: Duration,
     pub duration: Duration,
+}
+
+impl AccessLog<'_> {
+    pub fn to_owned(&self) -> OwnedAccessLog {
+        OwnedAccessLog {
+            proxy: self.proxy.to_string(),
+            direction: self.direction,
+            request_id: self.request_id.map(str::to_string),
+            route: self.route.to_string(),
+            cluster: self.cluster.to_string(),
+            upstream_pod: self.upstream_pod.map(str::to_string),
+            status: self.status,
+            flags: self.flags.to_string(),
+            start: self.start,
+            duration: self.duration,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,20 +89,24 @@ pub struct OutlierEvent {
 }
 
 pub trait Telemetry: Send + Sync + 'static {
-    fn access_log(&self, entry: AccessLog);
+    /// Whether access-log entries of this direction are wanted (building one costs).
+    fn wants_access_log(&self, _dir: Direction) -> bool {
+        true
+    }
+    fn access_log(&self, entry: &AccessLog<'_>);
     fn outlier_event(&self, event: OutlierEvent);
 }
 
 /// Keeps everything in memory, in arrival order.
 #[derive(Debug, Default)]
 pub struct MemoryTelemetry {
-    pub logs: Mutex<Vec<AccessLog>>,
+    pub logs: Mutex<Vec<OwnedAccessLog>>,
     pub events: Mutex<Vec<OutlierEvent>>,
 }
 
 impl Telemetry for MemoryTelemetry {
-    fn access_log(&self, entry: AccessLog) {
-        self.logs.lock().expect("telemetry lock").push(entry);
+    fn access_log(&self, entry: &AccessLog<'_>) {
+        self.logs.lock().expect("telemetry lock").push(entry.to_owned());
     }
     fn outlier_event(&self, event: OutlierEvent) {
         self.events.lock().expect("telemetry lock").push(event);
