@@ -30,6 +30,8 @@ macro_rules! say_raw {
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_INVALID: i32 = 2;
+/// `meshsim validate` with error-level findings, as `istioctl analyze` exits.
+pub const EXIT_ANALYZE_ERRORS: i32 = 79;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -97,19 +99,41 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
-fn load(file: &Path) -> Result<Plan, i32> {
+/// How findings are printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// `file:line:column: error [CODE] field: message`, for `run` (editors jump to it).
+    Compiler,
+    /// `istioctl analyze`'s `Error [CODE] (Kind ns/name file:line:column) field: message`.
+    Analyze,
+}
+
+fn print_finding(f: &mesh::config::Finding, style: Style) {
+    match style {
+        Style::Compiler => eprintln!("{f}"),
+        Style::Analyze => eprintln!("{}", f.analyze_line()),
+    }
+}
+
+/// Loads a scenario, printing its findings. `Err` carries the exit code: 2 for a file that
+/// cannot be read or parsed; for other errors 2 from `run`, 79 from `validate` (as
+/// `istioctl analyze` exits when an error-level finding exists).
+fn load(file: &Path, style: Style) -> Result<Plan, i32> {
     match scenario::load(file) {
         Ok(plan) => {
             for w in &plan.warnings {
-                eprintln!("{w}");
+                print_finding(w, style);
             }
             Ok(plan)
         }
         Err(e) => {
-            eprint!("{e}");
+            for f in &e.findings {
+                print_finding(f, style);
+            }
             let errors = e.findings.iter().filter(|f| f.level == Level::Error).count();
             eprintln!("{}: invalid scenario ({errors} error(s))", file.display());
-            Err(EXIT_INVALID)
+            let unparsable = e.findings.iter().any(|f| f.unparsable);
+            Err(if unparsable || style == Style::Compiler { EXIT_INVALID } else { EXIT_ANALYZE_ERRORS })
         }
     }
 }
@@ -117,7 +141,7 @@ fn load(file: &Path) -> Result<Plan, i32> {
 fn cmd_validate(files: &[PathBuf]) -> i32 {
     let mut code = EXIT_OK;
     for f in files {
-        match load(f) {
+        match load(f, Style::Analyze) {
             Ok(plan) => say!(
                 "{}: ok ({} pods, {} workloads, {} expectations, {} warnings)",
                 f.display(),
@@ -126,14 +150,15 @@ fn cmd_validate(files: &[PathBuf]) -> i32 {
                 plan.expectations.len(),
                 plan.warnings.len()
             ),
-            Err(c) => code = c,
+            // A file that cannot be parsed outranks error findings in other files.
+            Err(c) => code = if code == EXIT_INVALID { code } else { c },
         }
     }
     code
 }
 
 fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
-    let plan = match load(file) {
+    let plan = match load(file, Style::Compiler) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
     };
@@ -180,7 +205,7 @@ const GOAL_SPEEDUP: f64 = 10.0;
 
 fn cmd_bench(scenario: Option<&Path>, seed: u64, runs: u32) -> i32 {
     let plan = match scenario {
-        Some(f) => load(f),
+        Some(f) => load(f, Style::Compiler),
         None => scenario::load_str("bench/standard.yaml (built in)", STANDARD_BENCH, Path::new("bench")).map_err(|e| {
             eprint!("{e}");
             EXIT_INVALID

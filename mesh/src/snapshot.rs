@@ -189,13 +189,17 @@ pub struct Sourced<'a> {
 
 /// Compiles (and so validates) the mesh config for sidecars.
 pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Findings) {
-    let mut c = Compiler { registry, findings: Findings::default() };
+    let mut c = Compiler { registry, findings: Findings::default(), current: None };
     let mut drs: BTreeMap<String, (&str, &Resource, &DestinationRuleSpec)> = BTreeMap::new();
     let mut vss: BTreeMap<String, (&str, &Resource, &VirtualServiceSpec)> = BTreeMap::new();
+    let mut tagged = 0;
     for s in resources {
         let r = s.resource;
-        c.check_header(s.file, r);
+        // Findings of the previous resource are about it (the loop body may `continue`).
+        tagged = c.tag(tagged, None);
         let what = format!("{} {}/{}", r.kind.value, r.namespace(), r.name());
+        c.current = Some(what.clone());
+        c.check_header(s.file, r);
         match &r.spec {
             Spec::DestinationRule(dr) => {
                 let host = qualify(&dr.host.value, r.namespace());
@@ -287,6 +291,8 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
         }
     }
 
+    c.tag(tagged, None);
+    c.current = None;
     let mut snap = Snapshot::default();
     // Clusters: one per service, one per DR subset.
     for (fqdn, svc) in &registry.services {
@@ -306,24 +312,29 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
             );
             if cl.endpoints.is_empty() {
                 let (file, r, _) = drs[fqdn];
+                let from = c.findings.0.len();
                 c.warning(
                     file,
                     &subset.name,
                     "IST0173",
                     "spec.subsets.name",
                     format!(
-                        "DestinationRule {}/{} subset {:?} selects no pods of {fqdn}: traffic to it would get 503 UH",
-                        r.namespace(),
-                        r.name(),
+                        "Subset {:?} in DestinationRule doesn't select any pods of {fqdn}: traffic to it may lead to 503 UH",
                         subset.name.value
                     ),
                 );
+                c.tag(from, Some(format!("DestinationRule {}/{}", r.namespace(), r.name())));
             }
             snap.clusters.insert(cl.name.clone(), Arc::new(cl));
         }
         // Routes: the VirtualService's, or one default route to the whole service.
         let routes = match vss.get(fqdn) {
-            Some((file, r, vs)) => c.routes(file, r, vs, &drs, &snap.clusters),
+            Some((file, r, vs)) => {
+                let from = c.findings.0.len();
+                let routes = c.routes(file, r, vs, &drs, &snap.clusters);
+                c.tag(from, Some(format!("VirtualService {}/{}", r.namespace(), r.name())));
+                routes
+            }
             None => {
                 let cluster = cluster_name(svc.port, None, fqdn);
                 let hashed = snap.clusters.get(&cluster).is_some_and(|c| c.hash.is_some());
@@ -413,9 +424,23 @@ fn limits(pool: Option<&ConnectionPoolSettings>, budget: Option<&crate::config::
 struct Compiler<'a> {
     registry: &'a Registry,
     findings: Findings,
+    /// The resource being checked, named in its findings.
+    current: Option<String>,
 }
 
 impl Compiler<'_> {
+    /// Names `resource` (or the current one) in findings from index `from` on that name
+    /// none yet; returns the new end.
+    fn tag(&mut self, from: usize, resource: Option<String>) -> usize {
+        let name = resource.or_else(|| self.current.clone());
+        for f in &mut self.findings.0[from..] {
+            if f.resource.is_none() {
+                f.resource.clone_from(&name);
+            }
+        }
+        self.findings.0.len()
+    }
+
     fn error<T>(&mut self, file: &str, at: &Spanned<T>, code: &'static str, field: &str, msg: String) {
         self.findings.push(Finding::error(Pos::of(file, at), code, field, msg));
     }
@@ -779,10 +804,9 @@ impl Compiler<'_> {
         clusters: &BTreeMap<String, Arc<Cluster>>,
     ) -> Vec<Route> {
         let mut out = Vec::new();
-        let what = format!("VirtualService {}/{}", r.namespace(), r.name());
         // For IST0130/IST0131: the first catch-all route, and the match entries seen so far.
         let mut catch_all: Option<usize> = None;
-        let mut seen_matches: Vec<String> = Vec::new();
+        let mut seen_matches: Vec<(usize, usize, String)> = Vec::new();
         for (i, http) in vs.http.iter().enumerate() {
             let at = format!("spec.http[{i}]");
             let anchor = http.route.first().map(|d| d.destination.host.clone()).unwrap_or_else(|| r.kind.clone());
@@ -796,29 +820,31 @@ impl Compiler<'_> {
             for (j, m) in http.match_.iter().enumerate() {
                 let mat = format!("{at}.match[{j}]");
                 self.findings.0.extend(route_match::validate(m, file, &mat));
-                if let Ok(c) = RouteMatch::compile(&m.value) {
-                    matches.push(c);
-                }
-                let key = format!("{:?}", m.value);
-                if let Some(k) = catch_all {
-                    let _ = k;
-                } else if seen_matches.contains(&key) {
+                let Ok(c) = RouteMatch::compile(&m.value) else { continue };
+                // The compiled form carries no source positions: equal means the same match.
+                let key = format!("{c:?}");
+                if catch_all.is_none()
+                    && let Some((ei, ej, _)) = seen_matches.iter().find(|(_, _, k)| *k == key)
+                {
                     self.findings.push(Finding::warning(
                         Pos::of(file, m),
                         "IST0131",
                         mat.clone(),
-                        format!(
-                            "{what} rule #{i} match #{j} is not used (duplicate/overlapping match in rule #{} )",
-                            seen_matches.iter().position(|x| *x == key).map(|_| "earlier").unwrap_or("earlier")
-                        ),
+                        format!("VirtualService rule #{i} match #{j} is not used (same as rule #{ei} match #{ej})."),
                     ));
                 }
-                seen_matches.push(key);
+                seen_matches.push((i, j, key));
+                matches.push(c);
             }
             if let Some(k) = catch_all {
-                self.findings.push(Finding::warning(Pos::of(file, &anchor), "IST0130", at.clone(), format!(
-                    "{what} rule #{i} not used (only the last rule can have no matches: rule #{k} matches every request)"
-                )));
+                self.findings.push(Finding::warning(
+                    Pos::of(file, &anchor),
+                    "IST0130",
+                    at.clone(),
+                    format!(
+                        "VirtualService rule #{i} not used (rule #{k} has no match and takes every request; only the last rule can have no matches)."
+                    ),
+                ));
             } else if http.match_.is_empty() {
                 catch_all = Some(i);
             }

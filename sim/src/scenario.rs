@@ -488,8 +488,10 @@ pub const MAX_PODS: usize = 5_000;
 /// Reads, parses and validates a scenario file.
 pub fn load(path: &Path) -> Result<Plan, LoadError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
-        findings: vec![Finding::error(Pos::file(&file), code::SCENARIO, "", format!("cannot read the scenario: {e}"))],
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut f = Finding::error(Pos::file(&file), code::SCENARIO, "", format!("cannot read the scenario: {e}"));
+        f.unparsable = true;
+        LoadError { findings: vec![f] }
     })?;
     load_str(&file, &text, path.parent().unwrap_or(Path::new(".")))
 }

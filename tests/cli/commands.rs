@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 
-use crate::util::{Scratch, errors_about, meshsim};
+use crate::util::{Scratch, analyze_errors_about, errors_about, meshsim};
 
 /// Small and quick: 2 simulated seconds, a few hundred requests.
 const SMALL: &str = "\
@@ -49,10 +49,10 @@ fn validate_rejects_a_bad_file_among_good_ones() {
     let bad = scratch.write("bad.yaml", SMALL.replace("to: server", "to: serve"));
     let ran = meshsim([OsStr::new("validate"), good.as_os_str(), bad.as_os_str(), good.as_os_str()]);
     ran.assert_no_panic();
-    assert_eq!(ran.code, Some(2), "one bad file makes the whole validation fail\n{}", ran.dump());
+    assert_eq!(ran.code, Some(79), "one file with an error finding makes the whole validation fail\n{}", ran.dump());
     // Every file is still checked and reported.
     assert_eq!(ran.stdout.matches(&format!("{}: ok", good.display())).count(), 2, "{}", ran.dump());
-    let errors = errors_about(&ran.stderr, &bad);
+    let errors = analyze_errors_about(&ran.stderr, &bad);
     assert_eq!(errors.len(), 1, "{}", ran.dump());
     assert!(errors[0].rest.contains("workload[0].to"), "{}", ran.dump());
     assert!(errors_about(&ran.stderr, &good).is_empty(), "{}", ran.dump());

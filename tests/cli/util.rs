@@ -174,22 +174,51 @@ impl Rejected {
     }
 }
 
-/// Writes `yaml` as a scenario, checks that both `validate` and `run` reject it with exit
-/// code 2 without panicking, and that stderr holds a finding as `expect` describes.
+/// The error findings about `file` that `validate` printed in `istioctl analyze` style:
+/// `Error [CODE] (Kind ns/name FILE:LINE:COL) rest`.
+pub fn analyze_errors_about(stderr: &str, file: &Path) -> Vec<Printed> {
+    let name = file.display().to_string();
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("Error [")?;
+            let (code, rest) = rest.split_once("] (")?;
+            let (what, rest) = rest.split_once(") ")?;
+            let loc = &what[what.find(&name)? + name.len()..];
+            let mut nums = loc.strip_prefix(':').map(|s| s.split(':').map(|n| n.parse::<u64>().ok()));
+            let (line, column) = match nums.as_mut() {
+                Some(it) => (it.next().flatten(), it.next().flatten()),
+                None => (None, None),
+            };
+            Some(Printed { line, column, code: code.to_string(), rest: rest.trim().to_string() })
+        })
+        .collect()
+}
+
+/// Writes `yaml` as a scenario, checks that `run` rejects it with exit code 2 and
+/// `validate` with 2 (unparsable) or 79 (error findings, as `istioctl analyze`), both
+/// without panicking and with the same findings, and that stderr holds a finding as
+/// `expect` describes.
 pub fn rejects(test: &str, yaml: &str, expect: &Expect<'_>) -> Rejected {
     let scratch = Scratch::new(test);
     let file = scratch.write("scenario.yaml", yaml);
-    let ran = meshsim([OsStr::new("validate"), file.as_os_str()]);
-    ran.assert_no_panic();
-    assert_eq!(ran.code, Some(2), "validate must exit 2 on invalid input\n{}", ran.dump());
+    let validated = meshsim([OsStr::new("validate"), file.as_os_str()]);
+    validated.assert_no_panic();
+    assert!(
+        matches!(validated.code, Some(2) | Some(79)),
+        "validate must exit 2 (unparsable) or 79 (error findings) on invalid input\n{}",
+        validated.dump()
+    );
 
     // `run` loads the same way and must refuse before simulating or writing anything.
     let out = scratch.dir.join("out");
-    let run = meshsim([OsStr::new("run"), file.as_os_str(), OsStr::new("--out"), out.as_os_str()]);
-    run.assert_no_panic();
-    assert_eq!(run.code, Some(2), "run must exit 2 on invalid input\n{}", run.dump());
-    assert_eq!(run.stderr, ran.stderr, "run and validate report invalid input the same way");
+    let ran = meshsim([OsStr::new("run"), file.as_os_str(), OsStr::new("--out"), out.as_os_str()]);
+    ran.assert_no_panic();
+    assert_eq!(ran.code, Some(2), "run must exit 2 on invalid input\n{}", ran.dump());
     assert!(!out.exists(), "run wrote results for an invalid scenario");
+    let analyzed = analyze_errors_about(&validated.stderr, &file);
+    let compiled = errors_about(&ran.stderr, &file);
+    assert_eq!(analyzed, compiled, "run and validate report the same findings\n{}\n{}", validated.dump(), ran.dump());
 
     let summary = format!("{}: invalid scenario (", file.display());
     assert!(ran.stderr.contains(&summary), "stderr must end with {summary:?}…\n{}", ran.dump());

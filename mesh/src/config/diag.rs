@@ -62,14 +62,48 @@ pub struct Finding {
     /// The field path, e.g. `spec.http[0].route[1].weight`.
     pub field: String,
     pub message: String,
+    /// The Istio resource the finding is about, e.g. `VirtualService default/reviews`.
+    pub resource: Option<String>,
+    /// The YAML could not be parsed into the schema at all (`validate` exits 2, not 79).
+    pub unparsable: bool,
 }
 
 impl Finding {
     pub fn error(pos: Pos, code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Finding { pos, level: Level::Error, code, field: field.into(), message: message.into() }
+        Finding {
+            pos,
+            level: Level::Error,
+            code,
+            field: field.into(),
+            message: message.into(),
+            resource: None,
+            unparsable: false,
+        }
     }
     pub fn warning(pos: Pos, code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
-        Finding { pos, level: Level::Warning, code, field: field.into(), message: message.into() }
+        Finding {
+            pos,
+            level: Level::Warning,
+            code,
+            field: field.into(),
+            message: message.into(),
+            resource: None,
+            unparsable: false,
+        }
+    }
+}
+
+impl Finding {
+    /// The finding as `istioctl analyze` prints one:
+    /// `Error [IST0101] (VirtualService default/reviews x.yaml:12:7) <field>: <message>`.
+    pub fn analyze_line(&self) -> String {
+        let level = match self.level {
+            Level::Error => "Error",
+            Level::Warning => "Warning",
+        };
+        let what = self.resource.as_deref().unwrap_or("Scenario");
+        let field = if self.field.is_empty() { String::new() } else { format!("{}: ", self.field) };
+        format!("{level} [{}] ({what} {}) {field}{}", self.code, self.pos, self.message)
     }
 }
 
@@ -99,6 +133,7 @@ pub fn from_yaml_error(file: &str, text: &str, err: &serde_saphyr::Error) -> Fin
     let at = err.location().map(|l| (l.line(), l.column())).filter(|&(line, _)| line > 0);
     let (line, column) = at.unwrap_or((0, 0));
     let mut finding = Finding::error(Pos { file: file.to_string(), line, column }, code::SCHEMA, "", message(err));
+    finding.unparsable = true;
     let Some(at) = at else { return finding };
     let role = role(err);
     if role == Role::Syntax {
