@@ -698,7 +698,7 @@ impl Builder {
             match std::fs::read_to_string(&path) {
                 Ok(text) => match parse_resources(&shown, &text) {
                     Ok(rs) => sources.extend(rs.into_iter().map(|r| (shown.clone(), r))),
-                    Err(e) => self.findings.push(e),
+                    Err(e) => self.findings.push(*e),
                 },
                 Err(e) => self.not_found(f, "istio_files", format!("cannot read {shown}: {e}")),
             }

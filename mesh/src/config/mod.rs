@@ -13,9 +13,9 @@ pub use istio::Resource;
 
 /// Parses a multi-document Kubernetes YAML text holding Istio resources.
 /// Empty documents (a trailing `---`) are skipped.
-pub fn parse_resources(file: &str, text: &str) -> Result<Vec<Resource>, Finding> {
+pub fn parse_resources(file: &str, text: &str) -> Result<Vec<Resource>, Box<Finding>> {
     let docs: Vec<Option<Resource>> =
-        serde_saphyr::from_multiple(text).map_err(|e| diag::from_yaml_error(file, text, &e))?;
+        serde_saphyr::from_multiple(text).map_err(|e| Box::new(diag::from_yaml_error(file, text, &e)))?;
     Ok(docs.into_iter().flatten().collect())
 }
 
