@@ -4,5 +4,6 @@
 
 mod commands;
 mod invalid;
+mod istio_validation;
 mod scenarios;
 mod util;
