@@ -301,7 +301,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
         let all = BTreeMap::new();
         let base = c.cluster(fqdn, svc.port, None, &all, top, None);
         snap.clusters.insert(base.name.clone(), Arc::new(base));
-        for subset in dr.map(|d| d.subsets.as_slice()).unwrap_or(&[]) {
+        for (si, subset) in dr.map(|d| d.subsets.as_slice()).unwrap_or(&[]).iter().enumerate() {
             let cl = c.cluster(
                 fqdn,
                 svc.port,
@@ -317,7 +317,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                     file,
                     &subset.name,
                     "IST0173",
-                    "spec.subsets.name",
+                    &format!("spec.subsets[{si}].name"),
                     format!(
                         "Subset {:?} in DestinationRule doesn't select any pods of {fqdn}: traffic to it may lead to 503 UH",
                         subset.name.value
@@ -381,7 +381,9 @@ fn compile_hash(c: &ConsistentHash) -> Option<HashLb> {
         return None;
     };
     let table = match &c.maglev {
-        Some(m) => HashTable::Maglev { table_size: m.table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE) },
+        Some(m) => {
+            HashTable::Maglev { table_size: m.table_size.as_ref().map_or(DEFAULT_MAGLEV_TABLE_SIZE, |t| t.value) }
+        }
         None => HashTable::Ring {
             min_ring_size: c
                 .ring_hash
@@ -483,10 +485,12 @@ impl Compiler<'_> {
     }
 
     fn check_duration(&mut self, file: &str, field: &str, d: &Option<Spanned<crate::config::IstioDuration>>) {
-        if let Some(d) = d
-            && d.value.0 < Duration::from_millis(1)
-        {
-            self.error(file, d, code::SCHEMA, field, "duration must be greater than 1ms".into());
+        if let Some(d) = d {
+            if d.value.0 < Duration::from_millis(1) {
+                self.error(file, d, code::SCHEMA, field, "duration must be greater than 1ms".into());
+            } else if d.value.0.subsec_nanos() % 1_000_000 != 0 {
+                self.error(file, d, code::SCHEMA, field, "only durations to ms precision are supported".into());
+            }
         }
     }
 
@@ -626,15 +630,15 @@ impl Compiler<'_> {
         if c.ring_hash.is_some() && c.maglev.is_some() {
             self.error(file, ch, code::SCHEMA, at, "only one of ringHash or maglev can be set".into());
         }
-        if let Some(size) = c.maglev.as_ref().and_then(|m| m.table_size)
-            && !is_prime(size)
+        if let Some(size) = c.maglev.as_ref().and_then(|m| m.table_size.as_ref())
+            && !is_prime(size.value)
         {
             self.error(
                 file,
-                ch,
+                size,
                 code::SCHEMA,
                 &format!("{at}.maglev.tableSize"),
-                format!("table size {size} must be a prime number"),
+                format!("table size {} must be a prime number", size.value),
             );
         }
         if c.minimum_ring_size.is_some() {

@@ -399,7 +399,7 @@ pub struct RingHashSettings {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MaglevSettings {
-    pub table_size: Option<u64>,
+    pub table_size: Option<Spanned<u64>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

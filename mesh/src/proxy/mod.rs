@@ -110,7 +110,12 @@ struct Target<'a> {
 const HOP_BY_HOP: [HeaderName; 5] =
     [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TRANSFER_ENCODING, header::TE, header::UPGRADE];
 
+/// Removes hop-by-hop headers. Scans the (few) names first: removing by name hashes,
+/// and most messages carry none.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     for name in &HOP_BY_HOP {
         h.remove(name);
     }
