@@ -141,6 +141,16 @@ pub struct Printed {
     pub rest: String,
 }
 
+/// A finding from its `:LINE:COL` suffix (possibly empty), code and the text after it.
+fn printed(loc: &str, code: &str, rest: &str) -> Printed {
+    let mut nums = loc.strip_prefix(':').map(|s| s.split(':').map(|n| n.parse::<u64>().ok()));
+    let (line, column) = match nums.as_mut() {
+        Some(it) => (it.next().flatten(), it.next().flatten()),
+        None => (None, None),
+    };
+    Printed { line, column, code: code.to_string(), rest: rest.trim().to_string() }
+}
+
 /// The error findings about `file` in `stderr`.
 pub fn errors_about(stderr: &str, file: &Path) -> Vec<Printed> {
     let name = file.display().to_string();
@@ -150,12 +160,7 @@ pub fn errors_about(stderr: &str, file: &Path) -> Vec<Printed> {
             let after = l.strip_prefix(&name)?;
             let (loc, rest) = after.split_once(": error [")?;
             let (code, rest) = rest.split_once(']')?;
-            let mut nums = loc.strip_prefix(':').map(|s| s.split(':').map(|n| n.parse::<u64>().ok()));
-            let (line, column) = match nums.as_mut() {
-                Some(it) => (it.next().flatten(), it.next().flatten()),
-                None => (None, None),
-            };
-            Some(Printed { line, column, code: code.to_string(), rest: rest.trim().to_string() })
+            Some(printed(loc, code, rest))
         })
         .collect()
 }
@@ -185,12 +190,7 @@ pub fn analyze_errors_about(stderr: &str, file: &Path) -> Vec<Printed> {
             let (code, rest) = rest.split_once("] (")?;
             let (what, rest) = rest.split_once(") ")?;
             let loc = &what[what.find(&name)? + name.len()..];
-            let mut nums = loc.strip_prefix(':').map(|s| s.split(':').map(|n| n.parse::<u64>().ok()));
-            let (line, column) = match nums.as_mut() {
-                Some(it) => (it.next().flatten(), it.next().flatten()),
-                None => (None, None),
-            };
-            Some(Printed { line, column, code: code.to_string(), rest: rest.trim().to_string() })
+            Some(printed(loc, code, rest))
         })
         .collect()
 }
