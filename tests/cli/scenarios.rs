@@ -125,6 +125,7 @@ macro_rules! scenarios {
 scenarios! {
     basic: "basic.yaml",
     canary_95_5: "canary-95-5.yaml",
+    circuit_breaker_serial: "circuit-breaker-serial.yaml",
     ejection_percent_default: "ejection-percent-default.yaml",
     link_latency: "link-latency.yaml",
     outlier_ejection: "outlier-ejection.yaml",

@@ -106,12 +106,14 @@ enum Grant {
 struct HostConns {
     idle: Vec<Conn>,
     waiters: VecDeque<oneshot::Sender<Grant>>,
+    /// Connections to this host open or being opened (idle ones included).
+    open: u32,
 }
 
 #[derive(Default)]
 struct State {
     hosts: BTreeMap<(String, u16), HostConns>,
-    /// Connections open or being opened.
+    /// Connections open or being opened, all hosts together (`maxConnections` counts these).
     open: u32,
     pending: u32,
     active: u32,
@@ -198,20 +200,29 @@ impl<N: Net> Pool<N> {
         for h in s.hosts.values_mut() {
             let before = h.idle.len();
             h.idle.retain(|c| !c.sender.is_closed() && now.saturating_sub(c.idle_since) < timeout);
-            closed += before - h.idle.len();
+            let n = (before - h.idle.len()) as u32;
+            h.open -= n;
+            closed += n;
         }
-        s.open -= closed as u32;
+        s.open -= closed;
     }
 
-    /// A connection closed: its slot may go to a request waiting on any host.
-    fn closed(&self, s: &mut State) {
+    /// A connection to `key` closed (or was never made): its slot may go to a request
+    /// waiting on any host.
+    fn closed(&self, s: &mut State, key: &(String, u16)) {
         s.open -= 1;
+        if let Some(h) = s.hosts.get_mut(key) {
+            h.open -= 1;
+        }
         while s.open < self.limits.max_connections {
             let Some(h) = s.hosts.values_mut().find(|h| !h.waiters.is_empty()) else { return };
             let w = h.waiters.pop_front().expect("non-empty");
+            h.open += 1;
             s.open += 1;
             if w.send(Grant::Connect).is_err() {
-                s.open -= 1; // that waiter gave up; try the next
+                // That waiter gave up; try the next.
+                h.open -= 1;
+                s.open -= 1;
             }
         }
     }
@@ -222,7 +233,7 @@ impl<N: Net> Pool<N> {
         let mut s = self.lock();
         if !self.reusable(&conn, now) {
             drop(conn);
-            self.closed(&mut s);
+            self.closed(&mut s, key);
             return;
         }
         conn.idle_since = now;
@@ -238,11 +249,12 @@ impl<N: Net> Pool<N> {
             h.idle.push(conn);
         } else {
             drop(conn);
-            self.closed(&mut s);
+            self.closed(&mut s, key);
         }
     }
 
-    async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<Conn, UpstreamError> {
+    async fn connect(&self, key: &(String, u16), timeout: Duration) -> Result<Conn, UpstreamError> {
+        let (host, port) = (key.0.as_str(), key.1);
         let attempt = async {
             let addr = self.net.resolve(host, port).await?;
             let stream = self.net.connect(addr).await?;
@@ -262,12 +274,16 @@ impl<N: Net> Pool<N> {
             Ok(Err(_)) => UpstreamError::Connect(ConnectFailure::Refused),
             Err(_) => UpstreamError::Connect(ConnectFailure::Timeout),
         };
-        self.closed(&mut self.lock());
+        self.closed(&mut self.lock(), key);
         Err(result)
     }
 
     /// A connection to `key`: idle, new, or — at `maxConnections` — after waiting in
-    /// the pending queue.
+    /// the pending queue. A host with no connection at all gets a new one even at
+    /// `maxConnections` (Envoy's `tryCreateNewConnection`: "if we are at the connection
+    /// circuit-breaker limit due to other upstreams having too many open connections, and
+    /// this upstream has no connections, always create one, to prevent pending streams
+    /// being queued to this upstream with no way to be processed").
     async fn acquire(&self, key: &(String, u16), connect_timeout: Duration) -> Result<Conn, UpstreamError> {
         let rx = {
             let now = self.now();
@@ -277,16 +293,23 @@ impl<N: Net> Pool<N> {
             }
             let h = s.hosts.entry(key.clone()).or_default();
             let mut stale = 0;
+            let mut ready = None;
             while let Some(c) = h.idle.pop() {
                 if c.sender.is_ready() {
-                    s.open -= stale;
-                    return Ok(c);
+                    ready = Some(c);
+                    break;
                 }
                 stale += 1;
             }
+            h.open -= stale;
+            let host_open = h.open;
             s.open -= stale;
-            if s.open < self.limits.max_connections {
+            if let Some(c) = ready {
+                return Ok(c);
+            }
+            if s.open < self.limits.max_connections || host_open == 0 {
                 s.open += 1;
+                s.hosts.get_mut(key).expect("entry made above").open += 1;
                 None
             } else if s.pending < self.limits.max_pending_requests {
                 let (tx, rx) = oneshot::channel();
@@ -298,7 +321,7 @@ impl<N: Net> Pool<N> {
             }
         };
         let Some(rx) = rx else {
-            return self.connect(&key.0, key.1, connect_timeout).await;
+            return self.connect(key, connect_timeout).await;
         };
         // Pending: count it until granted or abandoned (a dropped future drops `rx`).
         struct Pending<'a>(&'a Mutex<State>);
@@ -310,7 +333,7 @@ impl<N: Net> Pool<N> {
         let _pending = Pending(&self.state);
         match rx.await {
             Ok(Grant::Conn(c)) => Ok(c),
-            Ok(Grant::Connect) => self.connect(&key.0, key.1, connect_timeout).await,
+            Ok(Grant::Connect) => self.connect(key, connect_timeout).await,
             Err(_) => Err(UpstreamError::Reset),
         }
     }
@@ -342,14 +365,14 @@ impl<N: Net> Pool<N> {
                     let (parts, body) = resp.into_parts();
                     let body = body.collect().await.map(|b| b.to_bytes());
                     let Ok(body) = body else {
-                        self.closed(&mut self.lock());
+                        self.closed(&mut self.lock(), &key);
                         return Err(UpstreamError::Reset);
                     };
                     self.release(&key, conn);
                     return Ok(Response::from_parts(parts, body));
                 }
                 Err(mut e) => {
-                    self.closed(&mut self.lock());
+                    self.closed(&mut self.lock(), &key);
                     match e.take_message() {
                         Some(r) => req = r,
                         None => return Err(UpstreamError::Reset),
@@ -367,4 +390,74 @@ pub fn server_builder() -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
     b.timer(TokioTimer::new()).auto_date_header(false).keep_alive(true);
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use hyper::service::service_fn;
+
+    use super::*;
+    use crate::net::{Listener, SystemClock, TokioNet};
+
+    /// An HTTP/1.1 server on loopback answering 200 after `delay`; returns its port.
+    async fn server(delay: Duration) -> u16 {
+        let mut listener = TokioNet.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("bind");
+        let port = listener.local_addr().expect("local addr").port();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req| async move {
+                        tokio::time::sleep(delay).await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    });
+                    let _ = server_builder().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        });
+        port
+    }
+
+    fn get() -> Request<Full<Bytes>> {
+        Request::get("/").body(Full::new(Bytes::new())).expect("request")
+    }
+
+    const CONNECT: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn a_host_without_connections_gets_one_even_at_max_connections() {
+        let (a, b) = (server(Duration::ZERO).await, server(Duration::ZERO).await);
+        let limits = Limits { max_connections: 1, max_pending_requests: 1, ..Limits::default() };
+        let pool = Pool::with_limits(TokioNet, limits, Arc::new(SystemClock::new()));
+        pool.send("127.0.0.1", a, CONNECT, get()).await.expect("first host");
+        // The cluster's one connection is idle on host a. A request for host b must not
+        // queue behind it forever: Envoy opens a connection to a host that has none.
+        let to_b = tokio::time::timeout(Duration::from_secs(5), pool.send("127.0.0.1", b, CONNECT, get()));
+        to_b.await.expect("host b is not starved").expect("second host");
+        assert_eq!(pool.load(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_host_with_a_busy_connection_queues_then_overflows() {
+        let slow = server(Duration::from_millis(300)).await;
+        let limits = Limits { max_connections: 1, max_pending_requests: 1, ..Limits::default() };
+        let pool = Arc::new(Pool::with_limits(TokioNet, limits, Arc::new(SystemClock::new())));
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send("127.0.0.1", slow, CONNECT, get()).await.map(|r| r.status()) }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let queued = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send("127.0.0.1", slow, CONNECT, get()).await.map(|r| r.status()) }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pool.load(), (2, 1), "one active on the connection, one pending");
+        let third = pool.send("127.0.0.1", slow, CONNECT, get()).await;
+        assert_eq!(third.err(), Some(UpstreamError::Overflow(Overflow::Pending)));
+        assert!(first.await.expect("task").is_ok());
+        assert!(queued.await.expect("task").is_ok(), "the queued request gets the connection");
+    }
 }
