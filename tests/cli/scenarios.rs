@@ -125,12 +125,28 @@ macro_rules! scenarios {
 scenarios! {
     basic: "basic.yaml",
     canary_95_5: "canary-95-5.yaml",
+    circuit_breaker_overflow: "circuit-breaker-overflow.yaml",
     circuit_breaker_serial: "circuit-breaker-serial.yaml",
     ejection_percent_default: "ejection-percent-default.yaml",
+    fault_abort_50: "fault-abort-50.yaml",
+    fault_abort_no_percentage: "fault-abort-no-percentage.yaml",
+    fault_delay: "fault-delay.yaml",
     link_latency: "link-latency.yaml",
+    outlier_counter_reset: "outlier-counter-reset.yaml",
     outlier_ejection: "outlier-ejection.yaml",
+    outlier_max_ejection_50: "outlier-max-ejection-50.yaml",
+    outlier_no_healthy_upstream: "outlier-no-healthy-upstream.yaml",
+    outlier_panic: "outlier-panic.yaml",
     partition: "partition.yaml",
     pod_crash: "pod-crash.yaml",
+    rate_limit_burst: "rate-limit-burst.yaml",
+    retry_5xx: "retry-5xx.yaml",
+    retry_default_no_503: "retry-default-no-503.yaml",
+    retry_other_host: "retry-other-host.yaml",
+    retry_per_try_timeout: "retry-per-try-timeout.yaml",
+    route_timeout: "route-timeout.yaml",
+    weighted_1_1_2: "weighted-1-1-2.yaml",
+    weighted_lone_destination: "weighted-lone-destination.yaml",
 }
 
 #[test]
