@@ -156,7 +156,7 @@ impl<N: Net> Sidecar<N> {
             && let Some(mc) = snapshot.clusters.get(&m.cluster).cloned()
         {
             let mut shadow = Request::from_parts(parts.clone(), Full::new(body.clone()));
-            if let Ok(v) = HeaderValue::from_str(&format!("{}-shadow", authority)) {
+            if let Ok(v) = HeaderValue::from_str(&shadow_host(authority)) {
                 shadow.headers_mut().insert(header::HOST, v);
             }
             let me = self.clone();
@@ -338,6 +338,17 @@ fn apply_response_headers(wc: &WeightedCluster, route: &Route, h: &mut http::Hea
     route.response_headers.apply(h);
 }
 
+/// The Host of a mirrored request: Envoy puts `-shadow` after the host name, before any
+/// port (`reviews:9080` ⇒ `reviews-shadow:9080`).
+fn shadow_host(authority: &str) -> String {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{host}-shadow:{port}")
+        }
+        _ => format!("{authority}-shadow"),
+    }
+}
+
 /// Envoy's redirect: scheme, host, port and path each replaced when configured.
 fn redirect(rd: &Redirect, authority: &str, path: &str, query: Option<&str>) -> Reply {
     let scheme = rd.scheme.as_deref().unwrap_or("http");
@@ -347,8 +358,12 @@ fn redirect(rd: &Redirect, authority: &str, path: &str, query: Option<&str>) -> 
     };
     let host = rd.authority.as_deref().unwrap_or(host);
     let port = rd.port.map(|p| p.to_string()).or(port.map(str::to_string));
+    // Envoy's path_redirect: a query in it replaces the request's; without one, the
+    // request's query is kept (Istio never sets strip_query).
     let path = match (&rd.uri, query) {
-        (Some(u), _) => u.clone(),
+        (Some(u), _) if u.contains('?') => u.clone(),
+        (Some(u), Some(q)) => format!("{u}?{q}"),
+        (Some(u), None) => u.clone(),
         (None, Some(q)) => format!("{path}?{q}"),
         (None, None) => path.to_string(),
     };
@@ -362,4 +377,38 @@ fn redirect(rd: &Redirect, authority: &str, path: &str, query: Option<&str>) -> 
         reply.headers_mut().insert(header::LOCATION, v);
     }
     reply
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Redirect, redirect, shadow_host};
+
+    fn location(rd: &Redirect, authority: &str, path: &str, query: Option<&str>) -> String {
+        let reply = redirect(rd, authority, path, query);
+        reply.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn redirect_keeps_the_query_unless_its_uri_has_one() {
+        let rd = Redirect { uri: Some("/v2".into()), authority: None, port: None, scheme: None, code: 301 };
+        assert_eq!(location(&rd, "ratings", "/v1", Some("id=7")), "http://ratings/v2?id=7");
+        assert_eq!(location(&rd, "ratings:9080", "/v1", None), "http://ratings:9080/v2");
+        let rd = Redirect { uri: Some("/v2?x=1".into()), ..rd };
+        assert_eq!(location(&rd, "ratings", "/v1", Some("id=7")), "http://ratings/v2?x=1");
+        let rd = Redirect {
+            uri: None,
+            authority: Some("new".into()),
+            port: Some(8080),
+            scheme: Some("https".into()),
+            code: 302,
+        };
+        assert_eq!(location(&rd, "ratings", "/v1", Some("id=7")), "https://new:8080/v1?id=7");
+    }
+
+    #[test]
+    fn shadow_suffix_goes_before_the_port() {
+        assert_eq!(shadow_host("reviews"), "reviews-shadow");
+        assert_eq!(shadow_host("reviews:9080"), "reviews-shadow:9080");
+        assert_eq!(shadow_host("reviews.prod.svc.cluster.local:80"), "reviews.prod.svc.cluster.local-shadow:80");
+    }
 }
