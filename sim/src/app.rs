@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, LogNormal};
 
 use crate::net::Faults;
-use crate::recorder::Recorder;
+use crate::recorder::{Receipt, Recorder};
 use crate::scenario::{AppModel, Latency};
 
 /// The response header naming the serving pod.
@@ -70,7 +70,15 @@ impl App {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(1);
         if let (Some(r), Some(id)) = (&self.recorder, id) {
-            r.app_received(id);
+            r.app_received(id, || Receipt {
+                pod: self.name.clone(),
+                path: req.uri().path_and_query().map_or_else(|| req.uri().path().to_string(), |p| p.to_string()),
+                headers: req
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                    .collect(),
+            });
         }
         // Drain the request body like a real app would.
         let _ = req.into_body().collect().await;
@@ -92,6 +100,9 @@ impl App {
         }
         let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
         *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        for (k, v) in &self.model.response_headers {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
         resp.headers_mut().insert(POD_HEADER, self.name.parse().expect("pod names are header-safe"));
         resp
     }

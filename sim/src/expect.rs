@@ -67,8 +67,14 @@ fn counts(cf: &CountFilter, r: &Record) -> bool {
         && cf.error.as_ref().is_none_or(|e| err == Some(e.as_str()))
         && cf.pod.as_ref().is_none_or(|p| pd == Some(p.as_str()))
         && cf.upstream_attempts.is_none_or(|a| r.upstream_attempts == a)
-        && cf.header.as_ref().is_none_or(|h| r.headers.iter().any(|x| x == h))
+        && cf.header.as_ref().is_none_or(|h| h.matches(&r.headers))
         && cf.body.as_ref().is_none_or(|b| r.body.as_deref() == Some(b.as_str()))
+        && (!cf.on_receipts()
+            || r.receipts.iter().any(|x| {
+                cf.received_by.as_ref().is_none_or(|p| *p == x.pod)
+                    && cf.upstream_path.as_ref().is_none_or(|p| *p == x.path)
+                    && cf.upstream_header.as_ref().is_none_or(|h| h.matches(&x.headers))
+            }))
 }
 
 pub fn check(plan: &Plan, records: &[Record], events: &[Event]) -> Vec<Check> {
@@ -249,6 +255,19 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
             if let Some(b) = &cf.body {
                 what.push(format!("body {b:?}"));
             }
+            if cf.on_receipts() {
+                let mut got = Vec::new();
+                if let Some(p) = &cf.received_by {
+                    got.push(format!("by {p}"));
+                }
+                if let Some(p) = &cf.upstream_path {
+                    got.push(format!("path {p:?}"));
+                }
+                if let Some(h) = &cf.upstream_header {
+                    got.push(format!("header {h}"));
+                }
+                what.push(format!("received {}", got.join(" with ")));
+            }
             let mut expected = Vec::new();
             let mut pass = true;
             if let Some(l) = at_least {
@@ -293,5 +312,61 @@ mod tests {
         let t2 = binomial_tolerance(0.05, 100_000);
         assert!(t1 > t2);
         assert!((t2 - 4.5 * (0.05f64 * 0.95 / 100_000.0).sqrt()).abs() < 1e-12);
+    }
+
+    use crate::recorder::Receipt;
+    use crate::scenario::HeaderFilter;
+
+    fn pair(n: &str, v: &str) -> (String, String) {
+        (n.to_string(), v.to_string())
+    }
+
+    #[test]
+    fn header_conditions_name_or_name_and_value() {
+        let h = HeaderFilter::parse("X-Tier: gold").unwrap();
+        assert_eq!(h, HeaderFilter { name: "x-tier".into(), value: Some("gold".into()) });
+        assert!(h.matches(&[pair("x-a", "1"), pair("x-tier", "bronze"), pair("x-tier", "gold")]));
+        assert!(!h.matches(&[pair("x-tier", "bronze")]));
+        let any = HeaderFilter::parse("x-tier").unwrap();
+        assert!(any.value.is_none() && any.matches(&[pair("x-tier", "")]));
+        assert!(HeaderFilter::parse("end user: x").unwrap_err().contains("\"end user\""));
+        assert!(HeaderFilter::parse("").is_err());
+    }
+
+    #[test]
+    fn receipt_conditions_hold_for_one_receipt() {
+        let receipt = |pod: &str, path: &str, h: &[(&str, &str)]| Receipt {
+            pod: pod.into(),
+            path: path.into(),
+            headers: h.iter().map(|(n, v)| pair(n, v)).collect(),
+        };
+        let r = Record {
+            workload: 0,
+            source: 0,
+            intended: Duration::ZERO,
+            latency: Duration::ZERO,
+            outcome: Outcome::Response { status: 200, pod: Some("a-0".into()) },
+            flags: "-".into(),
+            upstream_attempts: 2,
+            headers: vec![pair("x-cache", "miss")],
+            body: None,
+            receipts: vec![receipt("a-0", "/x", &[("host", "a")]), receipt("b-0", "/y", &[("host", "a-shadow")])],
+        };
+        let f = |cf: CountFilter| counts(&cf, &r);
+        assert!(f(CountFilter { received_by: Some("b-0".into()), ..Default::default() }));
+        assert!(f(CountFilter {
+            received_by: Some("b-0".into()),
+            upstream_header: HeaderFilter::parse("host: a-shadow").ok(),
+            ..Default::default()
+        }));
+        // Each condition holds for some receipt, but not all for the same one.
+        assert!(!f(CountFilter {
+            received_by: Some("b-0".into()),
+            upstream_path: Some("/x".into()),
+            ..Default::default()
+        }));
+        assert!(f(CountFilter { header: HeaderFilter::parse("x-cache: miss").ok(), ..Default::default() }));
+        assert!(!f(CountFilter { header: HeaderFilter::parse("x-cache: hit").ok(), ..Default::default() }));
+        assert!(f(CountFilter { upstream_attempts: Some(2), pod: Some("a-0".into()), ..Default::default() }));
     }
 }

@@ -28,13 +28,28 @@ pub struct Record {
     /// Envoy response flags logged by the source sidecar (`-` = none); empty when the
     /// request never reached it.
     pub flags: String,
-    /// How many times a destination app received this request (tries that got through).
+    /// How many times a destination app received this request (tries that got through,
+    /// and mirrored copies: they carry the same `x-request-id`).
     pub upstream_attempts: u32,
-    /// Names of the response's `x-*` headers (other than the serving-pod header and
-    /// `x-envoy-upstream-service-time`).
-    pub headers: Vec<String>,
+    /// The response's headers, name (lower case) and value, except
+    /// [`crate::workload::UNRECORDED_RESPONSE_HEADERS`].
+    pub headers: Vec<(String, String)>,
     /// The response body, kept for non-2xx responses only.
     pub body: Option<String>,
+    /// What the destination apps received, one entry per receipt in arrival order; kept
+    /// only when an expectation needs it ([`crate::scenario::Plan::needs_receipts`]).
+    pub receipts: Vec<Receipt>,
+}
+
+/// One try (or mirrored copy) of a request as a destination app received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The receiving pod.
+    pub pod: String,
+    /// Path and query.
+    pub path: String,
+    /// Every header, name (lower case) and value, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A world event on the timeline.
@@ -52,6 +67,8 @@ struct Inner {
     records: Vec<Option<Record>>,
     flags: Vec<String>,
     attempts: Vec<u32>,
+    /// Per request, when receipts are kept.
+    receipts: Option<Vec<Vec<Receipt>>>,
     events: Vec<Event>,
     filled: usize,
 }
@@ -67,13 +84,15 @@ pub struct Lost {
 }
 
 impl Recorder {
-    /// A recorder for exactly `issued` requests, ids `0..issued`.
-    pub fn new(issued: usize) -> Recorder {
+    /// A recorder for exactly `issued` requests, ids `0..issued`. `receipts`: keep what
+    /// the destination apps received (else only count it).
+    pub fn new(issued: usize, receipts: bool) -> Recorder {
         Recorder {
             inner: Mutex::new(Inner {
                 records: vec![None; issued],
                 flags: vec![String::new(); issued],
                 attempts: vec![0; issued],
+                receipts: receipts.then(|| vec![Vec::new(); issued]),
                 events: Vec::new(),
                 filled: 0,
             }),
@@ -92,10 +111,15 @@ impl Recorder {
         g.filled += 1;
     }
 
-    /// A destination app received request `id` (once per try that reached it).
-    pub fn app_received(&self, id: u64) {
-        if let Some(n) = self.lock().attempts.get_mut(id as usize) {
+    /// A destination app received request `id` (once per try that reached it, and once
+    /// per mirrored copy). `receipt` is called only when receipts are kept.
+    pub fn app_received(&self, id: u64, receipt: impl FnOnce() -> Receipt) {
+        let mut g = self.lock();
+        if let Some(n) = g.attempts.get_mut(id as usize) {
             *n += 1;
+        }
+        if let Some(r) = g.receipts.as_mut().and_then(|r| r.get_mut(id as usize)) {
+            r.push(receipt());
         }
     }
 
@@ -118,6 +142,7 @@ impl Recorder {
         }
         let flags = std::mem::take(&mut g.flags);
         let attempts = std::mem::take(&mut g.attempts);
+        let mut receipts = g.receipts.take().map(Vec::into_iter);
         let records = std::mem::take(&mut g.records)
             .into_iter()
             .zip(flags)
@@ -126,6 +151,7 @@ impl Recorder {
                 let mut r = r.expect("checked above");
                 r.flags = f;
                 r.upstream_attempts = a;
+                r.receipts = receipts.as_mut().and_then(Iterator::next).unwrap_or_default();
                 r
             })
             .collect();

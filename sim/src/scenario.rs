@@ -110,6 +110,8 @@ pub struct AppDef {
     pub error_status: Option<Spanned<u16>>,
     /// Answer `status` while the request's `x-envoy-attempt-count` is at most `count`.
     pub fail_attempts: Option<Spanned<FailAttemptsDef>>,
+    /// Headers the app adds to every response.
+    pub response_headers: Option<Spanned<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +149,10 @@ pub struct WorkloadDef {
     /// Destination as the app writes it in the Host header (a service name).
     pub to: Spanned<String>,
     pub path: Option<String>,
+    /// HTTP method; absent = GET.
+    pub method: Option<Spanned<String>>,
+    /// Extra request headers.
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
     /// Requests per second.
     pub rate: Spanned<f64>,
     pub arrivals: Option<Spanned<String>>,
@@ -288,12 +294,18 @@ pub struct CountDef {
     pub error: Option<String>,
     /// Served by this pod.
     pub pod: Option<Spanned<String>>,
-    /// Requests the destination apps received exactly this many times (retries).
+    /// Requests the destination apps received exactly this many times (retries, mirrors).
     pub upstream_attempts: Option<u32>,
-    /// Responses carrying this header (name, lower case).
-    pub header: Option<String>,
+    /// Responses carrying this header: `name`, or `name: value` for that exact value.
+    pub header: Option<Spanned<String>>,
     /// Responses with exactly this body.
     pub body: Option<String>,
+    /// Requests a destination app received with this path (and query).
+    pub upstream_path: Option<String>,
+    /// Requests a destination app received with this header: `name` or `name: value`.
+    pub upstream_header: Option<Spanned<String>>,
+    /// Requests this pod's app received (as a destination: tried, retried or mirrored).
+    pub received_by: Option<Spanned<String>>,
     pub at_least: Option<u64>,
     pub at_most: Option<u64>,
 }
@@ -319,6 +331,8 @@ pub struct AppModel {
     pub error_status: u16,
     /// `(count, status)`: fail tries 1..=count with `status`.
     pub fail_attempts: Option<(u32, u16)>,
+    /// Added to every response.
+    pub response_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 #[derive(Clone, Debug)]
@@ -352,6 +366,9 @@ pub struct Workload {
     /// FQDN of the destination service (as seen from the source namespace).
     pub to_fqdn: String,
     pub path: String,
+    pub method: http::Method,
+    /// Extra request headers, after `Host` and `x-request-id`.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub rate: f64,
     pub arrivals: Arrivals,
     pub start: Duration,
@@ -427,7 +444,7 @@ pub enum Expectation {
     Count {
         workload: usize,
         window: Window,
-        filter: CountFilter,
+        filter: Box<CountFilter>,
         at_least: Option<u64>,
         at_most: Option<u64>,
     },
@@ -441,8 +458,56 @@ pub struct CountFilter {
     pub error: Option<String>,
     pub pod: Option<String>,
     pub upstream_attempts: Option<u32>,
-    pub header: Option<String>,
+    /// Response header: name (lower case) and, if given, the exact value.
+    pub header: Option<HeaderFilter>,
     pub body: Option<String>,
+    /// Conditions on one receipt (a try a destination app received): all given must hold
+    /// for the same receipt.
+    pub upstream_path: Option<String>,
+    pub upstream_header: Option<HeaderFilter>,
+    pub received_by: Option<String>,
+}
+
+impl CountFilter {
+    /// Whether the filter looks at what destination apps received (see [`Plan::needs_receipts`]).
+    pub fn on_receipts(&self) -> bool {
+        self.upstream_path.is_some() || self.upstream_header.is_some() || self.received_by.is_some()
+    }
+}
+
+/// `name` or `name: value`, as count expectations write a header condition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderFilter {
+    /// Lower case.
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl HeaderFilter {
+    /// Parses `name` or `name: value` (a header name cannot contain `:`).
+    pub fn parse(s: &str) -> Result<HeaderFilter, String> {
+        let (name, value) = match s.split_once(':') {
+            Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
+            None => (s.trim(), None),
+        };
+        http::HeaderName::try_from(name)
+            .map_err(|_| format!("{name:?} is not a valid header name (write `name` or `name: value`)"))?;
+        Ok(HeaderFilter { name: name.to_ascii_lowercase(), value })
+    }
+
+    /// Whether some header of `headers` (name, value) matches.
+    pub fn matches(&self, headers: &[(String, String)]) -> bool {
+        headers.iter().any(|(n, v)| *n == self.name && self.value.as_ref().is_none_or(|want| want == v))
+    }
+}
+
+impl std::fmt::Display for HeaderFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}: {v}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -466,6 +531,14 @@ pub struct Plan {
     pub warnings: Vec<Finding>,
 }
 
+impl Plan {
+    /// Whether some expectation looks at what the destination apps received, so the run
+    /// must keep every receipt (path, headers, pod), not only count them.
+    pub fn needs_receipts(&self) -> bool {
+        self.expectations.iter().any(|e| matches!(e, Expectation::Count { filter, .. } if filter.on_receipts()))
+    }
+}
+
 /// Why a scenario could not be loaded.
 #[derive(Debug)]
 pub struct LoadError {
@@ -482,6 +555,12 @@ impl std::fmt::Display for LoadError {
 }
 
 pub const DEFAULT_SEED: u64 = 1;
+/// Request headers a workload sets itself (or that belong to the connection).
+pub const RESERVED_REQUEST_HEADERS: &[&str] =
+    &["host", "x-request-id", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"];
+/// Response headers an app sets itself (or that belong to the connection).
+pub const RESERVED_RESPONSE_HEADERS: &[&str] =
+    &["x-meshsim-pod", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"];
 pub const FIRST_PORT: u16 = 10_000;
 pub const MAX_PODS: usize = 5_000;
 
@@ -785,12 +864,47 @@ impl Builder {
                     format!("workload name {name:?} is used twice"),
                 ));
             }
+            let method = match &w.method {
+                None => http::Method::GET,
+                Some(m) => match http::Method::from_bytes(m.value.as_bytes()) {
+                    Ok(x) if x == http::Method::CONNECT => {
+                        self.err(m, &format!("{f}.method"), "CONNECT is not supported (a workload sends to a path)");
+                        x
+                    }
+                    Ok(x) => x,
+                    Err(_) => {
+                        self.err(
+                            m,
+                            &format!("{f}.method"),
+                            format!("{:?} is not a valid HTTP method (an HTTP token, like GET or POST)", m.value),
+                        );
+                        http::Method::GET
+                    }
+                },
+            };
+            let headers = match &w.headers {
+                None => Vec::new(),
+                Some(h) => self.headers(h, &format!("{f}.headers"), RESERVED_REQUEST_HEADERS),
+            };
+            let path = w.path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+                let at =
+                    w.name.as_ref().map(|n| Pos::of(&self.file, n)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
+                self.findings.push(Finding::error(
+                    at,
+                    code::SCENARIO,
+                    format!("{f}.path"),
+                    format!("{path:?} is not a request path (it starts with `/`; a query may follow `?`)"),
+                ));
+            }
             workloads.push(Workload {
                 name,
                 sources,
                 to: w.to.value.clone(),
                 to_fqdn,
-                path: w.path.clone().unwrap_or_else(|| "/".into()),
+                path,
+                method,
+                headers,
                 rate: w.rate.value,
                 arrivals,
                 start,
@@ -994,6 +1108,14 @@ impl Builder {
                 if let Some(p) = &v.pod {
                     self.pods(std::slice::from_ref(p), &pod_index, &format!("{f}.count.pod"));
                 }
+                if let Some(p) = &v.received_by {
+                    self.pods(std::slice::from_ref(p), &pod_index, &format!("{f}.count.received_by"));
+                }
+                let header = v.header.as_ref().and_then(|h| self.header_filter(h, &format!("{f}.count.header")));
+                let upstream_header = v
+                    .upstream_header
+                    .as_ref()
+                    .and_then(|h| self.header_filter(h, &format!("{f}.count.upstream_header")));
                 if v.at_least.is_none() && v.at_most.is_none() {
                     self.err(x, &format!("{f}.count"), "give at_least and/or at_most");
                 }
@@ -1001,15 +1123,18 @@ impl Builder {
                     got.push(Expectation::Count {
                         workload: w,
                         window,
-                        filter: CountFilter {
+                        filter: Box::new(CountFilter {
                             status: v.status,
                             flag: v.flag.clone(),
                             error: v.error.clone(),
                             pod: v.pod.as_ref().map(|p| p.value.clone()),
                             upstream_attempts: v.upstream_attempts,
-                            header: v.header.as_ref().map(|h| h.to_ascii_lowercase()),
+                            header,
                             body: v.body.clone(),
-                        },
+                            upstream_path: v.upstream_path.clone(),
+                            upstream_header,
+                            received_by: v.received_by.as_ref().map(|p| p.value.clone()),
+                        }),
                         at_least: v.at_least,
                         at_most: v.at_most,
                     });
@@ -1110,6 +1235,51 @@ impl Builder {
                 }
                 (fa.value.count, fa.value.status)
             }),
+            response_headers: match &a.response_headers {
+                None => Vec::new(),
+                Some(h) => self.headers(h, &format!("{f}.app.response_headers"), RESERVED_RESPONSE_HEADERS),
+            },
+        }
+    }
+
+    /// Header names and values checked and lower-cased; `reserved` names are refused
+    /// (meshsim sets them itself).
+    fn headers(
+        &mut self,
+        h: &Spanned<BTreeMap<String, String>>,
+        field: &str,
+        reserved: &[&str],
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let mut out = Vec::new();
+        for (k, v) in &h.value {
+            let Ok(name) = http::HeaderName::try_from(k.as_str()) else {
+                self.err(h, field, format!("{k:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~)"));
+                continue;
+            };
+            if reserved.contains(&name.as_str()) {
+                self.err(h, field, format!("header {:?} is set by meshsim itself and cannot be given", name.as_str()));
+                continue;
+            }
+            let Ok(value) = http::HeaderValue::try_from(v.as_str()) else {
+                self.err(
+                    h,
+                    field,
+                    format!("header {k}: {v:?} is not a valid header value (visible ASCII, spaces, tabs)"),
+                );
+                continue;
+            };
+            out.push((name, value));
+        }
+        out
+    }
+
+    fn header_filter(&mut self, h: &Spanned<String>, field: &str) -> Option<HeaderFilter> {
+        match HeaderFilter::parse(&h.value) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                self.err(h, field, e);
+                None
+            }
         }
     }
 

@@ -23,6 +23,11 @@ use crate::recorder::{Outcome, Record, Recorder};
 use crate::scenario::{Arrivals, Plan, Workload};
 use crate::seed::sub_seed;
 
+/// Response headers a record does not keep: the same on (nearly) every response, or
+/// shown elsewhere (the serving pod).
+pub const UNRECORDED_RESPONSE_HEADERS: &[&str] =
+    &[POD_HEADER, "x-envoy-upstream-service-time", "content-length", "content-type", "server", "date"];
+
 /// One request the workload will issue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Planned {
@@ -110,6 +115,7 @@ impl Generator {
                 upstream_attempts: 0,
                 headers: Vec::new(),
                 body: None,
+                receipts: Vec::new(),
             };
             if self.faults.is_crashed(r.source) {
                 self.recorder.record(r.id, record(Outcome::Error("source_down")));
@@ -126,11 +132,16 @@ impl Generator {
             tokio::spawn(async move {
                 let w = &me.plan.workloads[r.workload];
                 let port = me.plan.pods[r.source].outbound_port;
-                let req = Request::get(w.path.as_str())
+                let mut req = Request::builder()
+                    .method(w.method.clone())
+                    .uri(w.path.as_str())
                     .header(header::HOST, w.to.as_str())
                     .header("x-request-id", r.id.to_string())
                     .body(Full::new(Bytes::new()))
-                    .expect("valid request");
+                    .expect("method and path are validated");
+                for (k, v) in &w.headers {
+                    req.headers_mut().append(k.clone(), v.clone());
+                }
                 let send = pool.send("127.0.0.1", port, Duration::from_secs(1), req);
                 let mut headers = Vec::new();
                 let mut body = None;
@@ -138,12 +149,9 @@ impl Generator {
                     Ok(Ok(resp)) => {
                         headers = resp
                             .headers()
-                            .keys()
-                            .map(|k| k.as_str())
-                            .filter(|k| {
-                                k.starts_with("x-") && *k != POD_HEADER && *k != "x-envoy-upstream-service-time"
-                            })
-                            .map(str::to_string)
+                            .iter()
+                            .filter(|(k, _)| !UNRECORDED_RESPONSE_HEADERS.contains(&k.as_str()))
+                            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                             .collect();
                         if !resp.status().is_success() {
                             body = Some(String::from_utf8_lossy(resp.body()).into_owned());
@@ -172,6 +180,7 @@ impl Generator {
                         upstream_attempts: 0,
                         headers,
                         body,
+                        receipts: Vec::new(),
                     },
                 );
             });
@@ -190,6 +199,8 @@ mod tests {
             to: "x".into(),
             to_fqdn: "x.default.svc.cluster.local".into(),
             path: "/".into(),
+            method: http::Method::GET,
+            headers: Vec::new(),
             rate,
             arrivals,
             start: Duration::from_secs(1),

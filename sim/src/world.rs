@@ -208,7 +208,7 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let wall = SystemClock::new();
     let requests = schedule(&plan, seed);
     let issued = requests.len();
-    let recorder = Arc::new(Recorder::new(issued));
+    let recorder = Arc::new(Recorder::new(issued, plan.needs_receipts()));
     let mut port_owner = BTreeMap::new();
     for (i, p) in plan.pods.iter().enumerate() {
         for port in [p.app_port, p.inbound_port, p.outbound_port] {

@@ -80,6 +80,7 @@ async fn server<N: Net>(net: N, ports: &Ports, clock: Arc<dyn Clock>, sink: Arc<
             error_rate_ppm: 0,
             error_status: 500,
             fail_attempts: None,
+            response_headers: Vec::new(),
         },
         faults: Faults::new(1, BTreeMap::new()),
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(1)),

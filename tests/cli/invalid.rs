@@ -858,3 +858,75 @@ fn duplicate_key_is_named_for_users() {
     r.single();
     assert!(!r.ran.stderr.contains("DuplicateKeyPolicy"), "library advice in a user message\n{}", r.ran.dump());
 }
+
+// ------------------------------------------------------------------ request shape
+
+/// A workload, app or expectation field that is a header map or header condition.
+fn rejects_field(test: &str, y: &str, line_has: &str, field: &str, rule: &str) {
+    let line = pos(y, line_has, line_has).0;
+    rejects(test, y, &Expect { at: At::Line(line), code: "MSIM0002", field: Some(field), rule }).single();
+}
+
+#[test]
+fn workload_header_with_an_invalid_name() {
+    let y = edit(PLAIN, "    timeout: 2s\n", "    timeout: 2s\n    headers: {\"end user\": jason}\n");
+    rejects_field("header-name", &y, "headers:", "workload[0].headers", "\"end user\" is not a valid header name");
+}
+
+#[test]
+fn workload_header_with_an_invalid_value() {
+    let y = edit(PLAIN, "    timeout: 2s\n", "    timeout: 2s\n    headers: {x-note: \"line\\nbreak\"}\n");
+    rejects_field("header-value", &y, "headers:", "workload[0].headers", "is not a valid header value");
+}
+
+#[test]
+fn workload_header_meshsim_sets_itself() {
+    let y = edit(PLAIN, "    timeout: 2s\n", "    timeout: 2s\n    headers: {Host: elsewhere}\n");
+    rejects_field("header-host", &y, "headers:", "workload[0].headers", "header \"host\" is set by meshsim itself");
+}
+
+#[test]
+fn workload_method_that_is_not_a_token() {
+    let y = edit(PLAIN, "    timeout: 2s\n", "    timeout: 2s\n    method: \"GET /\"\n");
+    rejects_field("method", &y, "method:", "workload[0].method", "\"GET /\" is not a valid HTTP method");
+}
+
+#[test]
+fn workload_path_without_a_slash() {
+    let y = edit(PLAIN, "    timeout: 2s\n", "    timeout: 2s\n    path: items\n");
+    rejects(
+        "path",
+        &y,
+        &Expect { at: At::Anywhere, code: "MSIM0002", field: Some("workload[0].path"), rule: "is not a request path" },
+    )
+    .single();
+}
+
+#[test]
+fn app_response_header_with_an_invalid_name() {
+    let y =
+        edit(PLAIN, "        replicas: 2\n", "        replicas: 2\n        app: {response_headers: {\"a b\": c}}\n");
+    rejects_field(
+        "app-header",
+        &y,
+        "response_headers",
+        "services[1].pods[0].app.response_headers",
+        "\"a b\" is not a valid header name",
+    );
+}
+
+#[test]
+fn count_header_condition_with_an_invalid_name() {
+    let y = edit(
+        PLAIN,
+        "  - success_rate: {workload: browse, at_least: 0.5}\n",
+        "  - count: {workload: browse, upstream_header: \"end user: jason\", at_least: 1}\n",
+    );
+    rejects_field(
+        "count-header",
+        &y,
+        "upstream_header",
+        "expect[0].count.upstream_header",
+        "\"end user\" is not a valid header name",
+    );
+}
