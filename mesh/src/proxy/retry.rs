@@ -7,8 +7,8 @@
 //! own sending attempts, timers (per-try timeout, backoff sleep, the route timeout that
 //! bounds every try and backoff), host picking (the caller's balancer; [`RetryState`]
 //! only says which picks to reject), outlier detection, or the retry circuit breaker
-//! (`max_retries` / retry budget live in `connectionPool.http` and `retryBudget`, which
-//! are not simulated: every retry the policy allows is taken).
+//! (`connectionPool.http.maxRetries` / `retryBudget`: the cluster's pool grants each
+//! retry, see `pool::Pool::try_retry`).
 //!
 //! Sources: Istio `pilot/pkg/networking/core/route/retry/retry.go` (`ConvertPolicy`,
 //! `parseRetryOn`) and `pkg/config/validation` (`validateHTTPRetry`); Envoy
