@@ -138,6 +138,7 @@ scenarios! {
     match_first_wins: "match-first-wins.yaml",
     match_headers: "match-headers.yaml",
     mirror: "mirror.yaml",
+    outlier_backoff_decay: "outlier-backoff-decay.yaml",
     outlier_counter_reset: "outlier-counter-reset.yaml",
     outlier_ejection: "outlier-ejection.yaml",
     outlier_max_ejection_50: "outlier-max-ejection-50.yaml",
