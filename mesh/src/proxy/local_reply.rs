@@ -90,12 +90,24 @@ pub enum ConnectFailure {
 pub const BODY_NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
 pub const BODY_TIMEOUT: &str = "upstream request timeout";
 
+/// How Envoy's reset bodies start (`router.cc`, `onUpstreamAbort`).
+const RESET_PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
+
 pub fn connect_failure_body(reason: ConnectFailure) -> String {
     let reason = match reason {
         ConnectFailure::Refused => "remote connection failure",
         ConnectFailure::Timeout => "connection timeout",
     };
-    format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+    format!("{RESET_PREFIX}reset reason: {reason}")
+}
+
+/// A reset body as Envoy words it when the failed try was a retry: `… before headers.
+/// retried and the latest reset reason: …`. Other bodies are returned unchanged.
+pub fn after_retries(body: &str) -> String {
+    match body.strip_prefix(RESET_PREFIX) {
+        Some(rest) => format!("{RESET_PREFIX}retried and the latest {rest}"),
+        None => body.to_string(),
+    }
 }
 
 pub const BODY_FAULT_ABORT: &str = "fault filter abort";
@@ -134,5 +146,23 @@ pub fn for_flag(flag: Flag, connect: Option<ConnectFailure>) -> (StatusCode, Str
         Flag::DelayInjected | Flag::UpstreamRetryLimitExceeded => {
             unreachable!("{flag:?} decorates another reply; it has no local reply of its own")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_retries_names_the_latest_reset_reason() {
+        assert_eq!(
+            after_retries(&connect_failure_body(ConnectFailure::Refused)),
+            "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: remote connection failure"
+        );
+        assert_eq!(
+            after_retries(BODY_CONNECTION_TERMINATION),
+            "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection termination"
+        );
+        assert_eq!(after_retries(BODY_TIMEOUT), BODY_TIMEOUT, "not a reset body");
     }
 }

@@ -237,6 +237,22 @@ impl<N: Net> Sidecar<N> {
 
     fn local(&self, flag: Flag, connect: Option<local_reply::ConnectFailure>, server: &'static str) -> Reply {
         let (status, body) = local_reply::for_flag(flag, connect);
+        self.local_body(flag, status, body, server)
+    }
+
+    /// The local reply to a request whose last (failed) try was a retry: Envoy says
+    /// `… before headers. retried and the latest reset reason: …`.
+    fn local_after_retries(
+        &self,
+        flag: Flag,
+        connect: Option<local_reply::ConnectFailure>,
+        server: &'static str,
+    ) -> Reply {
+        let (status, body) = local_reply::for_flag(flag, connect);
+        self.local_body(flag, status, local_reply::after_retries(&body), server)
+    }
+
+    fn local_body(&self, flag: Flag, status: http::StatusCode, body: String, server: &'static str) -> Reply {
         let mut reply = local_reply::reply(status, body, server);
         if flag == Flag::UpstreamOverflow {
             reply.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));

@@ -26,7 +26,11 @@ use crate::snapshot::{Action, Cluster, Redirect, Route, WeightedCluster};
 /// How the router's last try ended.
 enum Tried {
     Response(Response<Bytes>),
-    Failed(UpstreamError),
+    /// The try failed; `retried`: it was a retry (Envoy's `is_retry_`).
+    Failed {
+        error: UpstreamError,
+        retried: bool,
+    },
     PerTryTimeout,
     /// The route timeout expired: it bounds every try and backoff together.
     RouteTimeout,
@@ -185,9 +189,9 @@ impl<N: Net> Sidecar<N> {
                 log(status, &flags, to);
                 return Response::from_parts(rp, Full::new(body));
             }
-            Tried::Failed(e) => {
-                let (flag, why) = Self::failure_flag(e);
-                self.local(flag, why, "envoy")
+            Tried::Failed { error, retried } => {
+                let (flag, why) = Self::failure_flag(error);
+                if retried { self.local_after_retries(flag, why, "envoy") } else { self.local(flag, why, "envoy") }
             }
             Tried::PerTryTimeout | Tried::RouteTimeout => self.local(Flag::UpstreamRequestTimeout, None, "envoy"),
             Tried::NoHealthyUpstream => self.local(Flag::NoHealthyUpstream, None, "envoy"),
@@ -236,6 +240,8 @@ impl<N: Net> Sidecar<N> {
                 Some(l) => tokio::time::timeout(l, send).await.map_err(|_| ()),
                 None => Ok(send.await),
             };
+            let retried = attempt > 1;
+            let failed = |error| Tried::Failed { error, retried };
             let (tried, outcome, outlier_status) = match result {
                 // The route deadline came first: the whole request times out (Envoy
                 // reports a timeout to outlier detection, as a 504).
@@ -249,14 +255,14 @@ impl<N: Net> Sidecar<N> {
                     let outcome = Outcome::response(status, resp.headers());
                     (Tried::Response(resp), outcome, Some(status))
                 }
-                Ok(Err(e @ UpstreamError::Connect(_))) => (Tried::Failed(e), Outcome::ConnectFailure, Some(503)),
-                Ok(Err(e @ UpstreamError::Reset)) => (Tried::Failed(e), Outcome::Reset, Some(503)),
-                Ok(Err(e @ UpstreamError::Overflow(_))) => (Tried::Failed(e), Outcome::Overflow, None),
+                Ok(Err(e @ UpstreamError::Connect(_))) => (failed(e), Outcome::ConnectFailure, Some(503)),
+                Ok(Err(e @ UpstreamError::Reset)) => (failed(e), Outcome::Reset, Some(503)),
+                Ok(Err(e @ UpstreamError::Overflow(_))) => (failed(e), Outcome::Overflow, None),
             };
             in_flight.finish(outlier_status);
             _permit = None;
             let failure_flag = match &tried {
-                Tried::Failed(e) => Some(Self::failure_flag(*e).0),
+                Tried::Failed { error, .. } => Some(Self::failure_flag(*error).0),
                 Tried::PerTryTimeout => Some(Flag::UpstreamRequestTimeout),
                 _ => None,
             };
