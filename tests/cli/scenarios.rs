@@ -150,6 +150,7 @@ scenarios! {
     redirect: "redirect.yaml",
     retry_5xx: "retry-5xx.yaml",
     retry_default_no_503: "retry-default-no-503.yaml",
+    retry_exhausted: "retry-exhausted.yaml",
     retry_other_host: "retry-other-host.yaml",
     retry_per_try_timeout: "retry-per-try-timeout.yaml",
     rewrite: "rewrite.yaml",
