@@ -79,6 +79,23 @@ pub fn schedule(plan: &Plan, seed: u64) -> Vec<Planned> {
         .collect()
 }
 
+/// The record of request `r` ending at `now` with `outcome`; the recorder joins flags and
+/// what the apps received later.
+fn ended(r: &Planned, now: Duration, outcome: Outcome) -> Record {
+    Record {
+        workload: r.workload,
+        source: r.source,
+        intended: r.intended,
+        latency: now.saturating_sub(r.intended),
+        outcome,
+        flags: String::new(),
+        upstream_attempts: 0,
+        headers: Vec::new(),
+        body: None,
+        receipts: Vec::new(),
+    }
+}
+
 /// What a node's generator needs.
 pub struct Generator {
     pub plan: Arc<Plan>,
@@ -105,18 +122,7 @@ impl Generator {
                 tokio::time::sleep(r.intended - now).await;
             }
             let w = &self.plan.workloads[r.workload];
-            let record = |outcome| Record {
-                workload: r.workload,
-                source: r.source,
-                intended: r.intended,
-                latency: clock.now().saturating_sub(r.intended),
-                outcome,
-                flags: String::new(),
-                upstream_attempts: 0,
-                headers: Vec::new(),
-                body: None,
-                receipts: Vec::new(),
-            };
+            let record = |outcome| ended(&r, clock.now(), outcome);
             if self.faults.is_crashed(r.source) {
                 self.recorder.record(r.id, record(Outcome::Error("source_down")));
                 continue;
@@ -167,22 +173,7 @@ impl Generator {
                     Err(_) => Outcome::Error("client_timeout"),
                 };
                 me.in_flight[r.workload].fetch_sub(1, Ordering::SeqCst);
-                let clock = SimClock::new();
-                me.recorder.record(
-                    r.id,
-                    Record {
-                        workload: r.workload,
-                        source: r.source,
-                        intended: r.intended,
-                        latency: clock.now().saturating_sub(r.intended),
-                        outcome,
-                        flags: String::new(),
-                        upstream_attempts: 0,
-                        headers,
-                        body,
-                        receipts: Vec::new(),
-                    },
-                );
+                me.recorder.record(r.id, Record { headers, body, ..ended(&r, clock.now(), outcome) });
             });
         }
     }
