@@ -17,6 +17,7 @@ use crate::config::istio::{
     SimpleLb, Spec, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::config::{Finding, Findings, Pos};
+use crate::proxy::authz;
 use crate::proxy::fault::{FaultPolicy, per_million};
 use crate::proxy::hash::HashPolicy;
 use crate::proxy::headers::HeaderOps;
@@ -175,6 +176,9 @@ pub struct Snapshot {
     /// Service port per destination service FQDN.
     pub ports: BTreeMap<String, u16>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// The AuthorizationPolicies of each pod that has any, by pod name (absent: every
+    /// request is allowed).
+    pub authz: BTreeMap<String, Arc<authz::Workload>>,
 }
 
 pub fn cluster_name(port: u16, subset: Option<&str>, fqdn: &str) -> String {
@@ -192,6 +196,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
     let mut c = Compiler { registry, findings: Findings::default(), current: None };
     let mut drs: BTreeMap<String, (&str, &Resource, &DestinationRuleSpec)> = BTreeMap::new();
     let mut vss: BTreeMap<String, (&str, &Resource, &VirtualServiceSpec)> = BTreeMap::new();
+    let mut policies: Vec<Arc<authz::Policy>> = Vec::new();
     let mut tagged = 0;
     for s in resources {
         let r = s.resource;
@@ -276,6 +281,11 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                     vss.insert(host, (s.file, r, vs));
                 }
             }
+            Spec::AuthorizationPolicy(ap) => {
+                let (policy, findings) = authz::compile(s.file, r, ap);
+                c.findings.0.extend(findings);
+                policies.extend(policy.map(Arc::new));
+            }
             Spec::Unsupported => {
                 c.error(
                     s.file,
@@ -283,7 +293,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                     code::SCHEMA,
                     "kind",
                     format!(
-                        "kind {:?} is not supported: meshsim simulates VirtualService and DestinationRule",
+                        "kind {:?} is not supported: meshsim simulates VirtualService, DestinationRule and AuthorizationPolicy",
                         r.kind.value
                     ),
                 );
@@ -359,6 +369,13 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
         };
         snap.routes.insert(fqdn.clone(), routes);
         snap.ports.insert(fqdn.clone(), svc.port);
+    }
+    // Authorization: each pod's policies, chosen once here rather than per request.
+    for pod in registry.pods.values() {
+        let port = registry.services.get(&qualify(&pod.service, &pod.namespace)).map_or(0, |s| s.port);
+        if let Some(w) = authz::Workload::select(&policies, &pod.namespace, &pod.labels, port) {
+            snap.authz.insert(pod.name.clone(), Arc::new(w));
+        }
     }
     (snap, c.findings)
 }
@@ -462,15 +479,20 @@ impl Compiler<'_> {
     }
 
     fn check_header(&mut self, file: &str, r: &Resource) {
-        const GROUPS: [&str; 3] =
-            ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
-        if !matches!(r.spec, Spec::Unsupported) && !GROUPS.contains(&r.api_version.value.as_str()) {
+        const NETWORKING: &[&str] =
+            &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
+        const SECURITY: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
+        let groups = match r.spec {
+            Spec::AuthorizationPolicy(_) => SECURITY,
+            _ => NETWORKING,
+        };
+        if !matches!(r.spec, Spec::Unsupported) && !groups.contains(&r.api_version.value.as_str()) {
             self.error(
                 file,
                 &r.api_version,
                 code::SCHEMA,
                 "apiVersion",
-                format!("apiVersion {:?} is not one of {}", r.api_version.value, GROUPS.join(", ")),
+                format!("apiVersion {:?} is not one of {}", r.api_version.value, groups.join(", ")),
             );
         }
         match &r.metadata.name {

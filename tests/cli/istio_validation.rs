@@ -93,7 +93,7 @@ const DR: &str = "DestinationRule default/reviews";
 /// One finding as `validate` prints it:
 /// `Level [CODE] (Kind ns/name FILE:LINE:COL) field: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Analyzed {
+pub(crate) struct Analyzed {
     level: String,
     code: String,
     /// `Kind ns/name`, or `Scenario`.
@@ -159,18 +159,18 @@ fn is_at(at: &At, line: Option<u64>, column: Option<u64>) -> bool {
 }
 
 /// The one finding an edit must produce.
-struct Want<'a> {
-    code: &'a str,
+pub(crate) struct Want<'a> {
+    pub code: &'a str,
     /// `Kind ns/name` of the resource the finding is about.
-    resource: &'a str,
-    field: &'a str,
+    pub resource: &'a str,
+    pub field: &'a str,
     /// The exact message after `field: `.
-    message: &'a str,
-    at: At,
+    pub message: &'a str,
+    pub at: At,
 }
 
 /// Runs `validate` on `yaml`; returns what it did and its findings about the file.
-fn validate(test: &str, yaml: &str) -> (Ran, Vec<Analyzed>) {
+pub(crate) fn validate(test: &str, yaml: &str) -> (Ran, Vec<Analyzed>) {
     let scratch = Scratch::new(test);
     let file = scratch.write("scenario.yaml", yaml);
     let ran = meshsim([OsStr::new("validate"), file.as_os_str()]);
@@ -199,7 +199,7 @@ fn assert_finding(ran: &Ran, found: &[Analyzed], level: &str, want: &Want<'_>) {
 
 /// `yaml` has one error: `validate` exits 79 with exactly the finding `want`, and `run`
 /// reports the same finding and exits 2.
-fn rejected(test: &str, yaml: &str, want: &Want<'_>) {
+pub(crate) fn rejected(test: &str, yaml: &str, want: &Want<'_>) {
     let (ran, found) = validate(test, yaml);
     assert_eq!(ran.code, Some(79), "an error finding makes validate exit 79\n{}", ran.dump());
     assert_finding(&ran, &found, "Error", want);
@@ -209,7 +209,7 @@ fn rejected(test: &str, yaml: &str, want: &Want<'_>) {
 
 /// `yaml` only warrants a warning: `validate` exits 0, saying the file is ok with one
 /// warning, and prints exactly the finding `want`.
-fn warned(test: &str, yaml: &str, want: &Want<'_>) {
+pub(crate) fn warned(test: &str, yaml: &str, want: &Want<'_>) {
     let (ran, found) = validate(test, yaml);
     assert_eq!(ran.code, Some(0), "warnings alone make validate exit 0\n{}", ran.dump());
     assert!(ran.stdout.contains(", 1 warnings)"), "the summary counts the warning\n{}", ran.dump());

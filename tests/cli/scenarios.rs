@@ -123,6 +123,11 @@ macro_rules! scenarios {
 }
 
 scenarios! {
+    authz_allow_nothing: "authz-allow-nothing.yaml",
+    authz_allow_paths: "authz-allow-paths.yaml",
+    authz_deny_before_allow: "authz-deny-before-allow.yaml",
+    authz_ip_blocks: "authz-ip-blocks.yaml",
+    authz_methods_headers: "authz-methods-headers.yaml",
     basic: "basic.yaml",
     canary_95_5: "canary-95-5.yaml",
     circuit_breaker_overflow: "circuit-breaker-overflow.yaml",

@@ -1,5 +1,6 @@
 //! The Istio resource model: `VirtualService` and `DestinationRule` as written in Istio's
-//! own YAML (`networking.istio.io/v1`), with source positions kept for validation.
+//! own YAML (`networking.istio.io/v1`) and `AuthorizationPolicy` (`security.istio.io/v1`),
+//! with source positions kept for validation.
 //!
 //! Every struct denies unknown fields: a field Istio does not have is an error. Fields
 //! Istio has but meshsim does not simulate yet are typed [`NotSimulated`]; validation
@@ -54,12 +55,16 @@ pub struct Resource {
 pub enum Spec {
     VirtualService(Box<VirtualServiceSpec>),
     DestinationRule(Box<DestinationRuleSpec>),
+    AuthorizationPolicy(Box<AuthorizationPolicySpec>),
     /// A kind meshsim does not simulate; validation reports it at the `kind` field.
     Unsupported,
 }
 
-pub const SUPPORTED_KINDS: &[(&str, &str)] =
-    &[("VirtualService", "networking.istio.io"), ("DestinationRule", "networking.istio.io")];
+pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
+    ("VirtualService", "networking.istio.io"),
+    ("DestinationRule", "networking.istio.io"),
+    ("AuthorizationPolicy", "security.istio.io"),
+];
 
 impl Resource {
     pub fn name(&self) -> &str {
@@ -105,6 +110,7 @@ impl<'de> de::Deserialize<'de> for Resource {
                             spec = Some(match k.value.as_str() {
                                 "VirtualService" => Spec::VirtualService(map.next_value()?),
                                 "DestinationRule" => Spec::DestinationRule(map.next_value()?),
+                                "AuthorizationPolicy" => Spec::AuthorizationPolicy(map.next_value()?),
                                 _ => {
                                     map.next_value::<IgnoredAny>()?;
                                     Spec::Unsupported
@@ -414,4 +420,151 @@ pub struct OutlierDetection {
     pub split_external_local_origin_errors: NotSimulated,
     pub consecutive_local_origin_failures: NotSimulated,
     pub consecutive_errors: NotSimulated,
+}
+
+// ---------------------------------------------------------------- AuthorizationPolicy
+
+/// `security.istio.io/v1` `AuthorizationPolicy`. Every field is optional: `spec: {}` is
+/// the allow-nothing policy.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    pub selector: Option<Spanned<WorkloadSelector>>,
+    pub target_ref: Option<Spanned<PolicyTargetReference>>,
+    #[serde(default)]
+    pub target_refs: Vec<Spanned<PolicyTargetReference>>,
+    pub action: Option<Spanned<AuthorizationAction>>,
+    pub provider: Option<Spanned<ExtensionProvider>>,
+    #[serde(default)]
+    pub rules: Vec<Spanned<AuthorizationRule>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+/// Attaches a policy to a gateway or waypoint (never to a sidecar).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyTargetReference {
+    pub group: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthorizationAction {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+impl AuthorizationAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthorizationAction::Allow => "ALLOW",
+            AuthorizationAction::Deny => "DENY",
+            AuthorizationAction::Audit => "AUDIT",
+            AuthorizationAction::Custom => "CUSTOM",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExtensionProvider {
+    pub name: Option<String>,
+}
+
+/// One `rules[]` entry. `from`/`to` keep "absent" apart from "empty" (the webhook
+/// rejects an empty list).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationRule {
+    pub from: Option<Vec<Spanned<RuleFrom>>>,
+    pub to: Option<Vec<Spanned<RuleTo>>>,
+    #[serde(default)]
+    pub when: Vec<Spanned<Condition>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleFrom {
+    pub source: Option<Spanned<Source>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleTo {
+    pub operation: Option<Spanned<Operation>>,
+}
+
+/// Who sent a request. Fields AND together; the values of one field OR.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Source {
+    #[serde(default)]
+    pub principals: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_principals: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub request_principals: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_request_principals: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub namespaces: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_namespaces: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub service_accounts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_service_accounts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ip_blocks: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_ip_blocks: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<Spanned<String>>,
+}
+
+/// What a request does. Fields AND together; the values of one field OR.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Operation {
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ports: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_ports: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_paths: Vec<Spanned<String>>,
+}
+
+/// A `when` condition on one attribute (`request.headers[x]`, `source.ip`, …).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Condition {
+    pub key: Spanned<String>,
+    #[serde(default)]
+    pub values: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub not_values: Vec<Spanned<String>>,
 }

@@ -1,5 +1,7 @@
-//! The inbound path: local rate limit, then forward to the local app.
+//! The inbound path: authorization (AuthorizationPolicy), local rate limit, then forward
+//! to the local app. A denied request never reaches the app.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -7,6 +9,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use super::authz::{self, DENIED_BODY, Peer};
 use super::local_reply::{self, Flag};
 use super::ratelimit::{Decision, RATE_LIMITED_BODY};
 use super::telemetry::Direction;
@@ -14,7 +17,7 @@ use super::{Reply, Sidecar, Target, strip_hop_by_hop};
 use crate::net::Net;
 
 impl<N: Net> Sidecar<N> {
-    pub(super) async fn inbound(self: Arc<Self>, req: Request<Incoming>) -> Reply {
+    pub(super) async fn inbound(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
         let start = self.clock.now();
         let (mut parts, body) = req.into_parts();
         let req_id = parts.headers.get("x-request-id").cloned();
@@ -25,6 +28,23 @@ impl<N: Net> Sidecar<N> {
             self.log(Direction::Inbound, req_id, to, 400, &[], start);
             return local_reply::reply(StatusCode::BAD_REQUEST, "", "istio-envoy");
         };
+
+        // Authorization (Envoy's RBAC filter runs before the rate limit). A plaintext peer
+        // has no principal.
+        if let Some(policies) = self.snapshot().authz.get(&self.cfg.pod) {
+            let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            let request = authz::Request {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                host: host.or(parts.uri.authority().map(|a| a.as_str())).unwrap_or(""),
+                headers: &parts.headers,
+            };
+            let peer = Peer { principal: None, ip: peer.ip() };
+            if policies.decide(&peer, &request) == authz::Decision::Deny {
+                self.log(Direction::Inbound, req_id, to, StatusCode::FORBIDDEN.as_u16(), &[], start);
+                return local_reply::reply(StatusCode::FORBIDDEN, DENIED_BODY, "istio-envoy");
+            }
+        }
 
         // Local rate limit: one bucket for this proxy.
         let limited = {

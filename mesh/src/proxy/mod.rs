@@ -8,11 +8,12 @@
 //! breaker) → balance (outlier-aware candidates; LB policy or consistent hash) → pool
 //! (circuit breakers, connect over the `Net` seam) → the peer's sidecar.
 //!
-//! An inbound listener applies the local rate limit and forwards to the local app (see
-//! `inbound`). Each policy is its own module; this one owns the sidecar's state: the
+//! An inbound listener applies AuthorizationPolicy, then the local rate limit, and
+//! forwards to the local app (see `inbound`). Each policy is its own module; this one owns the sidecar's state: the
 //! config snapshot and, per cluster, hosts' load, the outlier detector, the hash table
 //! and the connection pool.
 
+pub mod authz;
 pub mod balance;
 pub mod fault;
 pub mod hash;
@@ -168,7 +169,7 @@ impl<N: Net> Sidecar<N> {
                     async move {
                         Ok::<_, Infallible>(match dir {
                             Direction::Outbound => me.outbound(req, peer).await,
-                            Direction::Inbound => me.inbound(req).await,
+                            Direction::Inbound => me.inbound(req, peer).await,
                         })
                     }
                 });
