@@ -279,7 +279,9 @@ impl<N: Net> Pool<N> {
     }
 
     /// A connection to `key`: idle, new, or — at `maxConnections` — after waiting in
-    /// the pending queue. A host with no connection at all gets a new one even at
+    /// the pending queue. Without an idle connection the request counts as pending until
+    /// it has one (also while its own connection is being opened), and overflows when
+    /// `http1MaxPendingRequests` are pending already. A host with no connection at all gets a new one even at
     /// `maxConnections` (Envoy's `tryCreateNewConnection`: "if we are at the connection
     /// circuit-breaker limit due to other upstreams having too many open connections, and
     /// this upstream has no connections, always create one, to prevent pending streams
@@ -307,23 +309,25 @@ impl<N: Net> Pool<N> {
             if let Some(c) = ready {
                 return Ok(c);
             }
+            // No ready connection: the request becomes pending (Envoy's `newStreamImpl`
+            // checks `max_pending_requests` before anything else), whether it then opens a
+            // connection or waits for one.
+            if s.pending >= self.limits.max_pending_requests {
+                return Err(UpstreamError::Overflow(Overflow::Pending));
+            }
+            s.pending += 1;
             if s.open < self.limits.max_connections || host_open == 0 {
                 s.open += 1;
                 s.hosts.get_mut(key).expect("entry made above").open += 1;
                 None
-            } else if s.pending < self.limits.max_pending_requests {
+            } else {
                 let (tx, rx) = oneshot::channel();
                 s.hosts.get_mut(key).expect("entry made above").waiters.push_back(tx);
-                s.pending += 1;
                 Some(rx)
-            } else {
-                return Err(UpstreamError::Overflow(Overflow::Pending));
             }
         };
-        let Some(rx) = rx else {
-            return self.connect(key, connect_timeout).await;
-        };
-        // Pending: count it until granted or abandoned (a dropped future drops `rx`).
+        // Pending until connected or handed a connection (or abandoned: a dropped future
+        // drops this guard and `rx`).
         struct Pending<'a>(&'a Mutex<State>);
         impl Drop for Pending<'_> {
             fn drop(&mut self) {
@@ -331,6 +335,9 @@ impl<N: Net> Pool<N> {
             }
         }
         let _pending = Pending(&self.state);
+        let Some(rx) = rx else {
+            return self.connect(key, connect_timeout).await;
+        };
         match rx.await {
             Ok(Grant::Conn(c)) => Ok(c),
             Ok(Grant::Connect) => self.connect(key, connect_timeout).await,
@@ -436,6 +443,51 @@ mod tests {
         // queue behind it forever: Envoy opens a connection to a host that has none.
         let to_b = tokio::time::timeout(Duration::from_secs(5), pool.send("127.0.0.1", b, CONNECT, get()));
         to_b.await.expect("host b is not starved").expect("second host");
+        assert_eq!(pool.load(), (0, 0));
+    }
+
+    /// Loopback sockets whose connects wait until the test opens the gate.
+    #[derive(Clone)]
+    struct GatedNet(Arc<tokio::sync::Semaphore>);
+
+    impl Net for GatedNet {
+        type Stream = <TokioNet as Net>::Stream;
+        type Listener = <TokioNet as Net>::Listener;
+        async fn bind(&self, addr: SocketAddr) -> std::io::Result<Self::Listener> {
+            TokioNet.bind(addr).await
+        }
+        async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Stream> {
+            self.0.acquire().await.expect("gate open").forget();
+            TokioNet.connect(addr).await
+        }
+        async fn resolve(&self, host: &str, port: u16) -> std::io::Result<SocketAddr> {
+            TokioNet.resolve(host, port).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_opening_a_connection_is_pending() {
+        // Envoy counts a request as pending from the moment no ready connection can take
+        // it: with one pending slot, a second request arriving while the first one's
+        // connection is being opened overflows even though maxConnections allows another.
+        let port = server(Duration::ZERO).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let limits = Limits { max_connections: 10, max_pending_requests: 1, ..Limits::default() };
+        let pool = Arc::new(Pool::with_limits(GatedNet(gate.clone()), limits, Arc::new(SystemClock::new())));
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.send("127.0.0.1", port, CONNECT, get()).await.map(|r| r.status()) }
+        });
+        while pool.load().0 == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.load(), (1, 1), "the first request waits for its connection: active and pending");
+        let second = pool.send("127.0.0.1", port, CONNECT, get()).await;
+        assert_eq!(second.err(), Some(UpstreamError::Overflow(Overflow::Pending)));
+        gate.add_permits(1);
+        assert!(first.await.expect("task").is_ok());
+        // Connected and idle now: reused without the pending check.
+        pool.send("127.0.0.1", port, CONNECT, get()).await.expect("reuses the idle connection");
         assert_eq!(pool.load(), (0, 0));
     }
 
