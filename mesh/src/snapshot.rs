@@ -179,6 +179,36 @@ pub struct Snapshot {
     /// The AuthorizationPolicies of each pod that has any, by pod name (absent: every
     /// request is allowed).
     pub authz: BTreeMap<String, Arc<authz::Workload>>,
+    /// Inbound local rate limits from EnvoyFilters, in resource order.
+    pub inbound_rate_limits: Vec<InboundRateLimitFilter>,
+}
+
+/// An EnvoyFilter's local rate limit and the workloads it selects.
+#[derive(Clone, Debug)]
+pub struct InboundRateLimitFilter {
+    /// `EnvoyFilter ns/name`, for messages.
+    pub resource: String,
+    pub pos: Pos,
+    pub namespace: String,
+    pub filter: crate::config::envoy_filter::InboundRateLimit,
+}
+
+/// The root namespace: an EnvoyFilter there without a selector applies to every workload.
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+impl Snapshot {
+    /// The EnvoyFilter rate limits that apply to a workload: same namespace or the root
+    /// namespace, and a selector (if any) whose labels the workload all has.
+    pub fn inbound_rate_limits_for<'s>(
+        &'s self,
+        namespace: &'s str,
+        labels: &'s BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'s InboundRateLimitFilter> + 's {
+        self.inbound_rate_limits.iter().filter(move |f| {
+            (f.namespace == namespace || f.namespace == ROOT_NAMESPACE)
+                && f.filter.selector.as_ref().is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        })
+    }
 }
 
 pub fn cluster_name(port: u16, subset: Option<&str>, fqdn: &str) -> String {
@@ -198,6 +228,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
     let mut vss: BTreeMap<String, (&str, &Resource, &VirtualServiceSpec)> = BTreeMap::new();
     let mut policies: Vec<Arc<authz::Policy>> = Vec::new();
     let mut tagged = 0;
+    let mut rate_limits = Vec::new();
     for s in resources {
         let r = s.resource;
         // Findings of the previous resource are about it (the loop body may `continue`).
@@ -286,6 +317,19 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                 c.findings.0.extend(findings);
                 policies.extend(policy.map(Arc::new));
             }
+            Spec::EnvoyFilter(ef) => {
+                let mut found = Vec::new();
+                let filter = crate::config::envoy_filter::compile(s.file, ef, &mut found);
+                c.findings.0.extend(found);
+                if let Some(filter) = filter {
+                    rate_limits.push(InboundRateLimitFilter {
+                        resource: what.clone(),
+                        pos: Pos::of(s.file, &r.kind),
+                        namespace: r.namespace().to_string(),
+                        filter,
+                    });
+                }
+            }
             Spec::Unsupported => {
                 c.error(
                     s.file,
@@ -293,7 +337,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                     code::SCHEMA,
                     "kind",
                     format!(
-                        "kind {:?} is not supported: meshsim simulates VirtualService, DestinationRule and AuthorizationPolicy",
+                        "kind {:?} is not supported: meshsim simulates VirtualService, DestinationRule, AuthorizationPolicy and the local rate limit of EnvoyFilter",
                         r.kind.value
                     ),
                 );
@@ -303,7 +347,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
 
     c.tag(tagged, None);
     c.current = None;
-    let mut snap = Snapshot::default();
+    let mut snap = Snapshot { inbound_rate_limits: rate_limits, ..Snapshot::default() };
     // Clusters: one per service, one per DR subset.
     for (fqdn, svc) in &registry.services {
         let dr = drs.get(fqdn).map(|(_, _, dr)| *dr);
@@ -675,10 +719,6 @@ impl Compiler<'_> {
         self.not_simulated(file, &format!("{at}.localityLbSetting"), &c.locality_lb_setting);
         if let Some(cookie) = &c.http_cookie {
             self.not_simulated(file, &format!("{at}.httpCookie.attributes"), &cookie.attributes);
-            if cookie.ttl.is_some() {
-                self.warning(file, ch, code::NOT_SIMULATED, &format!("{at}.httpCookie.ttl"),
-                    "Envoy generates the cookie when it is absent and ttl is set; meshsim does not yet (an absent cookie hashes randomly)".into());
-            }
         }
     }
 

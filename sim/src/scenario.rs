@@ -785,6 +785,7 @@ impl Builder {
         let sourced: Vec<Sourced<'_>> = sources.iter().map(|(f, r)| Sourced { file: f, resource: r }).collect();
         let (snapshot, cfg_findings) = snapshot::compile(&registry, &sourced);
         self.findings.0.extend(cfg_findings.0);
+        self.envoy_filter_rate_limits(&snapshot, &mut pods);
 
         // Workloads.
         let mut workloads = Vec::new();
@@ -1279,6 +1280,38 @@ impl Builder {
             Err(e) => {
                 self.err(h, field, e);
                 None
+            }
+        }
+    }
+
+    /// Gives each pod the local rate limit an EnvoyFilter selects it for. meshsim runs one
+    /// local rate limit per proxy: a pod selected by two, or by one and its service's
+    /// `rate_limit`, is an error (reported once per filter).
+    fn envoy_filter_rate_limits(&mut self, snapshot: &mesh::snapshot::Snapshot, pods: &mut [PlannedPod]) {
+        let mut reported = BTreeSet::new();
+        for p in pods.iter_mut() {
+            let mut filters = snapshot.inbound_rate_limits_for(&p.namespace, &p.labels);
+            let Some(first) = filters.next() else { continue };
+            let clash = match (filters.next(), &p.rate_limit) {
+                (Some(second), _) => Some((second, format!("{} also selects it", first.resource))),
+                (None, Some(_)) => Some((first, format!("its service {:?} has a `rate_limit` too", p.service))),
+                (None, None) => None,
+            };
+            match clash {
+                Some((at, why)) => {
+                    if reported.insert(at.resource.clone()) {
+                        self.findings.push(Finding::error(
+                            at.pos.clone(),
+                            code::SCENARIO,
+                            "spec.configPatches",
+                            format!(
+                                "{} selects pod {}, but {why}: meshsim runs one local rate limit per proxy",
+                                at.resource, p.name
+                            ),
+                        ));
+                    }
+                }
+                None => p.rate_limit = Some(first.filter.config.clone()),
             }
         }
     }

@@ -930,3 +930,83 @@ fn count_header_condition_with_an_invalid_name() {
         "\"end user\" is not a valid header name",
     );
 }
+
+// ------------------------------------------------------------------ EnvoyFilter
+
+/// PLAIN with the local rate limit EnvoyFilter (direct typed_config form) on `backend`.
+fn with_rate_limit_filter(bucket: &str) -> String {
+    let filter = format!(
+        "istio:
+  - apiVersion: networking.istio.io/v1alpha3
+    kind: EnvoyFilter
+    metadata: {{name: rl}}
+    spec:
+      workloadSelector: {{labels: {{app: backend}}}}
+      configPatches:
+        - applyTo: HTTP_FILTER
+          match: {{context: SIDECAR_INBOUND}}
+          patch:
+            operation: INSERT_BEFORE
+            value:
+              name: envoy.filters.http.local_ratelimit
+              typed_config:
+                \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                stat_prefix: rl
+                token_bucket: {bucket}
+workload:
+"
+    );
+    edit(PLAIN, "workload:\n", &filter)
+}
+
+#[test]
+fn envoy_filter_rate_limit_fill_interval_below_50ms() {
+    let y = with_rate_limit_filter("{max_tokens: 4, fill_interval: 10ms}");
+    let (line, _) = pos(&y, "name: envoy.filters.http.local_ratelimit", "name");
+    rejects(
+        "rl-fill",
+        &y,
+        &Expect {
+            at: At::Line(line),
+            code: "IST0106",
+            field: Some("spec.configPatches[0].patch.value.typed_config"),
+            rule: "50ms",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn envoy_filter_rate_limit_unknown_envoy_field() {
+    let y = with_rate_limit_filter("{max_tokens: 4, fill_interval: 1s, max_burst: 9}");
+    let (line, _) = pos(&y, "name: envoy.filters.http.local_ratelimit", "name");
+    rejects(
+        "rl-unknown",
+        &y,
+        &Expect {
+            at: At::Line(line),
+            code: "IST0106",
+            field: Some("spec.configPatches[0].patch.value.typed_config"),
+            rule: "unknown field `max_burst`",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn envoy_filter_and_service_rate_limit_on_one_pod() {
+    let y = with_rate_limit_filter("{max_tokens: 4, fill_interval: 1s}");
+    let y = edit(&y, "    port: 8080\n", "    port: 8080\n    rate_limit: {max_tokens: 1, fill_interval: 1s}\n");
+    let (line, col) = pos(&y, "kind: EnvoyFilter", "EnvoyFilter");
+    rejects(
+        "rl-twice",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("spec.configPatches"),
+            rule: "meshsim runs one local rate limit per proxy",
+        },
+    )
+    .single();
+}

@@ -56,6 +56,8 @@ pub enum Spec {
     VirtualService(Box<VirtualServiceSpec>),
     DestinationRule(Box<DestinationRuleSpec>),
     AuthorizationPolicy(Box<AuthorizationPolicySpec>),
+    /// Only its local rate limit patch runs (see [`super::envoy_filter`]).
+    EnvoyFilter(Box<super::envoy_filter::EnvoyFilterSpec>),
     /// A kind meshsim does not simulate; validation reports it at the `kind` field.
     Unsupported,
 }
@@ -64,6 +66,7 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("VirtualService", "networking.istio.io"),
     ("DestinationRule", "networking.istio.io"),
     ("AuthorizationPolicy", "security.istio.io"),
+    ("EnvoyFilter", "networking.istio.io"),
 ];
 
 impl Resource {
@@ -111,6 +114,7 @@ impl<'de> de::Deserialize<'de> for Resource {
                                 "VirtualService" => Spec::VirtualService(map.next_value()?),
                                 "DestinationRule" => Spec::DestinationRule(map.next_value()?),
                                 "AuthorizationPolicy" => Spec::AuthorizationPolicy(map.next_value()?),
+                                "EnvoyFilter" => Spec::EnvoyFilter(map.next_value()?),
                                 _ => {
                                     map.next_value::<IgnoredAny>()?;
                                     Spec::Unsupported

@@ -5,6 +5,7 @@
 
 pub mod diag;
 pub mod duration;
+pub mod envoy_filter;
 pub mod istio;
 
 pub use diag::{Finding, Findings, Level, Pos};

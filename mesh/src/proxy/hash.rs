@@ -14,13 +14,12 @@
 //! Not owned here: which hosts are candidates (outlier ejection, panic mode) and so when a
 //! table is rebuilt; what to do when a request yields no hash — Envoy then uses a random
 //! u64 as the hash (`ThreadAwareLoadBalancerBase::LoadBalancerImpl::chooseHost`), so the
-//! caller draws one from its seeded RNG and calls `pick` with it; generating the cookie
-//! Envoy sets when the named cookie is absent (not simulated, see [`HashPolicy::Cookie`]);
-//! retry host predicates, bounded load (`hash_balance_factor`), locality weighting and
-//! host weights (meshsim endpoints have none: every host weighs the same).
+//! caller draws one from its seeded RNG and calls `pick` with it; where the `set-cookie` of
+//! a generated cookie ([`HashPolicy::generate_cookie`]) goes; retry host predicates,
+//! bounded load (`hash_balance_factor`), locality weighting and host weights (meshsim endpoints have none: every host weighs the same).
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use http::header::{COOKIE, HeaderMap, HeaderName};
@@ -37,10 +36,8 @@ pub enum HashPolicy {
     /// `httpCookie{name, path, ttl}`. The first cookie named `name` in the `cookie`
     /// header(s), its surrounding double quotes removed; an empty value counts as absent.
     ///
-    /// Envoy, when the cookie is absent and `ttl` is set, makes one up (xxHash64 of the
-    /// downstream remote+local address), hashes it and sends it back in `set-cookie` with
-    /// `path` and `Max-Age=ttl`. meshsim does not generate cookies yet: an absent cookie
-    /// yields no hash, whatever `ttl` says. `path` and `ttl` are kept for that day.
+    /// When the cookie is absent and `ttl` is set, Envoy makes one up and hashes that
+    /// instead: see [`HashPolicy::generate_cookie`].
     Cookie { name: String, path: String, ttl: Option<Duration> },
     /// `useSourceIp`: xxHash64 of the downstream peer's IP as text (`10.0.0.7`, `fd00::1`).
     SourceIp,
@@ -79,6 +76,41 @@ impl HashPolicy {
             HashPolicy::SourceIp => req.source_ip.map(|ip| xxh64(ip.to_string().as_bytes(), 0)),
             HashPolicy::QueryParameter(name) => query_value(req.query?, name).map(|v| xxh64(v.as_bytes(), 0)),
         }
+    }
+}
+
+/// A cookie the proxy made up for a request that lacked the hashed one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GeneratedCookie {
+    /// The request's hash: xxHash64 of the cookie value.
+    pub hash: u64,
+    /// The `set-cookie` response header value that hands the cookie to the client.
+    pub set_cookie: String,
+}
+
+impl HashPolicy {
+    /// Envoy's router `addDownstreamSetCookie`, for an `httpCookie` policy with a `ttl`
+    /// whose cookie the request lacks ([`HashPolicy::hash`] gave `None`): the value is
+    /// xxHash64 of the downstream connection's remote then local address as text
+    /// (`10.0.0.7:40312` + `10.0.0.7:15001`), as 16 lower-case hex digits, so requests on
+    /// one connection get the same cookie and land on the same host; the response carries
+    /// `set-cookie: name="value"; Max-Age=ttl; Path=path; HttpOnly` (`Max-Age` left out for
+    /// a zero ttl — a session cookie — and `Path` for an empty path, as Envoy's
+    /// `makeSetCookieValue` does). `None` for every other policy and without a ttl.
+    pub fn generate_cookie(&self, remote: SocketAddr, local: SocketAddr) -> Option<GeneratedCookie> {
+        let HashPolicy::Cookie { name, path, ttl: Some(ttl) } = self else {
+            return None;
+        };
+        let value = format!("{:016x}", xxh64(format!("{remote}{local}").as_bytes(), 0));
+        let mut set_cookie = format!("{name}=\"{value}\"");
+        if ttl.as_secs() != 0 {
+            set_cookie.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+        }
+        if !path.is_empty() {
+            set_cookie.push_str(&format!("; Path={path}"));
+        }
+        set_cookie.push_str("; HttpOnly");
+        Some(GeneratedCookie { hash: xxh64(value.as_bytes(), 0), set_cookie })
     }
 }
 
@@ -395,11 +427,43 @@ mod tests {
     }
 
     #[test]
-    fn absent_cookie_gives_no_hash_even_with_ttl() {
-        // Envoy would generate and set a cookie here; meshsim does not (yet).
+    fn absent_cookie_gives_no_hash_the_caller_generates_one() {
         let h = headers(&[("cookie", "other=1")]);
         assert_eq!(cookie("session").hash(&input(&h)), None);
         assert_eq!(cookie("session").hash(&input(&HeaderMap::new())), None);
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn generated_cookie_hashes_the_connection_addresses_as_envoy() {
+        let (remote, local) = (addr("10.0.0.7:40312"), addr("10.0.0.7:15001"));
+        let g = cookie("session").generate_cookie(remote, local).expect("ttl set");
+        // The value is the 16-digit hex of xxHash64("10.0.0.7:4031210.0.0.7:15001").
+        let value = format!("{:016x}", xxh64(b"10.0.0.7:4031210.0.0.7:15001", 0));
+        assert_eq!(value.len(), 16);
+        assert_eq!(g.set_cookie, format!("session=\"{value}\"; Max-Age=60; Path=/; HttpOnly"));
+        assert_eq!(g.hash, xxh64(value.as_bytes(), 0));
+        // The client sending the cookie back hashes to the same host.
+        let back = headers(&[("cookie", &format!("session=\"{value}\""))]);
+        assert_eq!(cookie("session").hash(&input(&back)), Some(g.hash));
+        // Same connection, same cookie; another connection (port), another cookie.
+        assert_eq!(cookie("session").generate_cookie(remote, local), Some(g.clone()));
+        assert_ne!(cookie("session").generate_cookie(addr("10.0.0.7:40313"), local).unwrap().hash, g.hash);
+    }
+
+    #[test]
+    fn generated_cookie_attributes_follow_make_set_cookie_value() {
+        let (remote, local) = (addr("[fd00::1]:40312"), addr("[fd00::1]:15001"));
+        let session = HashPolicy::Cookie { name: "s".into(), path: String::new(), ttl: Some(Duration::ZERO) };
+        let g = session.generate_cookie(remote, local).unwrap();
+        let value = format!("{:016x}", xxh64(b"[fd00::1]:40312[fd00::1]:15001", 0));
+        assert_eq!(g.set_cookie, format!("s=\"{value}\"; HttpOnly"));
+        let no_ttl = HashPolicy::Cookie { name: "s".into(), path: "/".into(), ttl: None };
+        assert_eq!(no_ttl.generate_cookie(remote, local), None);
+        assert_eq!(HashPolicy::SourceIp.generate_cookie(remote, local), None);
     }
 
     #[test]

@@ -160,6 +160,7 @@ impl<N: Net> Sidecar<N> {
     }
 
     async fn serve(self: Arc<Self>, mut listener: N::Listener, dir: Direction) -> std::io::Result<()> {
+        let local = listener.local_addr()?;
         loop {
             let (stream, peer) = listener.accept().await?;
             let me = self.clone();
@@ -168,7 +169,7 @@ impl<N: Net> Sidecar<N> {
                     let me = me.clone();
                     async move {
                         Ok::<_, Infallible>(match dir {
-                            Direction::Outbound => me.outbound(req, peer).await,
+                            Direction::Outbound => me.outbound(req, peer, local).await,
                             Direction::Inbound => me.inbound(req, peer).await,
                         })
                     }

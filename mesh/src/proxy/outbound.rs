@@ -38,8 +38,14 @@ enum Tried {
 }
 
 impl<N: Net> Sidecar<N> {
-    /// `peer`: the app's address (`useSourceIp` hashes its IP).
-    pub(super) async fn outbound(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    /// `peer`: the app's address (`useSourceIp` hashes its IP); `local`: the listener's
+    /// (with `peer`, it names the connection a generated hash cookie is made from).
+    pub(super) async fn outbound(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Reply {
         let start = self.clock.now();
         let (mut parts, body) = req.into_parts();
         let req_id = parts.headers.get("x-request-id").cloned();
@@ -168,10 +174,15 @@ impl<N: Net> Sidecar<N> {
         }
 
         // Router, bounded by the route timeout (which covers every try and backoff).
-        let hash = cluster
-            .hash
-            .as_ref()
-            .and_then(|h| h.policy.hash(&HashInput { headers: &parts.headers, query, source_ip: Some(peer.ip()) }));
+        // A hash cookie the request lacks is made up (and handed back on the response).
+        let mut set_cookie = None;
+        let hash = cluster.hash.as_ref().and_then(|h| {
+            h.policy.hash(&HashInput { headers: &parts.headers, query, source_ip: Some(peer.ip()) }).or_else(|| {
+                let generated = h.policy.generate_cookie(peer, local)?;
+                set_cookie = HeaderValue::from_str(&generated.set_cookie).ok();
+                Some(generated.hash)
+            })
+        });
         let deadline = route.timeout.map(|t| self.clock.now() + t);
         let (tried, host, mut router_flags) = self.route_tries(&cluster, route, &parts, body, hash, deadline).await;
         flags.append(&mut router_flags);
@@ -186,6 +197,9 @@ impl<N: Net> Sidecar<N> {
                 let ms = self.clock.now().saturating_sub(start).as_millis();
                 rp.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(ms as u64));
                 rp.headers.insert(header::SERVER, HeaderValue::from_static("envoy"));
+                if let Some(c) = set_cookie {
+                    rp.headers.append(header::SET_COOKIE, c);
+                }
                 log(status, &flags, to);
                 return Response::from_parts(rp, Full::new(body));
             }
