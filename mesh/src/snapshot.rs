@@ -193,9 +193,6 @@ pub struct InboundRateLimitFilter {
     pub filter: crate::config::envoy_filter::InboundRateLimit,
 }
 
-/// The root namespace: an EnvoyFilter there without a selector applies to every workload.
-pub const ROOT_NAMESPACE: &str = "istio-system";
-
 impl Snapshot {
     /// The EnvoyFilter rate limits that apply to a workload: same namespace or the root
     /// namespace, and a selector (if any) whose labels the workload all has.
@@ -205,7 +202,7 @@ impl Snapshot {
         labels: &'s BTreeMap<String, String>,
     ) -> impl Iterator<Item = &'s InboundRateLimitFilter> + 's {
         self.inbound_rate_limits.iter().filter(move |f| {
-            (f.namespace == namespace || f.namespace == ROOT_NAMESPACE)
+            (f.namespace == namespace || f.namespace == authz::ROOT_NAMESPACE)
                 && f.filter.selector.as_ref().is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
         })
     }

@@ -43,6 +43,10 @@ pub struct ScenarioFile {
     pub faults: Vec<FaultDef>,
     #[serde(default)]
     pub expect: Vec<ExpectDef>,
+    /// Analyzer findings to drop, as `istioctl analyze --suppress` writes them:
+    /// `CODE=Kind name.namespace` (`*` matches any run of characters).
+    #[serde(default)]
+    pub suppress: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -595,6 +599,59 @@ struct Builder {
     findings: Findings,
 }
 
+/// One `istioctl analyze --suppress` rule: findings with this code about a resource of this
+/// kind whose `name.namespace` matches the pattern are dropped.
+#[derive(Debug, PartialEq, Eq)]
+struct Suppress {
+    code: String,
+    kind: String,
+    name: String,
+}
+
+impl Suppress {
+    fn parse(rule: &str) -> Option<Suppress> {
+        let (code, resource) = rule.split_once('=')?;
+        let (kind, name) = resource.trim().split_once(' ')?;
+        let (code, kind, name) = (code.trim(), kind.trim(), name.trim());
+        (!code.is_empty() && !kind.is_empty() && !name.is_empty() && !name.contains(' ')).then(|| Suppress {
+            code: code.into(),
+            kind: kind.into(),
+            name: name.into(),
+        })
+    }
+
+    /// Whether `f` is about a resource this rule names (findings record `Kind ns/name`).
+    fn matches(&self, f: &Finding) -> bool {
+        let Some((kind, ns_name)) = f.resource.as_deref().and_then(|r| r.split_once(' ')) else {
+            return false;
+        };
+        let Some((ns, name)) = ns_name.split_once('/') else {
+            return false;
+        };
+        glob(&self.code, f.code) && kind == self.kind && glob(&self.name, &format!("{name}.{ns}"))
+    }
+}
+
+/// `pattern` with `*` matching any run of characters, against the whole of `text`.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty();
+    };
+    for p in parts {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 fn dur(d: &Option<Dur>, default: Duration) -> Duration {
     d.as_ref().map(|d| d.value.0).unwrap_or(default)
 }
@@ -640,6 +697,7 @@ impl Builder {
     }
 
     fn plan(&mut self, def: ScenarioFile, base: &Path) -> Option<Plan> {
+        let suppress = self.suppress_rules(&def.suppress);
         let duration = def.duration.value.0;
         if duration.is_zero() {
             self.err(&def.duration, "duration", "duration must be greater than 0");
@@ -784,7 +842,7 @@ impl Builder {
         }
         let sourced: Vec<Sourced<'_>> = sources.iter().map(|(f, r)| Sourced { file: f, resource: r }).collect();
         let (snapshot, cfg_findings) = snapshot::compile(&registry, &sourced);
-        self.findings.0.extend(cfg_findings.0);
+        self.findings.0.extend(cfg_findings.0.into_iter().filter(|f| !suppress.iter().any(|r| r.matches(f))));
         self.envoy_filter_rate_limits(&snapshot, &mut pods);
 
         // Workloads.
@@ -1284,6 +1342,21 @@ impl Builder {
         }
     }
 
+    /// The `suppress` rules, each checked for istioctl's `CODE=Kind name.namespace` form.
+    fn suppress_rules(&mut self, raw: &[Spanned<String>]) -> Vec<Suppress> {
+        let mut out = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            match Suppress::parse(&r.value) {
+                Some(s) => out.push(s),
+                None => self.err(r, &format!("suppress[{i}]"), format!(
+                    "{:?} is not a suppression rule: write CODE=Kind name.namespace (istioctl analyze --suppress), e.g. \"IST0101=VirtualService reviews.default\"",
+                    r.value
+                )),
+            }
+        }
+        out
+    }
+
     /// Gives each pod the local rate limit an EnvoyFilter selects it for. meshsim runs one
     /// local rate limit per proxy: a pod selected by two, or by one and its service's
     /// `rate_limit`, is an error (reported once per filter).
@@ -1425,4 +1498,49 @@ fn is_dns_label(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(code: &'static str, resource: &str) -> Finding {
+        let mut f = Finding::error(Pos::file("x.yaml"), code, "spec", "m");
+        f.resource = Some(resource.to_string());
+        f
+    }
+
+    #[test]
+    fn glob_star_matches_any_run() {
+        assert!(glob("reviews.default", "reviews.default"));
+        assert!(!glob("reviews.default", "reviews.defaults"));
+        assert!(glob("*.default", "reviews.default"));
+        assert!(glob("rev*.*", "reviews.default"));
+        assert!(glob("*", ""));
+        assert!(!glob("a*b", "ab-c"));
+        assert!(glob("a*b*b", "abb"));
+        assert!(!glob("a*bb*b", "abb"));
+    }
+
+    #[test]
+    fn suppress_rules_name_code_kind_and_name_dot_namespace() {
+        let r = Suppress::parse("IST0101=VirtualService reviews.default").expect("valid");
+        assert!(r.matches(&finding("IST0101", "VirtualService default/reviews")));
+        assert!(!r.matches(&finding("IST0130", "VirtualService default/reviews")));
+        assert!(!r.matches(&finding("IST0101", "DestinationRule default/reviews")));
+        assert!(!r.matches(&finding("IST0101", "VirtualService prod/reviews")));
+        let any_ns = Suppress::parse("IST0101=VirtualService reviews.*").expect("valid");
+        assert!(any_ns.matches(&finding("IST0101", "VirtualService prod/reviews")));
+        // A finding about no resource (a scenario field) is never suppressed.
+        let mut f = finding("IST0101", "x");
+        f.resource = None;
+        assert!(!any_ns.matches(&f));
+    }
+
+    #[test]
+    fn malformed_suppress_rules_are_refused() {
+        for bad in ["IST0101", "IST0101=VirtualService", "=VirtualService a.b", "IST0101=VirtualService a b"] {
+            assert_eq!(Suppress::parse(bad), None, "{bad}");
+        }
+    }
 }

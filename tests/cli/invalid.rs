@@ -1010,3 +1010,44 @@ fn envoy_filter_and_service_rate_limit_on_one_pod() {
     )
     .single();
 }
+
+#[test]
+fn suppress_rule_not_in_istioctl_form() {
+    let y = edit(MESH, "istio:\n", "suppress: [\"IST0101 VirtualService reviews\"]\nistio:\n");
+    let (line, col) = pos(&y, "suppress:", "\"IST0101");
+    rejects(
+        "suppress",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("suppress[0]"),
+            rule: "write CODE=Kind name.namespace",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn suppressed_finding_no_longer_blocks_the_run_but_others_do() {
+    // The unknown-subset error of `virtual_service_unknown_subset`, suppressed by code,
+    // kind and name.namespace: validation passes. Suppressing another code does not help.
+    let y = edit(MESH, "{host: reviews, subset: v2}", "{host: reviews, subset: v3}");
+    let ok = edit(&y, "istio:\n", "suppress: [\"IST0101=VirtualService reviews.*\"]\nistio:\n");
+    let dir = Scratch::new("suppressed");
+    let file = dir.write("s.yaml", &ok);
+    let out = meshsim([OsStr::new("validate"), file.as_os_str()]);
+    assert_eq!(out.code, Some(0), "{}", out.dump());
+    let other = edit(&y, "istio:\n", "suppress: [\"IST0130=VirtualService reviews.*\"]\nistio:\n");
+    rejects(
+        "suppressed-other",
+        &other,
+        &Expect {
+            at: At::Anywhere,
+            code: "IST0101",
+            field: None,
+            rule: "Referenced host+subset in destinationrule not found: \"reviews+v3\"",
+        },
+    )
+    .single();
+}

@@ -144,6 +144,7 @@ scenarios! {
     match_first_wins: "match-first-wins.yaml",
     match_headers: "match-headers.yaml",
     mirror: "mirror.yaml",
+    missing_subset: "missing-subset.yaml",
     outlier_backoff_decay: "outlier-backoff-decay.yaml",
     outlier_counter_reset: "outlier-counter-reset.yaml",
     outlier_ejection: "outlier-ejection.yaml",
