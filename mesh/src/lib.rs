@@ -2,7 +2,9 @@
 //!
 //! Nothing here names a concrete socket type or reads the wall clock: see [`net`].
 
+pub mod ca;
 pub mod config;
+pub mod identity;
 pub mod net;
 pub mod proxy;
 pub mod registry;
