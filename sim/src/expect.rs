@@ -290,6 +290,42 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
                 pass,
             }
         }
+        Expectation::Certs { pods, event, window, at_least, at_most } => {
+            let kind = crate::recorder::cert_event_kind(event);
+            let counts: Vec<(&str, u64)> = pods
+                .iter()
+                .map(|p| {
+                    let n = events
+                        .iter()
+                        .filter(|e| e.kind == kind && window.contains(e.at) && crate::recorder::event_pod(e) == Some(p))
+                        .count() as u64;
+                    (p.as_str(), n)
+                })
+                .collect();
+            let ok = |n: u64| at_least.is_none_or(|l| n >= l) && at_most.is_none_or(|m| n <= m);
+            let mut expected = Vec::new();
+            if let Some(l) = at_least {
+                expected.push(format!(">= {l}"));
+            }
+            if let Some(m) = at_most {
+                expected.push(format!("<= {m}"));
+            }
+            let failing: Vec<String> =
+                counts.iter().filter(|(_, n)| !ok(*n)).map(|(p, n)| format!("{p}: {n}")).collect();
+            let observed = if failing.is_empty() {
+                let (lo, hi) = (counts.iter().map(|c| c.1).min(), counts.iter().map(|c| c.1).max());
+                format!("{} to {} per pod", lo.unwrap_or(0), hi.unwrap_or(0))
+            } else {
+                failing.join(", ")
+            };
+            let who = if pods.len() == 1 { pods[0].clone() } else { "each pod".into() };
+            Check {
+                expectation: format!("{kind} events of {who} in {}", win(window)),
+                expected: expected.join(" and "),
+                observed,
+                pass: failing.is_empty() && !counts.is_empty(),
+            }
+        }
     }
 }
 

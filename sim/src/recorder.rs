@@ -1,11 +1,13 @@
 //! The recorder: one outcome slot per request the workload will issue, filled exactly
-//! once; the source sidecars' access-log flags joined by request id; outlier and fault
-//! events. It checks "nothing lost" itself: [`Recorder::finish`] fails when any slot is
+//! once; the source sidecars' access-log flags joined by request id; outlier, certificate
+//! and fault events. It checks "nothing lost" itself: [`Recorder::finish`] fails when any slot is
 //! empty, and filling a slot twice is a broken invariant (a panic).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use mesh::ca::agent::{CertEvent, CertEvents};
+use mesh::identity::SpiffeId;
 use mesh::proxy::telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, Telemetry};
 
 /// What the client app saw for one request.
@@ -200,5 +202,34 @@ impl Telemetry for Recorder {
         };
         let at = e.at;
         self.lock().events.push(Event { at, kind: kind.to_string(), detail, outlier: Some(e) });
+    }
+}
+
+/// The event kind of a certificate event named as in scenarios (`issued`, …).
+pub fn cert_event_kind(name: &str) -> String {
+    match name {
+        "ca_unreachable" => name.to_string(),
+        _ => format!("cert_{name}"),
+    }
+}
+
+/// The pod a certificate event is about: its detail starts with the pod's name.
+pub fn event_pod(e: &Event) -> Option<&str> {
+    let pod_event = e.kind.starts_with("cert_") || e.kind == "ca_unreachable";
+    if pod_event { e.detail.split(' ').next() } else { None }
+}
+
+impl CertEvents for Recorder {
+    fn cert_event(&self, pod: &str, id: &SpiffeId, at: Duration, event: &CertEvent) {
+        let secs = |t: Duration| t.as_secs();
+        let (name, detail) = match event {
+            CertEvent::Issued { not_after } => ("issued", format!("{pod} {id} valid until unix {}", secs(*not_after))),
+            CertEvent::Renewed { not_after } => {
+                ("renewed", format!("{pod} {id} valid until unix {}", secs(*not_after)))
+            }
+            CertEvent::CaUnreachable { error } => ("ca_unreachable", format!("{pod} {id}: {error}")),
+            CertEvent::Expired => ("expired", format!("{pod} {id} certificate expired")),
+        };
+        self.lock().events.push(Event { at, kind: cert_event_kind(name), detail, outlier: None });
     }
 }

@@ -47,6 +47,17 @@ pub struct ScenarioFile {
     /// `CODE=Kind name.namespace` (`*` matches any run of characters).
     #[serde(default)]
     pub suppress: Vec<Spanned<String>>,
+    /// The mesh CA (istiod's) and the workload certificates it issues.
+    pub ca: Option<Spanned<CaDef>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaDef {
+    /// The lifetime agents ask for (Istio's `SECRET_TTL`); default 24h.
+    pub workload_cert_ttl: Option<Dur>,
+    /// The CA's limit (Istio's `MAX_WORKLOAD_CERT_TTL`); default 90 days (2160h).
+    pub max_workload_cert_ttl: Option<Dur>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,7 +189,15 @@ pub struct FaultDef {
     pub partition: Option<Spanned<PartitionDef>>,
     pub link_latency: Option<Spanned<LinkLatencyDef>>,
     pub crash: Option<Spanned<CrashDef>>,
+    /// istiod's CA does not answer (for the fault's window).
+    pub ca_outage: Option<Spanned<CaOutageDef>>,
+    /// A root rotation step: `add_root`, `sign_with_new_root`, `remove_old_roots`.
+    pub ca_root: Option<Spanned<String>>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaOutageDef {}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -229,6 +248,20 @@ pub struct ExpectDef {
     pub success_rate: Option<Spanned<SuccessRateDef>>,
     pub latency: Option<Spanned<LatencyExpectDef>>,
     pub count: Option<Spanned<CountDef>>,
+    pub certs: Option<Spanned<CertsDef>>,
+}
+
+/// Counts certificate lifecycle events of sidecar agents.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertsDef {
+    /// One pod; absent = every pod, each on its own.
+    pub pod: Option<Spanned<String>>,
+    /// `issued`, `renewed`, `ca_unreachable` or `expired`.
+    pub event: Spanned<String>,
+    pub window: Option<Spanned<Vec<IstioDuration>>>,
+    pub at_least: Option<u64>,
+    pub at_most: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -383,10 +416,60 @@ pub struct Workload {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaultKind {
-    AppErrors { pods: Vec<usize>, status: u16, rate_ppm: u32 },
-    Partition { from: Vec<usize>, to: Vec<usize> },
-    LinkLatency { from: Vec<usize>, to: Vec<usize>, latency: Duration },
-    Crash { pods: Vec<usize> },
+    AppErrors {
+        pods: Vec<usize>,
+        status: u16,
+        rate_ppm: u32,
+    },
+    Partition {
+        from: Vec<usize>,
+        to: Vec<usize>,
+    },
+    LinkLatency {
+        from: Vec<usize>,
+        to: Vec<usize>,
+        latency: Duration,
+    },
+    Crash {
+        pods: Vec<usize>,
+    },
+    /// istiod's CA closes every connection unanswered.
+    CaOutage,
+    /// One root rotation step (instant).
+    CaRoot(RootStep),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootStep {
+    /// A new root joins the trust bundle; the old one keeps signing.
+    AddRoot,
+    /// The new root signs; workloads are re-issued from it.
+    SignWithNewRoot,
+    /// Only the newest root stays in the trust bundle.
+    RemoveOldRoots,
+}
+
+impl RootStep {
+    pub const NAMES: [(&str, RootStep); 3] = [
+        ("add_root", RootStep::AddRoot),
+        ("sign_with_new_root", RootStep::SignWithNewRoot),
+        ("remove_old_roots", RootStep::RemoveOldRoots),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(_, s)| *s == self).expect("every step is named").0
+    }
+}
+
+/// A certificate agent event, as `certs` expectations and the event log name it.
+pub const CERT_EVENTS: [&str; 4] = ["issued", "renewed", "ca_unreachable", "expired"];
+
+/// The CA settings of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaPlan {
+    /// What agents ask for; `None` = the CA's default (24h).
+    pub workload_cert_ttl: Option<Duration>,
+    pub max_workload_cert_ttl: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -449,6 +532,14 @@ pub enum Expectation {
         workload: usize,
         window: Window,
         filter: Box<CountFilter>,
+        at_least: Option<u64>,
+        at_most: Option<u64>,
+    },
+    /// Certificate events (`CERT_EVENTS`) of each pod in `pods`.
+    Certs {
+        pods: Vec<String>,
+        event: String,
+        window: Window,
         at_least: Option<u64>,
         at_most: Option<u64>,
     },
@@ -531,6 +622,7 @@ pub struct Plan {
     pub workloads: Vec<Workload>,
     pub faults: Vec<Fault>,
     pub expectations: Vec<Expectation>,
+    pub ca: CaPlan,
     /// Warnings found while loading (errors stop loading).
     pub warnings: Vec<Finding>,
 }
@@ -710,9 +802,9 @@ impl Builder {
         }
         let tick = dur(&def.network.tick, Duration::from_millis(1));
         if let Some(t) = &def.network.tick
-            && (t.value.0 < Duration::from_micros(100) || t.value.0 > Duration::from_millis(100))
+            && (t.value.0 < Duration::from_micros(100) || t.value.0 > Duration::from_secs(1))
         {
-            self.err(t, "network.tick", "tick must be between 100us and 100ms");
+            self.err(t, "network.tick", "tick must be between 100us and 1s");
         }
         let latency_min = dur(&def.network.latency, Duration::from_millis(1));
         let latency_max = latency_min + dur(&def.network.jitter, Duration::ZERO);
@@ -975,6 +1067,7 @@ impl Builder {
 
         // Faults.
         let mut faults = Vec::new();
+        let mut root_steps = Vec::new();
         for (fi, fd) in def.faults.iter().enumerate() {
             let f = format!("faults[{fi}]");
             let at = fd.at.value.0;
@@ -1024,12 +1117,89 @@ impl Builder {
                 let pods_ = self.pods(&c.value.pods, &pod_index, &format!("{f}.crash.pods"));
                 kinds.push(FaultKind::Crash { pods: pods_ });
             }
-            match kinds.len() {
+            if fd.ca_outage.is_some() {
+                kinds.push(FaultKind::CaOutage);
+            }
+            // A fault kind given but invalid (already reported) still counts as given.
+            let mut invalid_kinds = 0;
+            if let Some(r) = &fd.ca_root {
+                match RootStep::NAMES.iter().find(|(n, _)| *n == r.value) {
+                    Some(&(_, step)) => {
+                        kinds.push(FaultKind::CaRoot(step));
+                        root_steps.push((at, step, fi, r));
+                    }
+                    None => {
+                        invalid_kinds += 1;
+                        self.err(
+                            r,
+                            &format!("{f}.ca_root"),
+                            format!(
+                                "{:?} is not a root rotation step: add_root, sign_with_new_root, remove_old_roots",
+                                r.value
+                            ),
+                        )
+                    }
+                }
+                if let Some(d) = &fd.for_ {
+                    self.err(d, &format!("{f}.for"), "a root rotation step is instant: remove `for`");
+                }
+            }
+            match kinds.len() + invalid_kinds {
+                1 if invalid_kinds == 1 => {}
                 1 => faults.push(Fault { at, until, kind: kinds.pop().expect("one") }),
-                0 => self.err(&fd.at, &f, "a fault needs one of app_errors, partition, link_latency, crash"),
-                _ => self.err(&fd.at, &f, "a fault has exactly one of app_errors, partition, link_latency, crash: split it into several entries"),
+                0 => self.err(&fd.at, &f, "a fault needs one of app_errors, partition, link_latency, crash, ca_outage, ca_root"),
+                _ => self.err(&fd.at, &f, "a fault has exactly one of app_errors, partition, link_latency, crash, ca_outage, ca_root: split it into several entries"),
             }
         }
+
+        // Root rotation steps must come, in time, in an order the CA can follow.
+        root_steps.sort_by_key(|s| s.0);
+        let mut added = false;
+        for (_, step, fi, r) in root_steps {
+            let field = format!("faults[{fi}].ca_root");
+            match step {
+                RootStep::AddRoot if added => {
+                    self.err(r, &field, "add_root again before sign_with_new_root: one new root at a time")
+                }
+                RootStep::AddRoot => added = true,
+                RootStep::SignWithNewRoot if !added => {
+                    self.err(r, &field, "sign_with_new_root needs an add_root before it")
+                }
+                RootStep::SignWithNewRoot => added = false,
+                RootStep::RemoveOldRoots => {}
+            }
+        }
+
+        // The CA.
+        let ca_def = def.ca.as_ref().map(|c| &c.value);
+        let max_workload_cert_ttl = ca_def
+            .and_then(|c| c.max_workload_cert_ttl.as_ref())
+            .map(|d| d.value.0)
+            .unwrap_or(mesh::ca::authority::MAX_TTL);
+        let workload_cert_ttl = ca_def.and_then(|c| c.workload_cert_ttl.as_ref()).map(|d| d.value.0);
+        if let Some(c) = ca_def {
+            if let Some(t) = &c.workload_cert_ttl {
+                if t.value.0 < Duration::from_secs(60) {
+                    self.err(t, "ca.workload_cert_ttl", "a workload certificate must live at least 1m");
+                } else if t.value.0 > max_workload_cert_ttl {
+                    self.err(
+                        t,
+                        "ca.workload_cert_ttl",
+                        format!(
+                            "workload_cert_ttl {} is greater than max_workload_cert_ttl {}: the CA would refuse every request",
+                            mesh::ca::format_duration(t.value.0),
+                            mesh::ca::format_duration(max_workload_cert_ttl)
+                        ),
+                    );
+                }
+            }
+            if let Some(m) = &c.max_workload_cert_ttl
+                && m.value.0 < Duration::from_secs(60)
+            {
+                self.err(m, "ca.max_workload_cert_ttl", "max_workload_cert_ttl must be at least 1m");
+            }
+        }
+        let ca = CaPlan { workload_cert_ttl, max_workload_cert_ttl };
 
         // Expectations.
         let mut expectations = Vec::new();
@@ -1199,6 +1369,34 @@ impl Builder {
                     });
                 }
             }
+            if let Some(x) = &e.certs {
+                let v = &x.value;
+                let pods_ = match &v.pod {
+                    Some(p) => {
+                        self.pods(std::slice::from_ref(p), &pod_index, &format!("{f}.certs.pod"));
+                        vec![p.value.clone()]
+                    }
+                    None => pods.iter().map(|p| p.name.clone()).collect(),
+                };
+                if !CERT_EVENTS.contains(&v.event.value.as_str()) {
+                    self.err(
+                        &v.event,
+                        &format!("{f}.certs.event"),
+                        format!("{:?} is not a certificate event: {}", v.event.value, CERT_EVENTS.join(", ")),
+                    );
+                }
+                let window = self.window(&v.window, &format!("{f}.certs.window"), run_end);
+                if v.at_least.is_none() && v.at_most.is_none() {
+                    self.err(x, &format!("{f}.certs"), "give at_least and/or at_most");
+                }
+                got.push(Expectation::Certs {
+                    pods: pods_,
+                    event: v.event.value.clone(),
+                    window,
+                    at_least: v.at_least,
+                    at_most: v.at_most,
+                });
+            }
             let kinds = [
                 e.share.is_some(),
                 e.ejection.is_some(),
@@ -1206,13 +1404,14 @@ impl Builder {
                 e.success_rate.is_some(),
                 e.latency.is_some(),
                 e.count.is_some(),
+                e.certs.is_some(),
             ]
             .iter()
             .filter(|&&k| k)
             .count();
             if kinds != 1 {
                 self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, f, format!(
-                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count (found {kinds})"
+                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count, certs (found {kinds})"
                 )));
             } else {
                 expectations.extend(got);
@@ -1235,6 +1434,7 @@ impl Builder {
             workloads,
             faults,
             expectations,
+            ca,
             warnings: Vec::new(),
         })
     }

@@ -6,6 +6,10 @@
 //! between steps, so every fault happens at a tick boundary and is the same on every
 //! run. Config reaches sidecars in-process as a compiled snapshot (the control plane
 //! that pushes it over the network is a later layer).
+//!
+//! The host `istiod` runs the mesh CA ([`CaServer`] on [`CA_PORT`]); every pod runs a
+//! certificate agent that asks it for the pod's certificate over the seam, with the pod's
+//! bootstrap credential, and renews it. The CA's outage and root rotation steps are faults.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,6 +17,11 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use mesh::ca::agent::{Agent, AgentConfig, IdentitySink, REQUEST_TIMEOUT};
+use mesh::ca::authority::DEFAULT_TTL;
+use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
+use mesh::ca::{Authority, CaOptions, Der};
+use mesh::identity::SpiffeId;
 use mesh::net::{Clock, Net, SystemClock};
 use mesh::proxy::{Sidecar, SidecarConfig};
 use mesh::snapshot::Snapshot;
@@ -24,7 +33,7 @@ use tokio::task::JoinHandle;
 use crate::app::App;
 use crate::net::{Faults, Local, SimClock, SimNet};
 use crate::recorder::{Event, Record, Recorder};
-use crate::scenario::{FaultKind, Plan};
+use crate::scenario::{FaultKind, Plan, RootStep};
 use crate::seed::sub_seed;
 use crate::workload::{Generator, Planned, schedule};
 
@@ -32,6 +41,8 @@ use crate::workload::{Generator, Planned, schedule};
 pub const DRAIN_SLACK: Duration = Duration::from_secs(5);
 /// Fixed simulated epoch (2027-01-15T08:00:00Z): certificates and logs never see the real date.
 pub const EPOCH_SECS: u64 = 1_800_000_000;
+/// The control-plane host.
+pub const ISTIOD: &str = "istiod";
 
 #[derive(Debug)]
 pub struct RunOutput {
@@ -84,6 +95,28 @@ struct Node {
     recorder: Arc<Recorder>,
     generator: Arc<Generator>,
     commands: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+    ca: Arc<CaServer>,
+}
+
+/// A pod's bootstrap credential (its service-account token), from the run's seed.
+fn token(seed: u64, pod: usize) -> String {
+    format!("sa-token-{:016x}", sub_seed(seed, "sa_token", pod as u64))
+}
+
+/// The certificate chain and trust bundle a pod's agent installed last. The sidecar's
+/// plaintext data path does not read them; TLS will, through its identity store.
+#[derive(Default)]
+struct Installed(Mutex<(Vec<Der>, Vec<Der>)>);
+
+impl IdentitySink for Installed {
+    fn install(&self, chain: Vec<Der>, _key_pkcs8: Vec<u8>) -> Result<(), String> {
+        self.0.lock().expect("installed lock").0 = chain;
+        Ok(())
+    }
+    fn set_trust_bundle(&self, roots: Vec<Der>) -> Result<(), String> {
+        self.0.lock().expect("installed lock").1 = roots;
+        Ok(())
+    }
 }
 
 impl Node {
@@ -114,10 +147,26 @@ impl Node {
         )
         .expect("the rate limit was validated with the scenario");
         sidecars.insert(pod, sidecar.clone());
+        let agent = Agent::new(
+            AgentConfig {
+                pod: p.name.clone(),
+                id: self.identity(pod),
+                token: token(self.seed, pod),
+                ca: CaAddress { host: ISTIOD.to_string(), port: CA_PORT, timeout: REQUEST_TIMEOUT },
+                ttl: self.plan.ca.workload_cert_ttl,
+                seed: sub_seed(self.seed, "cert_agent", pod as u64),
+            },
+            net.clone(),
+            Arc::new(SimClock::new()),
+            Arc::new(Installed::default()),
+            self.recorder.clone(),
+            self.ca.roots_changed(),
+        );
         let (n1, n2, n3) = (net.clone(), net.clone(), net);
         let (app_port, in_port, out_port) = (p.app_port, p.inbound_port, p.outbound_port);
         let s1 = sidecar.clone();
         vec![
+            tokio::spawn(agent.run()),
             tokio::spawn(async move {
                 let _ = app.serve(bind(n1, app_port).await).await;
             }),
@@ -128,6 +177,10 @@ impl Node {
                 let _ = sidecar.run_outbound(bind(n3, out_port).await).await;
             }),
         ]
+    }
+
+    fn identity(&self, pod: usize) -> SpiffeId {
+        identity(&self.plan, pod)
     }
 
     async fn run(self: Arc<Self>) -> turmoil::Result {
@@ -195,6 +248,33 @@ async fn bind(net: SimNet, port: u16) -> <SimNet as Net>::Listener {
     }
 }
 
+fn identity(plan: &Plan, pod: usize) -> SpiffeId {
+    let p = &plan.pods[pod];
+    let sa = &plan.registry.pods[&p.name].service_account;
+    SpiffeId::new(&p.namespace, sa)
+}
+
+/// Adds the host `istiod` running `ca` on [`CA_PORT`]. It is fault-table entry `index`
+/// (after the pods) and "node" `node` (after the nodes).
+fn istiod(
+    sim: &mut turmoil::Sim<'_>,
+    ca: &Arc<CaServer>,
+    index: usize,
+    node: usize,
+    faults: &Arc<Faults>,
+    local: &Arc<Local>,
+) {
+    let (ca, faults, local) = (ca.clone(), faults.clone(), local.clone());
+    sim.host(ISTIOD, move || {
+        let net = SimNet::new(index, node, faults.clone(), local.clone());
+        let ca = ca.clone();
+        async move {
+            ca.serve(bind(net, CA_PORT).await, Arc::new(SimClock::new())).await?;
+            Ok(())
+        }
+    });
+}
+
 /// A fault boundary on the driver's timeline.
 #[derive(Clone, Copy, Debug)]
 struct Action {
@@ -215,7 +295,16 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
             port_owner.insert(port, i);
         }
     }
-    let faults = Faults::new(plan.pods.len(), port_owner);
+    // istiod is the fault table's entry after the pods.
+    let istiod_index = plan.pods.len();
+    port_owner.insert(CA_PORT, istiod_index);
+    let faults = Faults::new(plan.pods.len() + 1, port_owner);
+    let options =
+        CaOptions { default_ttl: DEFAULT_TTL, max_ttl: plan.ca.max_workload_cert_ttl, ..CaOptions::default() };
+    let ca = CaServer::new(Authority::self_signed(options, sub_seed(seed, "ca", 0), Duration::from_secs(EPOCH_SECS)));
+    for i in 0..plan.pods.len() {
+        ca.credentials().insert(token(seed, i), identity(&plan, i));
+    }
     let local = Arc::new(Local::default());
     let snapshot = Arc::new(plan.snapshot.clone());
     let max_timeout = plan.workloads.iter().map(|w| w.timeout).max().unwrap_or_default();
@@ -255,11 +344,14 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
                 in_flight: in_flight.clone(),
             }),
             commands: Mutex::new(Some(rx)),
+            ca: ca.clone(),
         });
         sim.host(name.as_str(), move || node.clone().run());
     }
+    istiod(&mut sim, &ca, istiod_index, plan.nodes.len(), &faults, &local);
 
-    local.set_node_ips(plan.nodes.iter().map(|n| sim.lookup(n.as_str())).collect());
+    let hosts = plan.nodes.iter().map(String::as_str).chain([ISTIOD]);
+    local.set_node_ips(hosts.map(|n| sim.lookup(n)).collect());
 
     let mut actions: Vec<Action> = Vec::new();
     for (i, f) in plan.faults.iter().enumerate() {
@@ -273,7 +365,7 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     loop {
         let now = sim.elapsed();
         while next < actions.len() && actions[next].at <= now {
-            apply(&plan, &sim, &faults, &recorder, &senders, actions[next], now);
+            apply(&plan, &sim, &faults, &recorder, &senders, &ca, actions[next], now);
             next += 1;
         }
         if (now >= plan.duration && recorder.is_complete()) || now >= hard_stop {
@@ -290,12 +382,14 @@ fn names(plan: &Plan, pods: &[usize]) -> String {
     pods.iter().map(|&p| plan.pods[p].name.as_str()).collect::<Vec<_>>().join(",")
 }
 
+#[allow(clippy::too_many_arguments)] // the driver's whole world, for one fault boundary
 fn apply(
     plan: &Plan,
     sim: &turmoil::Sim<'_>,
     faults: &Faults,
     recorder: &Recorder,
     nodes: &[mpsc::UnboundedSender<Command>],
+    ca: &CaServer,
     a: Action,
     now: Duration,
 ) {
@@ -361,6 +455,27 @@ fn apply(
                 }
             }
             recorder.event(now, &format!("fault_{verb}"), format!("crash {}", names(plan, pods)));
+        }
+        FaultKind::CaOutage => {
+            ca.set_up(!a.start);
+            recorder.event(now, &format!("fault_{verb}"), format!("ca_outage {ISTIOD}"));
+        }
+        FaultKind::CaRoot(step) => {
+            let unix = Duration::from_secs(EPOCH_SECS) + now;
+            ca.rotate(|auth| match step {
+                RootStep::AddRoot => auth.add_root(unix),
+                RootStep::SignWithNewRoot => auth.sign_with_new_root(),
+                RootStep::RemoveOldRoots => {
+                    auth.remove_old_roots();
+                    Ok(())
+                }
+            })
+            .expect("the scenario's root rotation steps were validated in order");
+            recorder.event(
+                now,
+                "ca_root",
+                format!("{} (trust bundle: {} root(s))", step.name(), ca.trust_bundle().len()),
+            );
         }
     }
 }

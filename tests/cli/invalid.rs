@@ -1051,3 +1051,79 @@ fn suppressed_finding_no_longer_blocks_the_run_but_others_do() {
     )
     .single();
 }
+
+// ------------------------------------------------------------------ the CA
+
+#[test]
+fn ca_root_step_that_does_not_exist() {
+    let y = edit(PLAIN, "    app_errors: {pods: [backend-v1-0]}\n", "    ca_root: rotate\n");
+    let y = edit(&y, "    for: 1s\n", "");
+    let (line, col) = pos(&y, "ca_root: rotate", "rotate");
+    rejects(
+        "ca-root-step",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("faults[0].ca_root"),
+            rule: "\"rotate\" is not a root rotation step: add_root, sign_with_new_root, remove_old_roots",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn ca_root_steps_out_of_order() {
+    let y = edit(PLAIN, "    app_errors: {pods: [backend-v1-0]}\n", "    ca_root: sign_with_new_root\n");
+    let y = edit(&y, "    for: 1s\n", "");
+    let (line, col) = pos(&y, "ca_root: sign_with_new_root", "sign_with_new_root");
+    rejects(
+        "ca-root-order",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("faults[0].ca_root"),
+            rule: "sign_with_new_root needs an add_root before it",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn ca_workload_cert_ttl_over_the_maximum() {
+    let y = edit(PLAIN, "duration: 10s\n", "duration: 10s\nca: {workload_cert_ttl: 2161h}\n");
+    let (line, col) = pos(&y, "workload_cert_ttl: 2161h", "2161h");
+    rejects(
+        "ca-ttl-max",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("ca.workload_cert_ttl"),
+            rule: "workload_cert_ttl 2161h0m0s is greater than max_workload_cert_ttl 2160h0m0s",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn certs_expectation_with_an_unknown_event() {
+    let y = edit(
+        PLAIN,
+        "  - success_rate: {workload: browse, at_least: 0.5}\n",
+        "  - success_rate: {workload: browse, at_least: 0.5}\n  - certs: {event: rotated, at_least: 1}\n",
+    );
+    let (line, col) = pos(&y, "event: rotated", "rotated");
+    rejects(
+        "certs-event",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("expect[1].certs.event"),
+            rule: "\"rotated\" is not a certificate event: issued, renewed, ca_unreachable, expired",
+        },
+    )
+    .single();
+}

@@ -81,7 +81,6 @@ fn der_of(label: &str, text: &str) -> Result<Der, String> {
 pub struct CaServer {
     authority: Mutex<Authority>,
     credentials: Credentials,
-    clock: Arc<dyn Clock>,
     up: AtomicBool,
     /// Bumped whenever the trust bundle or the signing root changes (what istiod pushes).
     roots_version: watch::Sender<u64>,
@@ -98,11 +97,10 @@ fn reply(status: StatusCode, body: String, json: bool) -> Reply {
 }
 
 impl CaServer {
-    pub fn new(authority: Authority, clock: Arc<dyn Clock>) -> Arc<CaServer> {
+    pub fn new(authority: Authority) -> Arc<CaServer> {
         Arc::new(CaServer {
             authority: Mutex::new(authority),
             credentials: Credentials::default(),
-            clock,
             up: AtomicBool::new(true),
             roots_version: watch::Sender::new(0),
         })
@@ -141,8 +139,8 @@ impl CaServer {
         self.authority.lock().expect("authority lock").trust_bundle().to_vec()
     }
 
-    /// Serves `listener` until it fails.
-    pub async fn serve<L: Listener>(self: Arc<Self>, mut listener: L) -> std::io::Result<()> {
+    /// Serves `listener` until it fails; certificates start at `clock`'s Unix time.
+    pub async fn serve<L: Listener>(self: Arc<Self>, mut listener: L, clock: Arc<dyn Clock>) -> std::io::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
             if !self.is_up() {
@@ -150,15 +148,16 @@ impl CaServer {
                 continue;
             }
             let me = self.clone();
+            let clock = clock.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let me = me.clone();
+                    let (me, now) = (me.clone(), clock.unix_time());
                     async move {
                         if !me.is_up() {
                             // An error from the service closes the connection unanswered.
                             return Err("CA is down");
                         }
-                        Ok::<_, &str>(me.handle(req).await)
+                        Ok::<_, &str>(me.handle(req, now).await)
                     }
                 });
                 let _ = server_builder().serve_connection(TokioIo::new(stream), svc).await;
@@ -166,7 +165,7 @@ impl CaServer {
         }
     }
 
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Reply {
+    async fn handle(&self, req: Request<hyper::body::Incoming>, now: Duration) -> Reply {
         if req.method() != http::Method::POST || req.uri().path() != CSR_PATH {
             return reply(
                 StatusCode::NOT_FOUND,
@@ -196,7 +195,6 @@ impl CaServer {
             Err(e) => return reply(StatusCode::BAD_REQUEST, format!("csr: {e}"), false),
         };
         let ttl = (parsed.validity_duration > 0).then(|| Duration::from_secs(parsed.validity_duration));
-        let now = self.clock.unix_time();
         let mut authority = self.authority.lock().expect("authority lock");
         match authority.sign_csr(&csr, &caller, ttl, now) {
             Ok(issued) => {

@@ -392,10 +392,12 @@ impl<N: Net> Pool<N> {
 }
 
 /// A hyper HTTP/1.1 server builder set up for both worlds: tokio's timer (simulated in
-/// sim) and no `Date` header (it would read the real clock).
+/// sim), no `Date` header (it would read the real clock), and no header read timeout:
+/// hyper's default (30s) also closes keep-alive connections idle that long, racing the
+/// client's next request on them (Envoy's `request_headers_timeout` is off by default).
 pub fn server_builder() -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new()).auto_date_header(false).keep_alive(true);
+    b.timer(TokioTimer::new()).auto_date_header(false).keep_alive(true).header_read_timeout(None);
     b
 }
 

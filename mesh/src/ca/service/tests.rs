@@ -14,11 +14,11 @@ use rand_chacha::ChaCha8Rng;
 
 async fn start_ca() -> (Arc<CaServer>, CaAddress) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let ca = CaServer::new(Authority::self_signed(CaOptions::default(), 1, clock.unix_time()), clock);
+    let ca = CaServer::new(Authority::self_signed(CaOptions::default(), 1, clock.unix_time()));
     ca.credentials().insert("token-sleep".into(), SpiffeId::new("default", "sleep"));
     let listener = TokioNet.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(ca.clone().serve(listener));
+    tokio::spawn(ca.clone().serve(listener, clock));
     (ca, CaAddress { host: "127.0.0.1".into(), port, timeout: Duration::from_secs(5) })
 }
 
