@@ -55,6 +55,22 @@ enum Command {
         /// Directory for results (default: `out/`).
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        /// Do not write the HTML report and Markdown summary beside the results.
+        #[arg(long)]
+        no_report: bool,
+    },
+    /// Render a results file as an HTML report and a Markdown summary (beside it), or
+    /// compare several runs on one page.
+    Report {
+        /// Results JSON written by `meshsim run`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One page comparing every file (overlays, differences, latency tax, capacity).
+        #[arg(long)]
+        compare: bool,
+        /// Where the comparison page goes (default: `compare.html` beside the first file).
+        #[arg(long, requires = "compare")]
+        out: Option<PathBuf>,
     },
     /// Check scenarios and their Istio resources without running them.
     Validate {
@@ -93,7 +109,8 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     match cli.command {
-        Command::Run { file, seed, out } => cmd_run(&file, seed, &out),
+        Command::Run { file, seed, out, no_report } => cmd_run(&file, seed, &out, !no_report),
+        Command::Report { files, compare, out } => cmd_report(&files, compare, out),
         Command::Validate { files } => cmd_validate(&files),
         Command::Bench { what: Bench::Sim { scenario, seed, runs } } => cmd_bench(scenario.as_deref(), seed, runs),
     }
@@ -157,7 +174,7 @@ fn cmd_validate(files: &[PathBuf]) -> i32 {
     code
 }
 
-fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
+fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool) -> i32 {
     let plan = match load(file, Style::Compiler) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
@@ -183,11 +200,27 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
     );
     let path = out_dir.join(format!("{}-seed{seed}.json", plan.name));
     let json = serde_json::to_vec_pretty(&results).expect("results serialize");
-    if let Err(e) = std::fs::create_dir_all(out_dir).and_then(|_| std::fs::write(&path, json)) {
+    if let Err(e) = std::fs::create_dir_all(out_dir).and_then(|_| std::fs::write(&path, &json)) {
         eprintln!("error: cannot write {}: {e}", path.display());
         return EXIT_FAILED;
     }
     say!("results: {}", path.display());
+    if report {
+        let run = match reports::Run::parse(&String::from_utf8_lossy(&json)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_FAILED;
+            }
+        };
+        match reports::write(&run, &path) {
+            Ok((html, md)) => say!("report: {}\nsummary: {}", html.display(), md.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILED;
+            }
+        }
+    }
     if results.passed {
         EXIT_OK
     } else {
@@ -195,6 +228,41 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
         say!("{failed} expectation(s) failed; repro: meshsim run {} --seed {seed}", file.display());
         EXIT_FAILED
     }
+}
+
+/// `meshsim report`: each file's page and summary beside it, or one comparison page.
+/// A file that cannot be read or is not results JSON is invalid input (exit 2).
+fn cmd_report(files: &[PathBuf], compare: bool, out: Option<PathBuf>) -> i32 {
+    let mut runs = Vec::new();
+    for f in files {
+        match reports::Run::load(f) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_INVALID;
+            }
+        }
+    }
+    if compare {
+        let out = out.unwrap_or_else(|| files[0].with_file_name("compare.html"));
+        let labelled: Vec<(String, reports::Run)> = reports::labels(files).into_iter().zip(runs).collect();
+        if let Err(e) = std::fs::write(&out, reports::html::compare_page(&labelled)) {
+            eprintln!("error: cannot write {}: {e}", out.display());
+            return EXIT_FAILED;
+        }
+        say!("comparison: {}", out.display());
+        return EXIT_OK;
+    }
+    for (f, run) in files.iter().zip(&runs) {
+        match reports::write(run, f) {
+            Ok((html, md)) => say!("report: {}\nsummary: {}", html.display(), md.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILED;
+            }
+        }
+    }
+    EXIT_OK
 }
 
 /// The standard benchmark scenario, built in so `bench sim` runs from anywhere.
