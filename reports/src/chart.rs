@@ -193,7 +193,7 @@ pub fn lines(frame: &Frame<'_>, lines: &[Line], shades: &[Shade], keys: &[ShadeK
             let to = s.to.max(s.from);
             drawn(chart.draw_series(std::iter::once(Rectangle::new(
                 [(s.from, frame.y.start), (to, frame.y.end)],
-                s.colour.mix(0.18).filled(),
+                s.colour.mix(if s.colour == FAULT_SHADE { 0.12 } else { 0.25 }).filled(),
             ))));
         }
         let area = chart.plotting_area().strip_coord_spec();
