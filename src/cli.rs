@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use mesh::config::Level;
+use mesh::net::{Clock, SystemClock};
 use sim::scenario::{self, Plan};
 
 /// Prints a line to stdout; a closed pipe (`meshsim run x | head`) is not an error.
@@ -55,6 +56,22 @@ enum Command {
         /// Directory for results (default: `out/`).
         #[arg(long, default_value = "out")]
         out: PathBuf,
+        /// Do not write the HTML report and Markdown summary beside the results.
+        #[arg(long)]
+        no_report: bool,
+    },
+    /// Render a results file as an HTML report and a Markdown summary (beside it), or
+    /// compare several runs on one page.
+    Report {
+        /// Results JSON written by `meshsim run`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// One page comparing every file (overlays, differences, latency tax, capacity).
+        #[arg(long)]
+        compare: bool,
+        /// Where the comparison page goes (default: `compare.html` beside the first file).
+        #[arg(long, requires = "compare")]
+        out: Option<PathBuf>,
     },
     /// Check scenarios and their Istio resources without running them.
     Validate {
@@ -81,6 +98,16 @@ enum Bench {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
         runs: u32,
     },
+    /// Rendering a run's report (HTML and Markdown) from its results JSON: by default of
+    /// the built-in 60 s, 1,000 rps scenario (bench/report.yaml), simulated once first.
+    Report {
+        /// Results JSON to render instead.
+        #[arg(long)]
+        results: Option<PathBuf>,
+        /// Renders to take the median of.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: u32,
+    },
 }
 
 pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
@@ -93,9 +120,11 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     match cli.command {
-        Command::Run { file, seed, out } => cmd_run(&file, seed, &out),
+        Command::Run { file, seed, out, no_report } => cmd_run(&file, seed, &out, !no_report),
+        Command::Report { files, compare, out } => cmd_report(&files, compare, out),
         Command::Validate { files } => cmd_validate(&files),
         Command::Bench { what: Bench::Sim { scenario, seed, runs } } => cmd_bench(scenario.as_deref(), seed, runs),
+        Command::Bench { what: Bench::Report { results, runs } } => cmd_bench_report(results.as_deref(), runs),
     }
 }
 
@@ -157,7 +186,7 @@ fn cmd_validate(files: &[PathBuf]) -> i32 {
     code
 }
 
-fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
+fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool) -> i32 {
     let plan = match load(file, Style::Compiler) {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
@@ -183,11 +212,27 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
     );
     let path = out_dir.join(format!("{}-seed{seed}.json", plan.name));
     let json = serde_json::to_vec_pretty(&results).expect("results serialize");
-    if let Err(e) = std::fs::create_dir_all(out_dir).and_then(|_| std::fs::write(&path, json)) {
+    if let Err(e) = std::fs::create_dir_all(out_dir).and_then(|_| std::fs::write(&path, &json)) {
         eprintln!("error: cannot write {}: {e}", path.display());
         return EXIT_FAILED;
     }
     say!("results: {}", path.display());
+    if report {
+        let run = match reports::Run::parse(&String::from_utf8_lossy(&json)) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return EXIT_FAILED;
+            }
+        };
+        match reports::write(&run, &path) {
+            Ok((html, md)) => say!("report: {}\nsummary: {}", html.display(), md.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILED;
+            }
+        }
+    }
     if results.passed {
         EXIT_OK
     } else {
@@ -195,6 +240,110 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path) -> i32 {
         say!("{failed} expectation(s) failed; repro: meshsim run {} --seed {seed}", file.display());
         EXIT_FAILED
     }
+}
+
+/// `meshsim report`: each file's page and summary beside it, or one comparison page.
+/// A file that cannot be read or is not results JSON is invalid input (exit 2).
+fn cmd_report(files: &[PathBuf], compare: bool, out: Option<PathBuf>) -> i32 {
+    let mut runs = Vec::new();
+    for f in files {
+        match reports::Run::load(f) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_INVALID;
+            }
+        }
+    }
+    if compare {
+        let out = out.unwrap_or_else(|| files[0].with_file_name("compare.html"));
+        let labelled: Vec<(String, reports::Run)> = reports::labels(files).into_iter().zip(runs).collect();
+        if let Err(e) = std::fs::write(&out, reports::html::compare_page(&labelled)) {
+            eprintln!("error: cannot write {}: {e}", out.display());
+            return EXIT_FAILED;
+        }
+        say!("comparison: {}", out.display());
+        return EXIT_OK;
+    }
+    for (f, run) in files.iter().zip(&runs) {
+        match reports::write(run, f) {
+            Ok((html, md)) => say!("report: {}\nsummary: {}", html.display(), md.display()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_FAILED;
+            }
+        }
+    }
+    EXIT_OK
+}
+
+/// The report benchmark's scenario: 60 s at 1,000 rps.
+const REPORT_BENCH: &str = include_str!("../bench/report.yaml");
+/// Goal on a 2-core machine, release build: reading the results and rendering both outputs.
+const GOAL_REPORT_WALL_SECONDS: f64 = 1.0;
+
+fn cmd_bench_report(results: Option<&Path>, runs: u32) -> i32 {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: debug build: use cargo run --release for the figure");
+    }
+    let json = match results {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {}: {e}", f.display());
+                return EXIT_INVALID;
+            }
+        },
+        None => {
+            let plan = match scenario::load_str("bench/report.yaml (built in)", REPORT_BENCH, Path::new("bench")) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    eprint!("{e}");
+                    return EXIT_INVALID;
+                }
+            };
+            say!("bench report: simulating {} ({} s) once for its results", plan.name, plan.duration.as_secs_f64());
+            match sim::world::run(plan.clone(), plan.seed) {
+                Ok(out) => serde_json::to_string_pretty(&sim::results::build(&plan, plan.seed, &out))
+                    .expect("results serialize"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return EXIT_FAILED;
+                }
+            }
+        }
+    };
+    let mut walls = Vec::new();
+    for i in 0..runs {
+        let clock = SystemClock::new();
+        let run = match reports::Run::parse(&json) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_INVALID;
+            }
+        };
+        let page = reports::html::run_page(&run);
+        let md = reports::markdown::summary(&run);
+        let wall = clock.now().as_secs_f64();
+        walls.push(wall);
+        say!(
+            "  render {}: {} requests, {} KB of JSON -> {} KB of HTML + {} KB of Markdown in {wall:.3} s wall",
+            i + 1,
+            run.requests.len(),
+            json.len() / 1024,
+            page.len() / 1024,
+            md.len() / 1024
+        );
+    }
+    walls.sort_by(f64::total_cmp);
+    let median = walls[walls.len() / 2];
+    let ok = median < GOAL_REPORT_WALL_SECONDS;
+    say!(
+        "median: {median:.3} s wall to read the results and render the report (goal < {GOAL_REPORT_WALL_SECONDS:.0} s): {}",
+        if ok { "goal met" } else { "goal NOT met" }
+    );
+    if ok { EXIT_OK } else { EXIT_FAILED }
 }
 
 /// The standard benchmark scenario, built in so `bench sim` runs from anywhere.

@@ -6,5 +6,6 @@ mod authz_validation;
 mod commands;
 mod invalid;
 mod istio_validation;
+mod reports;
 mod scenarios;
 mod util;
