@@ -1,9 +1,22 @@
-//! Workload identity: SPIFFE IDs (`spiffe://<trustDomain>/ns/<namespace>/sa/<account>`,
-//! MESH_SEMANTICS 1), the only identity a workload certificate carries. Not here: issuing
-//! certificates (the CA), TLS itself.
+//! Workload identity: SPIFFE IDs and each sidecar's [`IdentityStore`] (its certificate
+//! chain and key, and the mesh trust bundle), swappable at any time.
+//!
+//! Owns: the SPIFFE ID format (`spiffe://<trustDomain>/ns/<namespace>/sa/<account>`,
+//! MESH_SEMANTICS 1), reading a certificate's URI SANs and validity, and the store that
+//! TLS reads on every handshake. A store is written by whoever provisions identity (the
+//! world at build time, the CA's rotation agent later) and read by `proxy::tls`; because
+//! TLS configs look the material up per handshake, a swap never touches established
+//! connections. Not here: issuing certificates (the CA), TLS itself (`proxy::tls`).
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 
 /// The trust domain when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -43,8 +56,7 @@ impl FromStr for SpiffeId {
     type Err = String;
     /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`; any other shape is an error naming it.
     fn from_str(s: &str) -> Result<SpiffeId, String> {
-        let bad =
-            || format!("{s:?} is not a SPIFFE ID of the form spiffe://<trust domain>/ns/<namespace>/sa/<account>");
+        let bad = || format!("{s:?} is not a SPIFFE ID of the form spiffe://<trust domain>/ns/<namespace>/sa/<account>");
         let rest = s.strip_prefix("spiffe://").ok_or_else(bad)?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
@@ -53,6 +65,115 @@ impl FromStr for SpiffeId {
             }
             _ => Err(bad()),
         }
+    }
+}
+
+/// The URI SANs of a DER certificate that start with `spiffe://`, in order; empty when
+/// it has none or does not parse.
+pub fn spiffe_uris(cert: &[u8]) -> Vec<String> {
+    let Ok((_, c)) = x509_parser::parse_x509_certificate(cert) else { return Vec::new() };
+    let Ok(Some(san)) = c.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A certificate's validity period as times since the Unix epoch, if it parses.
+pub fn validity(cert: &[u8]) -> Option<(Duration, Duration)> {
+    let (_, c) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let v = c.validity();
+    let t = |x: &x509_parser::time::ASN1Time| Duration::from_secs(x.timestamp().max(0) as u64);
+    Some((t(&v.not_before), t(&v.not_after)))
+}
+
+/// What a store holds at one moment.
+#[derive(Debug)]
+pub struct Material {
+    /// The workload certificate chain (leaf first) and its key; `None` until provisioned.
+    pub cert: Option<Arc<CertifiedKey>>,
+    /// The leaf's validity (since the Unix epoch), when there is a leaf.
+    pub validity: Option<(Duration, Duration)>,
+    /// The mesh trust bundle: roots a peer's chain must end in.
+    pub roots: Arc<RootCertStore>,
+}
+
+/// One sidecar's identity material. Readers take [`IdentityStore::current`] (cheap: an
+/// `Arc` clone) per handshake; writers replace the whole material at once.
+pub struct IdentityStore {
+    id: SpiffeId,
+    trust_domain: String,
+    provider: Arc<CryptoProvider>,
+    material: RwLock<Arc<Material>>,
+}
+
+impl fmt::Debug for IdentityStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityStore").field("id", &self.id).field("trust_domain", &self.trust_domain).finish()
+    }
+}
+
+impl IdentityStore {
+    /// An empty store for the workload `id`, accepting peers of `trust_domain` (the
+    /// mesh's), loading keys with `provider` (the sidecar's TLS provider).
+    pub fn new(id: SpiffeId, trust_domain: &str, provider: Arc<CryptoProvider>) -> IdentityStore {
+        IdentityStore {
+            id,
+            trust_domain: trust_domain.into(),
+            provider,
+            material: RwLock::new(Arc::new(Material {
+                cert: None,
+                validity: None,
+                roots: Arc::new(RootCertStore::empty()),
+            })),
+        }
+    }
+
+    /// Who this workload is meant to be (the certificate in the store may say otherwise
+    /// when a scenario gives a pod a bad identity).
+    pub fn id(&self) -> &SpiffeId {
+        &self.id
+    }
+
+    /// The mesh trust domain peers must belong to.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
+    /// The material now.
+    pub fn current(&self) -> Arc<Material> {
+        self.material.read().expect("identity lock").clone()
+    }
+
+    /// Installs a new workload certificate chain (leaf first) and its private key. New
+    /// handshakes use it; established connections keep theirs.
+    pub fn install(&self, chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<(), String> {
+        let leaf = chain.first().ok_or("an empty certificate chain")?;
+        let validity = validity(leaf).ok_or("the leaf certificate does not parse")?;
+        let signer = self.provider.key_provider.load_private_key(key).map_err(|e| format!("private key: {e}"))?;
+        let cert = Arc::new(CertifiedKey::new(chain, signer));
+        let mut m = self.material.write().expect("identity lock");
+        *m = Arc::new(Material { cert: Some(cert), validity: Some(validity), roots: m.roots.clone() });
+        Ok(())
+    }
+
+    /// Replaces the trust bundle (during a root rotation it holds both roots).
+    pub fn set_trust_bundle(&self, roots: &[CertificateDer<'static>]) -> Result<(), String> {
+        let mut store = RootCertStore::empty();
+        for r in roots {
+            store.add(r.clone()).map_err(|e| format!("trust bundle root: {e}"))?;
+        }
+        let mut m = self.material.write().expect("identity lock");
+        *m = Arc::new(Material { cert: m.cert.clone(), validity: m.validity, roots: Arc::new(store) });
+        Ok(())
     }
 }
 
@@ -82,5 +203,35 @@ mod tests {
         ] {
             assert!(bad.parse::<SpiffeId>().is_err(), "{bad} parsed");
         }
+    }
+
+    fn cert_for(uri: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        let cert = params.self_signed(&key).unwrap();
+        (cert.der().clone(), PrivateKeyDer::try_from(key.serialize_der()).unwrap())
+    }
+
+    #[test]
+    fn reads_spiffe_uri_sans_of_a_certificate() {
+        let (der, _) = cert_for("spiffe://cluster.local/ns/default/sa/web");
+        assert_eq!(spiffe_uris(&der), ["spiffe://cluster.local/ns/default/sa/web"]);
+        assert!(spiffe_uris(b"not a certificate").is_empty());
+    }
+
+    #[test]
+    fn installing_swaps_material_without_touching_earlier_readers() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let store = IdentityStore::new(SpiffeId::new("default", "web"), DEFAULT_TRUST_DOMAIN, provider);
+        let empty = store.current();
+        assert!(empty.cert.is_none() && empty.roots.is_empty());
+        let (der, key) = cert_for("spiffe://cluster.local/ns/default/sa/web");
+        store.install(vec![der.clone()], key).unwrap();
+        store.set_trust_bundle(std::slice::from_ref(&der)).unwrap();
+        let now = store.current();
+        assert!(now.cert.is_some() && now.roots.len() == 1 && now.validity.is_some());
+        assert!(empty.cert.is_none(), "a reader keeps the material it took");
+        assert!(store.install(Vec::new(), PrivateKeyDer::try_from(vec![0u8; 4]).unwrap()).is_err());
     }
 }

@@ -21,7 +21,7 @@ impl Service {
     }
 }
 
-/// One pod of a service: an app plus its sidecar.
+/// One pod of a service: an app plus (usually) its sidecar.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub name: String,
@@ -31,8 +31,11 @@ pub struct Pod {
     pub service_account: String,
     /// Host name (resolved through the `Net` seam) of the machine running the pod.
     pub host: String,
-    /// Port of the pod's sidecar inbound listener: where other sidecars connect.
+    /// Port clients connect to: the sidecar's inbound listener, or the app's own port
+    /// for a pod without a sidecar.
     pub inbound_port: u16,
+    /// Whether the pod runs a sidecar (pods without one are outside the mesh).
+    pub sidecar: bool,
 }
 
 #[derive(Clone, Debug, Default)]

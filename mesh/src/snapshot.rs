@@ -13,13 +13,15 @@ use serde_saphyr::Spanned;
 
 use crate::config::diag::code;
 use crate::config::istio::{
-    ConnectionPoolSettings, ConsistentHash, DestinationRuleSpec, Headers, NotSimulated, OutlierDetection, Resource,
-    SimpleLb, Spec, TrafficPolicy, VirtualServiceSpec,
+    ClientTlsMode, ConnectionPoolSettings, ConsistentHash, DestinationRuleSpec, Headers, MtlsMode, NotSimulated,
+    OutlierDetection, PeerAuthenticationSpec, Resource, SimpleLb, Spec, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::config::{Finding, Findings, Pos};
 use crate::proxy::authz;
+use crate::identity::SpiffeId;
 use crate::proxy::fault::{FaultPolicy, per_million};
 use crate::proxy::hash::HashPolicy;
+use crate::proxy::peer_authn;
 use crate::proxy::headers::HeaderOps;
 use crate::proxy::pool::{self, Limits};
 use crate::proxy::retry::{self, RetryPolicy};
@@ -75,6 +77,9 @@ pub struct Endpoint {
     pub pod: String,
     pub host: String,
     pub port: u16,
+    /// Originate Istio mutual TLS to this endpoint (auto-mTLS or the DestinationRule's
+    /// `tls.mode`).
+    pub mtls: bool,
 }
 
 /// Consistent-hash load balancing of a cluster.
@@ -107,6 +112,9 @@ pub struct Cluster {
     pub outlier: Option<OutlierConfig>,
     pub connect_timeout: Duration,
     pub limits: Limits,
+    /// The identities the destination may present over mTLS: the service accounts of
+    /// the service's pods (Istio's subject alt names check).
+    pub peer_identities: Vec<SpiffeId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,6 +189,9 @@ pub struct Snapshot {
     pub authz: BTreeMap<String, Arc<authz::Workload>>,
     /// Inbound local rate limits from EnvoyFilters, in resource order.
     pub inbound_rate_limits: Vec<InboundRateLimitFilter>,
+    /// The PeerAuthentication mode of each sidecar's inbound side (pod name → mode on its
+    /// service port; never `Unset`). Pods without a sidecar are absent.
+    pub inbound_mtls: BTreeMap<String, MtlsMode>,
 }
 
 /// An EnvoyFilter's local rate limit and the workloads it selects.
@@ -224,6 +235,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
     let mut drs: BTreeMap<String, (&str, &Resource, &DestinationRuleSpec)> = BTreeMap::new();
     let mut vss: BTreeMap<String, (&str, &Resource, &VirtualServiceSpec)> = BTreeMap::new();
     let mut policies: Vec<Arc<authz::Policy>> = Vec::new();
+    let mut peer_authns: Vec<(&Resource, &PeerAuthenticationSpec)> = Vec::new();
     let mut tagged = 0;
     let mut rate_limits = Vec::new();
     for s in resources {
@@ -327,6 +339,10 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                     });
                 }
             }
+            Spec::PeerAuthentication(pa) => {
+                c.check_peer_authentication(s.file, pa);
+                peer_authns.push((r, pa));
+            }
             Spec::Unsupported => {
                 c.error(
                     s.file,
@@ -334,7 +350,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                     code::SCHEMA,
                     "kind",
                     format!(
-                        "kind {:?} is not supported: meshsim simulates VirtualService, DestinationRule, AuthorizationPolicy and the local rate limit of EnvoyFilter",
+                        "kind {:?} is not supported: meshsim simulates VirtualService, DestinationRule, AuthorizationPolicy, PeerAuthentication and the local rate limit of EnvoyFilter",
                         r.kind.value
                     ),
                 );
@@ -345,12 +361,26 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
     c.tag(tagged, None);
     c.current = None;
     let mut snap = Snapshot { inbound_rate_limits: rate_limits, ..Snapshot::default() };
+    let peer_policies: Vec<peer_authn::Policy<'_>> = peer_authns
+        .iter()
+        .map(|(r, spec)| peer_authn::Policy {
+            namespace: r.namespace(),
+            name: r.name(),
+            created: r.metadata.creation_timestamp.as_deref(),
+            spec,
+        })
+        .collect();
+    for pod in registry.pods.values().filter(|p| p.sidecar) {
+        let port = registry.services.values().find(|s| s.name == pod.service && s.namespace == pod.namespace);
+        let port = port.map(|s| s.port).unwrap_or(0);
+        snap.inbound_mtls.insert(pod.name.clone(), peer_authn::resolve(&peer_policies, &pod.namespace, &pod.labels, port));
+    }
     // Clusters: one per service, one per DR subset.
     for (fqdn, svc) in &registry.services {
         let dr = drs.get(fqdn).map(|(_, _, dr)| *dr);
         let top = dr.and_then(|d| d.traffic_policy.as_ref());
         let all = BTreeMap::new();
-        let base = c.cluster(fqdn, svc.port, None, &all, top, None);
+        let base = c.cluster(fqdn, svc.port, None, &all, top, None, &snap.inbound_mtls);
         snap.clusters.insert(base.name.clone(), Arc::new(base));
         for (si, subset) in dr.map(|d| d.subsets.as_slice()).unwrap_or(&[]).iter().enumerate() {
             let cl = c.cluster(
@@ -360,6 +390,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                 &subset.labels,
                 top,
                 subset.traffic_policy.as_ref(),
+                &snap.inbound_mtls,
             );
             if cl.endpoints.is_empty() {
                 let (file, r, _) = drs[fqdn];
@@ -524,7 +555,7 @@ impl Compiler<'_> {
             &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
         const SECURITY: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
         let groups = match r.spec {
-            Spec::AuthorizationPolicy(_) => SECURITY,
+            Spec::AuthorizationPolicy(_) | Spec::PeerAuthentication(_) => SECURITY,
             _ => NETWORKING,
         };
         if !matches!(r.spec, Spec::Unsupported) && !groups.contains(&r.api_version.value.as_str()) {
@@ -651,7 +682,34 @@ impl Compiler<'_> {
             );
             self.not_simulated(file, &format!("{f}.consecutiveErrors"), &o.consecutive_errors);
         }
-        self.not_simulated(file, &format!("{at}.tls"), &p.tls);
+        if let Some(tls) = &p.tls {
+            let t = &tls.value;
+            let f = format!("{at}.tls");
+            if let Some(m) = &t.mode
+                && matches!(m.value, ClientTlsMode::Simple | ClientTlsMode::Mutual)
+            {
+                self.warning(
+                    file,
+                    m,
+                    code::NOT_SIMULATED,
+                    &format!("{f}.mode"),
+                    "SIMPLE and MUTUAL TLS with user certificates are not simulated: meshsim applies auto-mTLS instead"
+                        .into(),
+                );
+            }
+            for (name, v) in [
+                ("clientCertificate", &t.client_certificate),
+                ("privateKey", &t.private_key),
+                ("caCertificates", &t.ca_certificates),
+                ("credentialName", &t.credential_name),
+                ("subjectAltNames", &t.subject_alt_names),
+                ("sni", &t.sni),
+                ("insecureSkipVerify", &t.insecure_skip_verify),
+                ("caCrl", &t.ca_crl),
+            ] {
+                self.not_simulated(file, &format!("{f}.{name}"), v);
+            }
+        }
         self.not_simulated(file, &format!("{at}.portLevelSettings"), &p.port_level_settings);
         self.not_simulated(file, &format!("{at}.tunnel"), &p.tunnel);
         self.not_simulated(file, &format!("{at}.proxyProtocol"), &p.proxy_protocol);
@@ -719,6 +777,33 @@ impl Compiler<'_> {
         }
     }
 
+    /// Istio's PeerAuthentication validation.
+    fn check_peer_authentication(&mut self, file: &str, pa: &PeerAuthenticationSpec) {
+        let selects = pa.selector.as_ref().is_some_and(|s| !s.value.match_labels.is_empty());
+        if let Some(levels) = &pa.port_level_mtls {
+            if !selects {
+                self.error(
+                    file,
+                    levels,
+                    code::SCHEMA,
+                    "spec.portLevelMtls",
+                    "mesh/namespace peer authentication cannot have port level mTLS".into(),
+                );
+            }
+            for port in levels.value.keys() {
+                if !(1..=65535).contains(port) {
+                    self.error(
+                        file,
+                        levels,
+                        code::SCHEMA,
+                        &format!("spec.portLevelMtls[{port}]"),
+                        format!("port {port} must be in range 1..65535"),
+                    );
+                }
+            }
+        }
+    }
+
     fn check_destination_rule(&mut self, file: &str, dr: &DestinationRuleSpec) {
         self.not_simulated(file, "spec.exportTo", &dr.export_to);
         self.not_simulated(file, "spec.workloadSelector", &dr.workload_selector);
@@ -758,6 +843,7 @@ impl Compiler<'_> {
         labels: &BTreeMap<String, String>,
         top: Option<&TrafficPolicy>,
         own: Option<&TrafficPolicy>,
+        inbound_mtls: &BTreeMap<String, MtlsMode>,
     ) -> Cluster {
         // A subset's policy replaces whole blocks of the top-level policy; no field merge.
         let lb = own.and_then(|p| p.load_balancer.as_ref()).or(top.and_then(|p| p.load_balancer.as_ref()));
@@ -775,10 +861,23 @@ impl Compiler<'_> {
             .and_then(|t| t.connect_timeout.as_ref())
             .map(|d| d.value.0)
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let tls = own.and_then(|p| p.tls.as_ref()).or(top.and_then(|p| p.tls.as_ref()));
+        let tls_mode = tls.and_then(|t| t.value.mode.as_ref()).map(|m| m.value);
+        // Auto-mTLS: mutual TLS iff the endpoint has a sidecar whose inbound side is not
+        // DISABLE; a DestinationRule's DISABLE or ISTIO_MUTUAL overrides.
+        let mtls = |p: &crate::registry::Pod| match tls_mode {
+            Some(ClientTlsMode::Disable) => false,
+            Some(ClientTlsMode::IstioMutual) => true,
+            _ => inbound_mtls.get(&p.name).is_some_and(|m| *m != MtlsMode::Disable),
+        };
+        let mut peer_identities = BTreeSet::new();
         let endpoints = self
             .registry
             .pods_of(fqdn, labels)
-            .map(|p| Endpoint { pod: p.name.clone(), host: p.host.clone(), port: p.inbound_port })
+            .map(|p| {
+                peer_identities.insert(SpiffeId::new(&p.namespace, &p.service_account));
+                Endpoint { pod: p.name.clone(), host: p.host.clone(), port: p.inbound_port, mtls: mtls(p) }
+            })
             .collect();
         Cluster {
             name: cluster_name(port, subset, fqdn),
@@ -790,6 +889,7 @@ impl Compiler<'_> {
             outlier: od.map(|o| OutlierConfig::from_istio(&o.value)),
             connect_timeout,
             limits: limits(pool.map(|p| &p.value), budget.map(|b| &b.value)),
+            peer_identities: peer_identities.into_iter().collect(),
         }
     }
 

@@ -66,6 +66,7 @@ fn counts(cf: &CountFilter, r: &Record) -> bool {
         && cf.flag.as_ref().is_none_or(|f| r.flags.split(',').any(|x| x == f))
         && cf.error.as_ref().is_none_or(|e| err == Some(e.as_str()))
         && cf.pod.as_ref().is_none_or(|p| pd == Some(p.as_str()))
+        && cf.connection_security.is_none_or(|c| r.connection_security == Some(c))
         && cf.upstream_attempts.is_none_or(|a| r.upstream_attempts == a)
         && cf.header.as_ref().is_none_or(|h| h.matches(&r.headers))
         && cf.body.as_ref().is_none_or(|b| r.body.as_deref() == Some(b.as_str()))
@@ -246,6 +247,9 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
             if let Some(p) = &cf.pod {
                 what.push(format!("served by {p}"));
             }
+            if let Some(c) = cf.connection_security {
+                what.push(format!("connection security {}", c.as_str()));
+            }
             if let Some(a) = cf.upstream_attempts {
                 what.push(format!("{a} upstream attempt(s)"));
             }
@@ -383,6 +387,7 @@ mod tests {
             latency: Duration::ZERO,
             outcome: Outcome::Response { status: 200, pod: Some("a-0".into()) },
             flags: "-".into(),
+            connection_security: None,
             upstream_attempts: 2,
             headers: vec![pair("x-cache", "miss")],
             body: None,

@@ -2,8 +2,10 @@
 //! models, workload, faults, the recorder and expectations.
 
 pub mod app;
+pub mod crypto;
 pub mod expect;
 pub mod net;
+pub mod pki;
 pub mod recorder;
 pub mod results;
 pub mod scenario;

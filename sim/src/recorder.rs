@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use mesh::ca::agent::{CertEvent, CertEvents};
 use mesh::identity::SpiffeId;
-use mesh::proxy::telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, Telemetry};
+use mesh::proxy::telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
+use mesh::proxy::tls::ConnectionSecurity;
 
 /// What the client app saw for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub struct Record {
     /// Envoy response flags logged by the source sidecar (`-` = none); empty when the
     /// request never reached it.
     pub flags: String,
+    /// The connection security the destination sidecar logged (its last receipt);
+    /// `None` when no destination sidecar handled the request.
+    pub connection_security: Option<ConnectionSecurity>,
     /// How many times a destination app received this request (tries that got through,
     /// and mirrored copies: they carry the same `x-request-id`).
     pub upstream_attempts: u32,
@@ -68,6 +72,7 @@ pub struct Event {
 struct Inner {
     records: Vec<Option<Record>>,
     flags: Vec<String>,
+    security: Vec<Option<ConnectionSecurity>>,
     attempts: Vec<u32>,
     /// Per request, when receipts are kept.
     receipts: Option<Vec<Vec<Receipt>>>,
@@ -93,6 +98,7 @@ impl Recorder {
             inner: Mutex::new(Inner {
                 records: vec![None; issued],
                 flags: vec![String::new(); issued],
+                security: vec![None; issued],
                 attempts: vec![0; issued],
                 receipts: receipts.then(|| vec![Vec::new(); issued]),
                 events: Vec::new(),
@@ -143,6 +149,7 @@ impl Recorder {
             return Err(Lost { missing });
         }
         let flags = std::mem::take(&mut g.flags);
+        let mut security = std::mem::take(&mut g.security).into_iter();
         let attempts = std::mem::take(&mut g.attempts);
         let mut receipts = g.receipts.take().map(Vec::into_iter);
         let records = std::mem::take(&mut g.records)
@@ -152,6 +159,7 @@ impl Recorder {
             .map(|((r, f), a)| {
                 let mut r = r.expect("checked above");
                 r.flags = f;
+                r.connection_security = security.next().flatten();
                 r.upstream_attempts = a;
                 r.receipts = receipts.as_mut().and_then(Iterator::next).unwrap_or_default();
                 r
@@ -164,22 +172,30 @@ impl Recorder {
 }
 
 impl Telemetry for Recorder {
-    /// Only the source side's flags are joined to the records.
-    fn wants_access_log(&self, dir: Direction) -> bool {
-        dir == Direction::Outbound
-    }
-
+    /// The source side's flags and the destination side's connection security are
+    /// joined to the records.
     fn access_log(&self, entry: &AccessLog<'_>) {
-        if entry.direction != Direction::Outbound {
-            return;
-        }
         let Some(id) = entry.request_id.and_then(|s| s.parse::<usize>().ok()) else {
             return;
         };
         let mut g = self.lock();
-        if let Some(slot) = g.flags.get_mut(id) {
-            *slot = entry.flags.to_string();
+        match entry.direction {
+            Direction::Outbound => {
+                if let Some(slot) = g.flags.get_mut(id) {
+                    *slot = entry.flags.to_string();
+                }
+            }
+            Direction::Inbound => {
+                if let (Some(slot), Some(peer)) = (g.security.get_mut(id), entry.peer) {
+                    *slot = Some(peer.security);
+                }
+            }
         }
+    }
+
+    fn security_event(&self, e: SecurityEvent) {
+        let detail = format!("{} refused a connection from {}: {}", e.proxy, e.peer.ip(), e.reason);
+        self.lock().events.push(Event { at: e.at, kind: "connection_refused".into(), detail, outlier: None });
     }
 
     fn outlier_event(&self, e: OutlierEvent) {

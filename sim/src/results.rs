@@ -86,6 +86,8 @@ pub struct RequestOut {
     pub error: Option<&'static str>,
     pub pod: Option<String>,
     pub flags: String,
+    /// `mutual_tls` or `none` as the destination sidecar saw the connection.
+    pub connection_security: Option<&'static str>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -201,6 +203,7 @@ pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
                     error,
                     pod,
                     flags: r.flags.clone(),
+                    connection_security: r.connection_security.map(|c| c.as_str()),
                 }
             })
             .collect(),

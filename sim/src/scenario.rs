@@ -12,10 +12,13 @@ use mesh::config::diag::code;
 use mesh::config::istio::Resource;
 use mesh::config::{Finding, Findings, IstioDuration, Pos, parse_resources};
 use mesh::proxy::ratelimit::{Denominator, FractionalPercent, LocalRateLimit, LocalRateLimitConfig};
+use mesh::proxy::tls::ConnectionSecurity;
 use mesh::registry::{Pod, Registry, Service, qualify};
 use mesh::snapshot::{self, Snapshot, Sourced};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+
+use crate::pki::BadIdentity;
 
 type Dur = Spanned<IstioDuration>;
 
@@ -109,6 +112,14 @@ pub struct PodGroupDef {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub app: AppDef,
+    /// The pods' Kubernetes service account (default: the service's, else `default`).
+    pub service_account: Option<Spanned<String>>,
+    /// Whether the pods run a sidecar (default true). Without one a pod is outside the
+    /// mesh: its workload connects straight to a destination pod, in plaintext.
+    pub sidecar: Option<Spanned<bool>>,
+    /// A bad identity for the pods' sidecars: `foreign_ca`, `expired`,
+    /// `wrong_trust_domain` or `no_certificate`.
+    pub bad_identity: Option<Spanned<String>>,
 }
 
 fn one() -> Spanned<u32> {
@@ -331,6 +342,8 @@ pub struct CountDef {
     pub error: Option<String>,
     /// Served by this pod.
     pub pod: Option<Spanned<String>>,
+    /// The connection security the destination sidecar saw: `mutual_tls` or `none`.
+    pub connection_security: Option<Spanned<String>>,
     /// Requests the destination apps received exactly this many times (retries, mirrors).
     pub upstream_attempts: Option<u32>,
     /// Responses carrying this header: `name`, or `name: value` for that exact value.
@@ -385,6 +398,11 @@ pub struct PlannedPod {
     pub app: AppModel,
     /// The inbound local rate limit of the pod's sidecar.
     pub rate_limit: Option<LocalRateLimitConfig>,
+    pub service_account: String,
+    /// Whether the pod runs a sidecar.
+    pub sidecar: bool,
+    /// A bad identity its sidecar holds instead of a mesh certificate.
+    pub bad_identity: Option<BadIdentity>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -552,6 +570,7 @@ pub struct CountFilter {
     pub flag: Option<String>,
     pub error: Option<String>,
     pub pod: Option<String>,
+    pub connection_security: Option<ConnectionSecurity>,
     pub upstream_attempts: Option<u32>,
     /// Response header: name (lower case) and, if given, the exact value.
     pub header: Option<HeaderFilter>,
@@ -860,6 +879,34 @@ impl Builder {
                     self.err(&g.replicas, &format!("{gf}.replicas"), "replicas must be at least 1");
                 }
                 let app = self.app(&g.app, &gf);
+                let sidecar = g.sidecar.as_ref().is_none_or(|s| s.value);
+                let service_account = match (&g.service_account, &s.service_account) {
+                    (Some(sa), _) => {
+                        if !is_dns_subdomain(&sa.value) {
+                            self.err(
+                                sa,
+                                &format!("{gf}.service_account"),
+                                format!("{:?} is not a valid service account name (a DNS subdomain)", sa.value),
+                            );
+                        }
+                        sa.value.clone()
+                    }
+                    (None, Some(sa)) => sa.clone(),
+                    (None, None) => "default".to_string(),
+                };
+                let bad_identity = g.bad_identity.as_ref().and_then(|b| {
+                    let parsed = BadIdentity::parse(&b.value);
+                    if parsed.is_none() {
+                        self.err(
+                            b,
+                            &format!("{gf}.bad_identity"),
+                            format!("{:?} is not one of {}", b.value, BadIdentity::NAMES.join(", ")),
+                        );
+                    } else if !sidecar {
+                        self.err(b, &format!("{gf}.bad_identity"), "a pod without a sidecar has no identity to spoil");
+                    }
+                    parsed
+                });
                 let mut labels = g.labels.clone();
                 labels.entry("app".into()).or_insert_with(|| s.name.value.clone());
                 for i in 0..g.replicas.value {
@@ -884,11 +931,13 @@ impl Builder {
                         outbound_port: FIRST_PORT + 3 * k + 2,
                         app: app.clone(),
                         rate_limit: rate_limit.clone(),
+                        service_account: service_account.clone(),
+                        sidecar,
+                        bad_identity,
                     });
                 }
             }
             service_pods.insert(s.name.value.clone(), mine);
-            let _ = s.service_account.as_ref();
         }
         // Nodes: pods are dealt round-robin, in declaration order.
         let node_count = match &def.nodes {
@@ -905,18 +954,17 @@ impl Builder {
             p.node = i % node_count;
             pod_index.insert(p.name.clone(), i);
         }
-        for (si, p) in pods.iter().enumerate() {
-            let sa = def.services.iter().find(|s| s.name.value == p.service).and_then(|s| s.service_account.clone());
+        for p in &pods {
             registry.add_pod(Pod {
                 name: p.name.clone(),
                 namespace: p.namespace.clone(),
                 service: p.service.clone(),
                 labels: p.labels.clone(),
-                service_account: sa.unwrap_or_else(|| p.service.clone()),
+                service_account: p.service_account.clone(),
                 host: nodes[p.node].clone(),
-                inbound_port: p.inbound_port,
+                inbound_port: if p.sidecar { p.inbound_port } else { p.app_port },
+                sidecar: p.sidecar,
             });
-            let _ = si;
         }
 
         // Istio resources: inline, then files.
@@ -1340,6 +1388,18 @@ impl Builder {
                 if let Some(p) = &v.received_by {
                     self.pods(std::slice::from_ref(p), &pod_index, &format!("{f}.count.received_by"));
                 }
+                let connection_security = v.connection_security.as_ref().and_then(|c| match c.value.as_str() {
+                    "mutual_tls" => Some(ConnectionSecurity::MutualTls),
+                    "none" => Some(ConnectionSecurity::None),
+                    other => {
+                        self.err(
+                            c,
+                            &format!("{f}.count.connection_security"),
+                            format!("{other:?} is not `mutual_tls` or `none`"),
+                        );
+                        None
+                    }
+                });
                 let header = v.header.as_ref().and_then(|h| self.header_filter(h, &format!("{f}.count.header")));
                 let upstream_header = v
                     .upstream_header
@@ -1357,6 +1417,7 @@ impl Builder {
                             flag: v.flag.clone(),
                             error: v.error.clone(),
                             pod: v.pod.as_ref().map(|p| p.value.clone()),
+                            connection_security,
                             upstream_attempts: v.upstream_attempts,
                             header,
                             body: v.body.clone(),
@@ -1690,6 +1751,11 @@ impl Builder {
         }
         found
     }
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain): labels joined by dots.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 fn is_dns_label(s: &str) -> bool {

@@ -2,7 +2,9 @@
 //! fixed before the run from the seed (constant or Poisson arrivals), so latency is
 //! measured from the intended time and a slow mesh cannot slow the offered load
 //! (no coordinated omission). Requests leave a source pod's app through its sidecar's
-//! outbound listener with the destination in the Host header, as a captured call does.
+//! outbound listener with the destination in the Host header, as a captured call does. A
+//! pod without a sidecar calls a destination pod directly (its inbound port, plaintext),
+//! taking the service's pods in turn by request id.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -89,6 +91,7 @@ fn ended(r: &Planned, now: Duration, outcome: Outcome) -> Record {
         latency: now.saturating_sub(r.intended),
         outcome,
         flags: String::new(),
+        connection_security: None,
         upstream_attempts: 0,
         headers: Vec::new(),
         body: None,
@@ -115,6 +118,17 @@ impl Generator {
                 Arc::new(Pool::new(SimNet::new(p, self.plan.pods[p].node, self.faults.clone(), self.local.clone())))
             })
             .collect();
+        // Per workload: the destination pods a pod without a sidecar calls, (host, port).
+        let direct: Arc<Vec<Vec<(String, u16)>>> = Arc::new(
+            self.plan
+                .workloads
+                .iter()
+                .map(|w| {
+                    let all = std::collections::BTreeMap::new();
+                    self.plan.registry.pods_of(&w.to_fqdn, &all).map(|p| (p.host.clone(), p.inbound_port)).collect()
+                })
+                .collect(),
+        );
         for i in 0..self.requests.len() {
             let r = self.requests[i];
             let now = clock.now();
@@ -135,6 +149,7 @@ impl Generator {
             counter.fetch_add(1, Ordering::SeqCst);
             let me = self.clone();
             let pool = pools[r.source].clone();
+            let direct = direct.clone();
             tokio::spawn(async move {
                 let w = &me.plan.workloads[r.workload];
                 let port = me.plan.pods[r.source].outbound_port;
@@ -148,7 +163,14 @@ impl Generator {
                 for (k, v) in &w.headers {
                     req.headers_mut().append(k.clone(), v.clone());
                 }
-                let send = pool.send("127.0.0.1", port, Duration::from_secs(1), req);
+                let (host, port) = if me.plan.pods[r.source].sidecar {
+                    ("127.0.0.1", port)
+                } else {
+                    let pods = &direct[r.workload];
+                    let (h, p) = &pods[r.id as usize % pods.len()];
+                    (h.as_str(), *p)
+                };
+                let send = pool.send(host, port, Duration::from_secs(1), req);
                 let mut headers = Vec::new();
                 let mut body = None;
                 let outcome = match tokio::time::timeout(w.timeout, send).await {

@@ -5,11 +5,15 @@
 //! the simulation (network, then hosts, as turmoil does) and fires the fault schedule
 //! between steps, so every fault happens at a tick boundary and is the same on every
 //! run. Config reaches sidecars in-process as a compiled snapshot (the control plane
-//! that pushes it over the network is a later layer).
+//! that pushes it over the network is a later layer). Each sidecar's identity store is
+//! filled at start from certificates issued when the world is built (`pki`, a temporary
+//! in-process CA), its TLS randomness seeded (`crypto`). A pod without a sidecar runs only
+//! its app.
 //!
 //! The host `istiod` runs the mesh CA ([`CaServer`] on [`CA_PORT`]); every pod runs a
 //! certificate agent that asks it for the pod's certificate over the seam, with the pod's
 //! bootstrap credential, and renews it. The CA's outage and root rotation steps are faults.
+//! The agent's certificates do not reach the data path yet (the `Installed` stand-in).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,10 +24,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use mesh::ca::agent::{Agent, AgentConfig, IdentitySink, REQUEST_TIMEOUT};
 use mesh::ca::authority::DEFAULT_TTL;
 use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
-use mesh::ca::{Authority, CaOptions, Der};
-use mesh::identity::SpiffeId;
+use mesh::ca::{Authority as Ca, CaOptions, Der};
+use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net, SystemClock};
+use mesh::proxy::tls::SidecarTls;
 use mesh::proxy::{Sidecar, SidecarConfig};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use mesh::snapshot::Snapshot;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -31,6 +37,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
+use crate::crypto::seeded_provider;
+use crate::pki::{self, Authority};
 use crate::net::{Faults, Local, SimClock, SimNet};
 use crate::recorder::{Event, Record, Recorder};
 use crate::scenario::{FaultKind, Plan, RootStep};
@@ -85,8 +93,37 @@ enum Command {
     Restart(usize),
 }
 
+/// A pod's certificate chain and key, if it has one.
+type Credential = Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>;
+
+/// Certificates of the run: the mesh root and each pod's credential.
+struct Certificates {
+    root: CertificateDer<'static>,
+    pods: Vec<Credential>,
+}
+
+impl Certificates {
+    fn issue(plan: &Plan, seed: u64) -> Certificates {
+        let now = Duration::from_secs(EPOCH_SECS);
+        let mesh = Authority::new(DEFAULT_TRUST_DOMAIN, sub_seed(seed, "ca-root", 0), now);
+        let foreign = Authority::new("foreign", sub_seed(seed, "ca-foreign", 0), now);
+        let pods = plan
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let id = SpiffeId::new(&p.namespace, &p.service_account);
+                let key_seed = sub_seed(seed, "workload-key", i as u64);
+                if p.sidecar { pki::workload_cert(&mesh, &foreign, &id, p.bad_identity, key_seed, now) } else { None }
+            })
+            .collect();
+        Certificates { root: mesh.root().clone(), pods }
+    }
+}
+
 struct Node {
     pods: Vec<usize>,
+    certs: Arc<Certificates>,
     plan: Arc<Plan>,
     seed: u64,
     snapshot: Arc<Snapshot>,
@@ -131,6 +168,24 @@ impl Node {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(sub_seed(self.seed, "app", pod as u64))),
             recorder: Some(self.recorder.clone()),
         });
+        let (app_net, app_port) = (net.clone(), p.app_port);
+        let app_task = tokio::spawn(async move {
+            let _ = app.serve(bind(app_net, app_port).await).await;
+        });
+        if !p.sidecar {
+            return vec![app_task];
+        }
+        let clock = Arc::new(SimClock::new());
+        let store = Arc::new(IdentityStore::new(
+            SpiffeId::new(&p.namespace, &p.service_account),
+            DEFAULT_TRUST_DOMAIN,
+            seeded_provider(sub_seed(self.seed, "tls", pod as u64)),
+        ));
+        if let Some((chain, key)) = &self.certs.pods[pod] {
+            store.install(chain.clone(), key.clone_key()).expect("issued certificates install");
+        }
+        store.set_trust_bundle(std::slice::from_ref(&self.certs.root)).expect("the mesh root is a valid anchor");
+        let tls = SidecarTls::new(store, clock.clone()).expect("the TLS config builds");
         let sidecar = Sidecar::new(
             SidecarConfig {
                 pod: p.name.clone(),
@@ -139,9 +194,10 @@ impl Node {
                 app_port: p.app_port,
                 seed: sub_seed(self.seed, "sidecar", pod as u64),
                 rate_limit: p.rate_limit.clone(),
+                tls: Some(Arc::new(tls)),
             },
             net.clone(),
-            Arc::new(SimClock::new()),
+            clock,
             self.recorder.clone(),
             self.snapshot.clone(),
         )
@@ -162,14 +218,12 @@ impl Node {
             self.recorder.clone(),
             self.ca.roots_changed(),
         );
-        let (n1, n2, n3) = (net.clone(), net.clone(), net);
-        let (app_port, in_port, out_port) = (p.app_port, p.inbound_port, p.outbound_port);
+        let (n2, n3) = (net.clone(), net);
+        let (in_port, out_port) = (p.inbound_port, p.outbound_port);
         let s1 = sidecar.clone();
         vec![
+            app_task,
             tokio::spawn(agent.run()),
-            tokio::spawn(async move {
-                let _ = app.serve(bind(n1, app_port).await).await;
-            }),
             tokio::spawn(async move {
                 let _ = s1.run_inbound(bind(n2, in_port).await).await;
             }),
@@ -301,12 +355,13 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let faults = Faults::new(plan.pods.len() + 1, port_owner);
     let options =
         CaOptions { default_ttl: DEFAULT_TTL, max_ttl: plan.ca.max_workload_cert_ttl, ..CaOptions::default() };
-    let ca = CaServer::new(Authority::self_signed(options, sub_seed(seed, "ca", 0), Duration::from_secs(EPOCH_SECS)));
+    let ca = CaServer::new(Ca::self_signed(options, sub_seed(seed, "ca", 0), Duration::from_secs(EPOCH_SECS)));
     for i in 0..plan.pods.len() {
         ca.credentials().insert(token(seed, i), identity(&plan, i));
     }
     let local = Arc::new(Local::default());
     let snapshot = Arc::new(plan.snapshot.clone());
+    let certs = Arc::new(Certificates::issue(&plan, seed));
     let max_timeout = plan.workloads.iter().map(|w| w.timeout).max().unwrap_or_default();
     let hard_stop = plan.duration + max_timeout + DRAIN_SLACK;
 
@@ -329,6 +384,7 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
         senders.push(tx);
         let node = Arc::new(Node {
             pods,
+            certs: certs.clone(),
             plan: plan.clone(),
             seed,
             snapshot: snapshot.clone(),

@@ -58,6 +58,7 @@ fn registry(host: &str, inbound_port: u16) -> Registry {
         service_account: "backend".into(),
         host: host.into(),
         inbound_port,
+        sidecar: true,
     });
     registry
 }
@@ -93,6 +94,7 @@ async fn server<N: Net>(net: N, ports: &Ports, clock: Arc<dyn Clock>, sink: Arc<
         app_port,
         seed: 1,
         rate_limit: None,
+        tls: None,
     };
     // The inbound side does not route: its snapshot is never consulted.
     let sidecar = Sidecar::new(cfg, net, clock, sink, Arc::new(Snapshot::default())).expect("no rate limit");
@@ -122,6 +124,7 @@ async fn client<N: Net>(
         app_port: 1,
         seed: 2,
         rate_limit: None,
+        tls: None,
     };
     let sidecar = Sidecar::new(cfg, net.clone(), clock, sink, snapshot(server_host, in_port)).expect("no rate limit");
     let task = tokio::spawn(async move {

@@ -863,3 +863,48 @@ fn istio_file_unparsable_exits_2_semantic_error_exits_79() {
     assert_eq!(validated.code, Some(2), "an unparsable file outranks error findings\n{}", validated.dump());
     run_refuses(&scratch);
 }
+
+// ------------------------------------------------------------------ PeerAuthentication
+
+/// The base with one PeerAuthentication appended to `istio:`.
+fn with_peer_authentication(spec: &str) -> String {
+    let pa = format!(
+        "  - apiVersion: security.istio.io/v1\n    kind: PeerAuthentication\n    metadata: {{name: pa, namespace: default}}\n    spec:\n{spec}"
+    );
+    edit(BASE, "workload:\n", &format!("{pa}workload:\n"))
+}
+
+#[test]
+fn namespace_peer_authentication_with_port_level_mtls() {
+    let y = with_peer_authentication("      mtls: {mode: STRICT}\n      portLevelMtls:\n        8080: {mode: DISABLE}\n");
+    let (line, _) = pos(&y, "8080: {mode: DISABLE}", "8080");
+    rejected(
+        "pa-port-level-without-selector",
+        &y,
+        &Want {
+            code: "IST0106",
+            resource: "PeerAuthentication default/pa",
+            field: "spec.portLevelMtls",
+            message: "mesh/namespace peer authentication cannot have port level mTLS",
+            at: At::Line(line),
+        },
+    );
+}
+
+#[test]
+fn workload_peer_authentication_with_port_level_mtls_is_valid() {
+    let y = with_peer_authentication(
+        "      selector: {matchLabels: {app: reviews}}\n      mtls: {mode: STRICT}\n      portLevelMtls:\n        9080: {mode: PERMISSIVE}\n",
+    );
+    let (ran, found) = validate("pa-port-level-with-selector", &y);
+    assert_eq!(ran.code, Some(0), "{}", ran.dump());
+    assert!(found.is_empty(), "{}", ran.dump());
+}
+
+#[test]
+fn peer_authentication_unknown_mode_is_an_error_at_its_line() {
+    let y = with_peer_authentication("      mtls: {mode: STRICTER}\n");
+    let (line, _) = pos(&y, "mode: STRICTER", "STRICTER");
+    let expect = Expect { at: At::Line(line), code: "IST0106", field: None, rule: "STRICTER" };
+    rejects("pa-unknown-mode", &y, &expect).single();
+}

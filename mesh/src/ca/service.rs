@@ -272,6 +272,9 @@ pub async fn request_certificate<N: Net>(
         Ok(Err(UpstreamError::Connect(ConnectFailure::Timeout))) => {
             return Err(FetchError::Unreachable("connect timeout".into()));
         }
+        Ok(Err(UpstreamError::Connect(ConnectFailure::Tls(f)))) => {
+            return Err(FetchError::Unreachable(format!("TLS: {}", f.as_str())));
+        }
         Ok(Err(UpstreamError::Reset)) => {
             return Err(FetchError::Unreachable("connection closed before the answer".into()));
         }

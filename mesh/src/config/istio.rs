@@ -1,5 +1,6 @@
 //! The Istio resource model: `VirtualService` and `DestinationRule` as written in Istio's
-//! own YAML (`networking.istio.io/v1`) and `AuthorizationPolicy` (`security.istio.io/v1`),
+//! own YAML (`networking.istio.io/v1`), and `AuthorizationPolicy` and `PeerAuthentication`
+//! (`security.istio.io/v1`),
 //! with source positions kept for validation.
 //!
 //! Every struct denies unknown fields: a field Istio does not have is an error. Fields
@@ -58,6 +59,7 @@ pub enum Spec {
     AuthorizationPolicy(Box<AuthorizationPolicySpec>),
     /// Only its local rate limit patch runs (see [`super::envoy_filter`]).
     EnvoyFilter(Box<super::envoy_filter::EnvoyFilterSpec>),
+    PeerAuthentication(Box<PeerAuthenticationSpec>),
     /// A kind meshsim does not simulate; validation reports it at the `kind` field.
     Unsupported,
 }
@@ -67,6 +69,7 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("DestinationRule", "networking.istio.io"),
     ("AuthorizationPolicy", "security.istio.io"),
     ("EnvoyFilter", "networking.istio.io"),
+    ("PeerAuthentication", "security.istio.io"),
 ];
 
 impl Resource {
@@ -115,6 +118,7 @@ impl<'de> de::Deserialize<'de> for Resource {
                                 "DestinationRule" => Spec::DestinationRule(map.next_value()?),
                                 "AuthorizationPolicy" => Spec::AuthorizationPolicy(map.next_value()?),
                                 "EnvoyFilter" => Spec::EnvoyFilter(map.next_value()?),
+                                "PeerAuthentication" => Spec::PeerAuthentication(map.next_value()?),
                                 _ => {
                                     map.next_value::<IgnoredAny>()?;
                                     Spec::Unsupported
@@ -311,7 +315,7 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<Spanned<LoadBalancerSettings>>,
     pub connection_pool: Option<Spanned<ConnectionPoolSettings>>,
     pub outlier_detection: Option<Spanned<OutlierDetection>>,
-    pub tls: NotSimulated,
+    pub tls: Option<Spanned<ClientTlsSettings>>,
     pub port_level_settings: NotSimulated,
     pub tunnel: NotSimulated,
     pub proxy_protocol: NotSimulated,
@@ -571,4 +575,84 @@ pub struct Condition {
     pub values: Vec<Spanned<String>>,
     #[serde(default)]
     pub not_values: Vec<Spanned<String>>,
+}
+
+/// `trafficPolicy.tls`: how a client sidecar talks TLS to the destination.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientTlsSettings {
+    pub mode: Option<Spanned<ClientTlsMode>>,
+    pub client_certificate: NotSimulated,
+    pub private_key: NotSimulated,
+    pub ca_certificates: NotSimulated,
+    pub credential_name: NotSimulated,
+    pub subject_alt_names: NotSimulated,
+    pub sni: NotSimulated,
+    pub insecure_skip_verify: NotSimulated,
+    pub ca_crl: NotSimulated,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTlsMode {
+    Disable,
+    Simple,
+    Mutual,
+    IstioMutual,
+}
+
+// ---------------------------------------------------------------- PeerAuthentication
+
+/// `security.istio.io/v1` PeerAuthentication: which connections a workload's inbound
+/// side accepts (MESH_SEMANTICS 1).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    pub selector: Option<Spanned<WorkloadSelector>>,
+    pub mtls: Option<Spanned<PeerMtls>>,
+    /// Keyed by workload (target) port.
+    pub port_level_mtls: Option<Spanned<BTreeMap<u32, PeerMtls>>>,
+}
+
+impl WorkloadSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerMtls {
+    pub mode: Option<Spanned<MtlsMode>>,
+}
+
+impl PeerMtls {
+    pub fn mode(&self) -> MtlsMode {
+        self.mode.as_ref().map(|m| m.value).unwrap_or(MtlsMode::Unset)
+    }
+}
+
+/// PeerAuthentication `mtls.mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inherit from the parent tier.
+    Unset,
+    /// Plaintext only.
+    Disable,
+    /// mTLS and plaintext on the same port.
+    Permissive,
+    /// mTLS only.
+    Strict,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Unset => "UNSET",
+            MtlsMode::Disable => "DISABLE",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Strict => "STRICT",
+        }
+    }
 }

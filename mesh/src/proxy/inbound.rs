@@ -1,5 +1,6 @@
 //! The inbound path: authorization (AuthorizationPolicy), local rate limit, then forward
-//! to the local app. A denied request never reaches the app.
+//! to the local app. A denied request never reaches the app. The connection's peer (its
+//! security and verified identity, see `tls`) comes with every request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,28 +10,29 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::authz::{self, DENIED_BODY, Peer};
+use super::authz::{self, DENIED_BODY};
 use super::local_reply::{self, Flag};
 use super::ratelimit::{Decision, RATE_LIMITED_BODY};
 use super::telemetry::Direction;
+use super::tls::Peer;
 use super::{Reply, Sidecar, Target, strip_hop_by_hop};
 use crate::net::Net;
 
 impl<N: Net> Sidecar<N> {
-    pub(super) async fn inbound(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
+    pub(super) async fn inbound(self: Arc<Self>, req: Request<Incoming>, addr: SocketAddr, peer: &Peer) -> Reply {
         let start = self.clock.now();
         let (mut parts, body) = req.into_parts();
         let req_id = parts.headers.get("x-request-id").cloned();
         let req_id = req_id.as_ref().and_then(|v| v.to_str().ok());
         let cluster = format!("inbound|{}||", self.cfg.app_port);
-        let to = Target { route: "inbound", cluster: &cluster, upstream: None };
+        let to = Target { route: "inbound", cluster: &cluster, upstream: None, peer: Some(peer) };
         let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
             self.log(Direction::Inbound, req_id, to, 400, &[], start);
             return local_reply::reply(StatusCode::BAD_REQUEST, "", "istio-envoy");
         };
 
         // Authorization (Envoy's RBAC filter runs before the rate limit). A plaintext peer
-        // has no principal.
+        // has no principal; an mTLS peer's is its verified SPIFFE ID.
         if let Some(policies) = self.snapshot().authz.get(&self.cfg.pod) {
             let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
             let request = authz::Request {
@@ -39,8 +41,8 @@ impl<N: Net> Sidecar<N> {
                 host: host.or(parts.uri.authority().map(|a| a.as_str())).unwrap_or(""),
                 headers: &parts.headers,
             };
-            let peer = Peer { principal: None, ip: peer.ip() };
-            if policies.decide(&peer, &request) == authz::Decision::Deny {
+            let source = authz::Peer { principal: peer.principal(), ip: addr.ip() };
+            if policies.decide(&source, &request) == authz::Decision::Deny {
                 self.log(Direction::Inbound, req_id, to, StatusCode::FORBIDDEN.as_u16(), &[], start);
                 return local_reply::reply(StatusCode::FORBIDDEN, DENIED_BODY, "istio-envoy");
             }

@@ -85,6 +85,8 @@ pub fn flags_string(flags: &[Flag]) -> std::borrow::Cow<'static, str> {
 pub enum ConnectFailure {
     Refused,
     Timeout,
+    /// The TLS handshake failed, or the peer refused our certificate.
+    Tls(super::tls::TlsFailure),
 }
 
 pub const BODY_NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
@@ -93,10 +95,18 @@ pub const BODY_TIMEOUT: &str = "upstream request timeout";
 /// How Envoy's reset bodies start (`router.cc`, `onUpstreamAbort`).
 const RESET_PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
 
+/// Envoy words a TLS failure `… reset reason: remote connection failure, transport
+/// failure reason: TLS_error:|<BoringSSL code and text>:TLS_error_end`; meshsim puts its
+/// failure name where BoringSSL's text would be.
 pub fn connect_failure_body(reason: ConnectFailure) -> String {
     let reason = match reason {
         ConnectFailure::Refused => "remote connection failure",
         ConnectFailure::Timeout => "connection timeout",
+        ConnectFailure::Tls(t) => {
+            return format!(
+                "{RESET_PREFIX}reset reason: remote connection failure, transport failure reason: TLS_error: {t}"
+            );
+        }
     };
     format!("{RESET_PREFIX}reset reason: {reason}")
 }

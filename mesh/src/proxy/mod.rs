@@ -8,8 +8,10 @@
 //! breaker) → balance (outlier-aware candidates; LB policy or consistent hash) → pool
 //! (circuit breakers, connect over the `Net` seam) → the peer's sidecar.
 //!
-//! An inbound listener applies AuthorizationPolicy, then the local rate limit, and
-//! forwards to the local app (see `inbound`). Each policy is its own module; this one owns the sidecar's state: the
+//! An inbound listener runs the pod's PeerAuthentication mode (see `tls`: mTLS, plaintext
+//! or both, sniffed on the same port), applies AuthorizationPolicy, then the local rate
+//! limit, and forwards to the local app (see `inbound`). Each policy is its own module;
+//! this one owns the sidecar's state: the
 //! config snapshot and, per cluster, hosts' load, the outlier detector, the hash table
 //! and the connection pool.
 
@@ -22,11 +24,13 @@ mod inbound;
 pub mod local_reply;
 mod outbound;
 pub mod outlier;
+pub mod peer_authn;
 pub mod pool;
 pub mod ratelimit;
 pub mod retry;
 pub mod route_match;
 pub mod telemetry;
+pub mod tls;
 pub mod weighted;
 
 use std::collections::BTreeMap;
@@ -49,9 +53,11 @@ use balance::Balancer;
 use hash::{Maglev, RingHash};
 use local_reply::Flag;
 use outlier::{Detector, Transition};
-use pool::{Pool, UpstreamError};
+use pool::{Pool, PoolTls, UpstreamError};
 use ratelimit::{LocalRateLimit, LocalRateLimitConfig};
-use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, Telemetry};
+use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
+use tls::{Peer, SidecarTls};
+use crate::config::istio::MtlsMode;
 
 /// Who this sidecar serves.
 #[derive(Clone, Debug)]
@@ -66,6 +72,8 @@ pub struct SidecarConfig {
     pub seed: u64,
     /// The inbound local rate limit (Envoy's `local_ratelimit` filter), if any.
     pub rate_limit: Option<LocalRateLimitConfig>,
+    /// The sidecar's identity and TLS; `None` = it can neither originate nor accept mTLS.
+    pub tls: Option<Arc<SidecarTls>>,
 }
 
 /// A consistent-hash table built over one set of candidate hosts.
@@ -106,6 +114,8 @@ struct Target<'a> {
     route: &'a str,
     cluster: &'a str,
     upstream: Option<&'a str>,
+    /// The downstream peer (inbound).
+    peer: Option<&'a Peer>,
 }
 
 const HOP_BY_HOP: [HeaderName; 5] =
@@ -162,22 +172,68 @@ impl<N: Net> Sidecar<N> {
     async fn serve(self: Arc<Self>, mut listener: N::Listener, dir: Direction) -> std::io::Result<()> {
         let local = listener.local_addr()?;
         loop {
-            let (stream, peer) = listener.accept().await?;
+            let (stream, addr) = listener.accept().await?;
             let me = self.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let me = me.clone();
-                    async move {
-                        Ok::<_, Infallible>(match dir {
-                            Direction::Outbound => me.outbound(req, peer, local).await,
-                            Direction::Inbound => me.inbound(req, peer).await,
-                        })
-                    }
-                });
-                // A failed connection only ends that connection; its requests are logged.
-                let _ = pool::server_builder().serve_connection(TokioIo::new(stream), svc).await;
+                match dir {
+                    Direction::Outbound => me.serve_http(stream, dir, addr, local, Peer::PLAINTEXT).await,
+                    Direction::Inbound => me.serve_inbound(stream, addr, local).await,
+                }
             });
         }
+    }
+
+    /// One inbound connection under the pod's PeerAuthentication mode: STRICT takes only
+    /// mTLS with a mesh-issued client certificate and resets plaintext; PERMISSIVE sniffs
+    /// the first byte and serves both; DISABLE serves plaintext only.
+    async fn serve_inbound(self: Arc<Self>, stream: N::Stream, addr: std::net::SocketAddr, local: std::net::SocketAddr) {
+        let mode = self.snapshot().inbound_mtls.get(&self.cfg.pod).copied().unwrap_or(MtlsMode::Permissive);
+        if mode == MtlsMode::Disable {
+            return self.serve_http(stream, Direction::Inbound, addr, local, Peer::PLAINTEXT).await;
+        }
+        let Ok((stream, is_tls)) = tls::sniff(stream).await else { return };
+        let refuse = |reason: &str| {
+            self.telemetry.security_event(SecurityEvent {
+                proxy: self.cfg.pod.clone(),
+                at: self.clock.now(),
+                peer: addr,
+                reason: reason.to_string(),
+            });
+        };
+        match (&self.cfg.tls, is_tls) {
+            (Some(t), true) => match t.accept(stream).await {
+                Ok((stream, peer)) => self.serve_http(stream, Direction::Inbound, addr, local, peer).await,
+                Err(f) => refuse(f.as_str()),
+            },
+            (None, true) => refuse("no_tls_identity"),
+            (_, false) if mode == MtlsMode::Strict => refuse("plaintext_in_strict"),
+            (_, false) => self.serve_http(stream, Direction::Inbound, addr, local, Peer::PLAINTEXT).await,
+        }
+    }
+
+    /// Serves HTTP/1.1 on one connection until it closes. `addr`: the peer's address;
+    /// `local`: the listener's.
+    async fn serve_http<S: crate::net::Stream>(
+        self: Arc<Self>,
+        stream: S,
+        dir: Direction,
+        addr: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+        peer: Peer,
+    ) {
+        let peer = Arc::new(peer);
+        let svc = service_fn(move |req| {
+            let me = self.clone();
+            let peer = peer.clone();
+            async move {
+                Ok::<_, Infallible>(match dir {
+                    Direction::Outbound => me.outbound(req, addr, local).await,
+                    Direction::Inbound => me.inbound(req, addr, &peer).await,
+                })
+            }
+        });
+        // A failed connection only ends that connection; its requests are logged.
+        let _ = pool::server_builder().serve_connection(TokioIo::new(stream), svc).await;
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -221,7 +277,7 @@ impl<N: Net> Sidecar<N> {
     }
 
     fn log(&self, dir: Direction, req_id: Option<&str>, to: Target<'_>, status: u16, flags: &[Flag], start: Duration) {
-        let Target { route, cluster, upstream } = to;
+        let Target { route, cluster, upstream, peer } = to;
         let flags = local_reply::flags_string(flags);
         self.telemetry.access_log(&AccessLog {
             proxy: &self.cfg.pod,
@@ -230,6 +286,7 @@ impl<N: Net> Sidecar<N> {
             route,
             cluster,
             upstream_pod: upstream,
+            peer,
             status,
             flags: &flags,
             start,
@@ -285,11 +342,25 @@ impl<N: Net> Sidecar<N> {
                     balancer: Balancer::default(),
                     detector: cluster.outlier.map(|o| Detector::new(o, cluster.endpoints.len(), now)),
                     hash: None,
-                    pool: Arc::new(Pool::with_limits(self.net.clone(), cluster.limits, self.clock.clone())),
+                    pool: Arc::new(self.cluster_pool_new(cluster)),
                 },
             );
         }
         f(clusters.get_mut(&cluster.name).expect("inserted above"))
+    }
+
+    /// A new pool for `cluster`, originating mTLS to the endpoints that get it.
+    fn cluster_pool_new(&self, cluster: &Cluster) -> Pool<N> {
+        let pool = Pool::with_limits(self.net.clone(), cluster.limits, self.clock.clone());
+        let mtls: std::collections::BTreeSet<(String, u16)> =
+            cluster.endpoints.iter().filter(|e| e.mtls).map(|e| (e.host.clone(), e.port)).collect();
+        match &self.cfg.tls {
+            Some(t) if !mtls.is_empty() => match t.connector(&cluster.peer_identities) {
+                Ok(connector) => pool.with_tls(PoolTls { connector, endpoints: mtls }),
+                Err(e) => panic!("bug: the TLS client config of {} does not build: {e}", cluster.name),
+            },
+            _ => pool,
+        }
     }
 
     fn cluster_pool(&self, cluster: &Arc<Cluster>) -> Arc<Pool<N>> {

@@ -6,10 +6,11 @@
 //! connections per endpoint (reused, expired after the idle timeout, retired after
 //! `maxRequestsPerConnection` requests or `maxConnectionDuration`), the pending queue
 //! when `maxConnections` is reached, and the overflow verdicts (`max_requests`,
-//! `max_pending_requests`, `max_retries` / retry budget). Does not own which endpoint to
-//! call or whether to retry (`balance`, `retry`).
+//! `max_pending_requests`, `max_retries` / retry budget), and originating mutual TLS to
+//! the endpoints that get it ([`PoolTls`]; the handshake is `tls`'s). Does not own which
+//! endpoint to call or whether to retry (`balance`, `retry`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -19,8 +20,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::oneshot;
+use tokio_rustls::TlsConnector;
 
 use super::local_reply::ConnectFailure;
+use super::tls::{self, TlsFailure};
 use crate::net::{Clock, Net};
 
 /// Bound on idle connections kept per upstream address.
@@ -120,10 +123,18 @@ struct State {
     retries: u32,
 }
 
+/// Mutual TLS towards some endpoints of a cluster.
+pub struct PoolTls {
+    pub connector: TlsConnector,
+    /// `(host, port)` of the endpoints that get mTLS; the others get plaintext.
+    pub endpoints: BTreeSet<(String, u16)>,
+}
+
 pub struct Pool<N: Net> {
     net: N,
     limits: Limits,
     clock: Option<Arc<dyn Clock>>,
+    tls: Option<PoolTls>,
     state: Mutex<State>,
 }
 
@@ -148,11 +159,16 @@ impl Drop for RetryPermit<'_> {
 impl<N: Net> Pool<N> {
     /// A pool without limits and without idle expiry (an app's client, the inbound side).
     pub fn new(net: N) -> Self {
-        Pool { net, limits: Limits::default(), clock: None, state: Mutex::new(State::default()) }
+        Pool { net, limits: Limits::default(), clock: None, tls: None, state: Mutex::new(State::default()) }
     }
 
     pub fn with_limits(net: N, limits: Limits, clock: Arc<dyn Clock>) -> Self {
-        Pool { net, limits, clock: Some(clock), state: Mutex::new(State::default()) }
+        Pool { net, limits, clock: Some(clock), tls: None, state: Mutex::new(State::default()) }
+    }
+
+    /// Originates mutual TLS to the endpoints `tls` names.
+    pub fn with_tls(self, tls: PoolTls) -> Self {
+        Pool { tls: Some(tls), ..self }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -255,23 +271,36 @@ impl<N: Net> Pool<N> {
 
     async fn connect(&self, key: &(String, u16), timeout: Duration) -> Result<Conn, UpstreamError> {
         let (host, port) = (key.0.as_str(), key.1);
+        let refused = |_| UpstreamError::Connect(ConnectFailure::Refused);
         let attempt = async {
-            let addr = self.net.resolve(host, port).await?;
-            let stream = self.net.connect(addr).await?;
-            let (sender, conn) =
-                http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
-            tokio::spawn(async move {
-                // The connection ends when either side closes; errors surface on requests.
-                let _ = conn.await;
-            });
-            Ok::<_, std::io::Error>(sender)
+            let addr = self.net.resolve(host, port).await.map_err(refused)?;
+            let stream = self.net.connect(addr).await.map_err(refused)?;
+            // The connection ends when either side closes; errors surface on requests.
+            let sender = match self.tls.as_ref().filter(|t| t.endpoints.contains(key)) {
+                Some(t) => {
+                    let stream = tls::connect(&t.connector, host, stream)
+                        .await
+                        .map_err(|f| UpstreamError::Connect(ConnectFailure::Tls(f)))?;
+                    let (sender, conn) =
+                        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| refused_h(&e))?;
+                    tokio::spawn(conn);
+                    sender
+                }
+                None => {
+                    let (sender, conn) =
+                        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| refused_h(&e))?;
+                    tokio::spawn(conn);
+                    sender
+                }
+            };
+            Ok::<_, UpstreamError>(sender)
         };
         let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(sender)) => {
                 let now = self.now();
                 return Ok(Conn { sender, requests: 0, created: now, idle_since: now });
             }
-            Ok(Err(_)) => UpstreamError::Connect(ConnectFailure::Refused),
+            Ok(Err(e)) => e,
             Err(_) => UpstreamError::Connect(ConnectFailure::Timeout),
         };
         self.closed(&mut self.lock(), key);
@@ -380,6 +409,11 @@ impl<N: Net> Pool<N> {
                 }
                 Err(mut e) => {
                     self.closed(&mut self.lock(), &key);
+                    // The peer refused our certificate: its alert arrives on the first
+                    // request (a TLS 1.3 client finishes its handshake first).
+                    if let Some(f) = TlsFailure::find(e.error()) {
+                        return Err(UpstreamError::Connect(ConnectFailure::Tls(f)));
+                    }
                     match e.take_message() {
                         Some(r) => req = r,
                         None => return Err(UpstreamError::Reset),
@@ -389,6 +423,12 @@ impl<N: Net> Pool<N> {
         }
         Err(UpstreamError::Reset)
     }
+}
+
+/// hyper's handshake failed: the connection is gone before HTTP could start (a TLS
+/// reason when there is one).
+fn refused_h(e: &hyper::Error) -> UpstreamError {
+    UpstreamError::Connect(TlsFailure::find(e).map_or(ConnectFailure::Refused, ConnectFailure::Tls))
 }
 
 /// A hyper HTTP/1.1 server builder set up for both worlds: tokio's timer (simulated in

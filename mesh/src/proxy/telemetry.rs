@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::outlier::Reason;
+use super::tls::Peer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Direction {
@@ -27,6 +28,8 @@ pub struct AccessLog<'a> {
     pub cluster: &'a str,
     /// The pod the request was sent to, if one was picked.
     pub upstream_pod: Option<&'a str>,
+    /// Inbound: the downstream connection's security and verified identity.
+    pub peer: Option<&'a Peer>,
     pub status: u16,
     /// Envoy response flags, comma-joined; `-` when none.
     pub flags: &'a str,
@@ -43,6 +46,7 @@ pub struct OwnedAccessLog {
     pub route: String,
     pub cluster: String,
     pub upstream_pod: Option<String>,
+    pub peer: Option<Peer>,
     pub status: u16,
     pub flags: String,
     pub start: Duration,
@@ -58,6 +62,7 @@ impl AccessLog<'_> {
             route: self.route.to_string(),
             cluster: self.cluster.to_string(),
             upstream_pod: self.upstream_pod.map(str::to_string),
+            peer: self.peer.cloned(),
             status: self.status,
             flags: self.flags.to_string(),
             start: self.start,
@@ -88,6 +93,17 @@ pub struct OutlierEvent {
     pub kind: OutlierKind,
 }
 
+/// An inbound connection the sidecar refused for its security (a failed mTLS handshake,
+/// plaintext into STRICT); `reason` is a [`super::tls::TlsFailure`] name,
+/// `plaintext_in_strict` or `no_tls_identity`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecurityEvent {
+    pub proxy: String,
+    pub at: Duration,
+    pub peer: std::net::SocketAddr,
+    pub reason: String,
+}
+
 pub trait Telemetry: Send + Sync + 'static {
     /// Whether access-log entries of this direction are wanted (building one costs).
     fn wants_access_log(&self, _dir: Direction) -> bool {
@@ -95,6 +111,8 @@ pub trait Telemetry: Send + Sync + 'static {
     }
     fn access_log(&self, entry: &AccessLog<'_>);
     fn outlier_event(&self, event: OutlierEvent);
+    /// A refused inbound connection (ignored unless a sink wants it).
+    fn security_event(&self, _event: SecurityEvent) {}
 }
 
 /// Keeps everything in memory, in arrival order.
