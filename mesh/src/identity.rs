@@ -56,7 +56,8 @@ impl FromStr for SpiffeId {
     type Err = String;
     /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`; any other shape is an error naming it.
     fn from_str(s: &str) -> Result<SpiffeId, String> {
-        let bad = || format!("{s:?} is not a SPIFFE ID of the form spiffe://<trust domain>/ns/<namespace>/sa/<account>");
+        let bad =
+            || format!("{s:?} is not a SPIFFE ID of the form spiffe://<trust domain>/ns/<namespace>/sa/<account>");
         let rest = s.strip_prefix("spiffe://").ok_or_else(bad)?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {

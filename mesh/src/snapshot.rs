@@ -17,12 +17,12 @@ use crate::config::istio::{
     OutlierDetection, PeerAuthenticationSpec, Resource, SimpleLb, Spec, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::config::{Finding, Findings, Pos};
-use crate::proxy::authz;
 use crate::identity::SpiffeId;
+use crate::proxy::authz;
 use crate::proxy::fault::{FaultPolicy, per_million};
 use crate::proxy::hash::HashPolicy;
-use crate::proxy::peer_authn;
 use crate::proxy::headers::HeaderOps;
+use crate::proxy::peer_authn;
 use crate::proxy::pool::{self, Limits};
 use crate::proxy::retry::{self, RetryPolicy};
 use crate::proxy::route_match::{self, RouteMatch};
@@ -373,7 +373,8 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
     for pod in registry.pods.values().filter(|p| p.sidecar) {
         let port = registry.services.values().find(|s| s.name == pod.service && s.namespace == pod.namespace);
         let port = port.map(|s| s.port).unwrap_or(0);
-        snap.inbound_mtls.insert(pod.name.clone(), peer_authn::resolve(&peer_policies, &pod.namespace, &pod.labels, port));
+        snap.inbound_mtls
+            .insert(pod.name.clone(), peer_authn::resolve(&peer_policies, &pod.namespace, &pod.labels, port));
     }
     // Clusters: one per service, one per DR subset.
     for (fqdn, svc) in &registry.services {

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rustls::crypto::{ActiveKeyExchange, CryptoProvider, GetRandomFailed, SecureRandom, SharedSecret, SupportedKxGroup};
+use rustls::crypto::{
+    ActiveKeyExchange, CryptoProvider, GetRandomFailed, SecureRandom, SharedSecret, SupportedKxGroup,
+};
 use rustls::{Error, NamedGroup, PeerMisbehaved};
 
 use crate::seed::sub_seed;

@@ -22,7 +22,8 @@ pub const WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const ROOT_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 /// The PKCS#8 v1 header of an Ed25519 private key; the 32-byte seed follows.
-const ED25519_PKCS8_PREFIX: [u8; 16] = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+const ED25519_PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// An Ed25519 key pair derived from `seed`.
 pub fn ed25519_key(seed: u64) -> (KeyPair, PrivateKeyDer<'static>) {
@@ -49,7 +50,8 @@ impl Authority {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::OrganizationName, org);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         params.not_before = at(now.saturating_sub(Duration::from_secs(3600)));
         params.not_after = at(now + ROOT_TTL);
         let root = params.self_signed(&key).expect("root certificate").der().clone();

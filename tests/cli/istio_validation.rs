@@ -876,7 +876,8 @@ fn with_peer_authentication(spec: &str) -> String {
 
 #[test]
 fn namespace_peer_authentication_with_port_level_mtls() {
-    let y = with_peer_authentication("      mtls: {mode: STRICT}\n      portLevelMtls:\n        8080: {mode: DISABLE}\n");
+    let y =
+        with_peer_authentication("      mtls: {mode: STRICT}\n      portLevelMtls:\n        8080: {mode: DISABLE}\n");
     let (line, _) = pos(&y, "8080: {mode: DISABLE}", "8080");
     rejected(
         "pa-port-level-without-selector",

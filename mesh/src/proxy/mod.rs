@@ -47,6 +47,7 @@ use hyper_util::rt::TokioIo;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::config::istio::MtlsMode;
 use crate::net::{Clock, Listener, Net};
 use crate::snapshot::{Cluster, HashTable, Snapshot};
 use balance::Balancer;
@@ -57,7 +58,6 @@ use pool::{Pool, PoolTls, UpstreamError};
 use ratelimit::{LocalRateLimit, LocalRateLimitConfig};
 use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
 use tls::{Peer, SidecarTls};
-use crate::config::istio::MtlsMode;
 
 /// Who this sidecar serves.
 #[derive(Clone, Debug)]

@@ -122,7 +122,8 @@ mod tests {
         let t = "2024-01-01T00:00:00Z";
         let all = [p(ROOT_NAMESPACE, "m", t, &mesh), p("default", "n", t, &ns_unset)];
         assert_eq!(resolve(&all, "default", &labels("web"), 80), MtlsMode::Strict, "UNSET inherits mesh");
-        let all = [p(ROOT_NAMESPACE, "m", t, &mesh), p("default", "n", t, &ns_unset), p("default", "w", t, &wl_disable)];
+        let all =
+            [p(ROOT_NAMESPACE, "m", t, &mesh), p("default", "n", t, &ns_unset), p("default", "w", t, &wl_disable)];
         assert_eq!(resolve(&all, "default", &labels("web"), 80), MtlsMode::Disable, "workload beats namespace");
         assert_eq!(resolve(&all, "default", &labels("api"), 80), MtlsMode::Strict, "selector does not match");
         assert_eq!(resolve(&all, "other", &labels("web"), 80), MtlsMode::Strict, "another namespace");
@@ -132,11 +133,14 @@ mod tests {
     fn the_oldest_policy_of_a_tier_governs() {
         let strict = spec(MtlsMode::Strict, &[], &[]);
         let disable = spec(MtlsMode::Disable, &[], &[]);
-        let all = [p("default", "b", "2024-02-01T00:00:00Z", &disable), p("default", "a", "2024-03-01T00:00:00Z", &strict)];
+        let all =
+            [p("default", "b", "2024-02-01T00:00:00Z", &disable), p("default", "a", "2024-03-01T00:00:00Z", &strict)];
         assert_eq!(resolve(&all, "default", &labels("web"), 80), MtlsMode::Disable);
-        let all = [p("default", "b", "2024-02-01T00:00:00Z", &disable), p("default", "a", "2024-01-01T00:00:00Z", &strict)];
+        let all =
+            [p("default", "b", "2024-02-01T00:00:00Z", &disable), p("default", "a", "2024-01-01T00:00:00Z", &strict)];
         assert_eq!(resolve(&all, "default", &labels("web"), 80), MtlsMode::Strict);
-        let all = [p("default", "b", "2024-01-01T00:00:00Z", &disable), p("default", "a", "2024-01-01T00:00:00Z", &strict)];
+        let all =
+            [p("default", "b", "2024-01-01T00:00:00Z", &disable), p("default", "a", "2024-01-01T00:00:00Z", &strict)];
         assert_eq!(resolve(&all, "default", &labels("web"), 80), MtlsMode::Strict, "same time: by name");
     }
 

@@ -342,11 +342,12 @@ impl std::fmt::Debug for SidecarTls {
 
 impl SidecarTls {
     pub fn new(store: Arc<IdentityStore>, clock: Arc<dyn Clock>) -> Result<SidecarTls, String> {
-        let mut server = ServerConfig::builder_with_details(store.provider().clone(), Arc::new(SeamTime(clock.clone())))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| format!("TLS server config: {e}"))?
-            .with_client_cert_verifier(Arc::new(MeshClientVerifier(store.clone())))
-            .with_cert_resolver(Arc::new(StoreCert(store.clone())));
+        let mut server =
+            ServerConfig::builder_with_details(store.provider().clone(), Arc::new(SeamTime(clock.clone())))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .map_err(|e| format!("TLS server config: {e}"))?
+                .with_client_cert_verifier(Arc::new(MeshClientVerifier(store.clone())))
+                .with_cert_resolver(Arc::new(StoreCert(store.clone())));
         server.alpn_protocols = ALPN_SERVER.iter().map(|p| p.to_vec()).collect();
         server.send_tls13_tickets = 0;
         server.session_storage = Arc::new(NoServerSessionStorage {});
@@ -390,7 +391,8 @@ pub async fn connect<S: Stream>(
     stream: S,
 ) -> Result<tokio_rustls::client::TlsStream<S>, TlsFailure> {
     // The verifier checks SPIFFE IDs, not names: any valid name will do.
-    let name = ServerName::try_from(host.to_string()).unwrap_or(ServerName::try_from("mesh.internal").expect("a DNS name"));
+    let name =
+        ServerName::try_from(host.to_string()).unwrap_or(ServerName::try_from("mesh.internal").expect("a DNS name"));
     connector.connect(name, stream).await.map_err(|e| TlsFailure::of_io(&e).unwrap_or(TlsFailure::Handshake))
 }
 
@@ -480,7 +482,11 @@ mod tests {
         Ca { issuer: Issuer::new(params, key), root }
     }
 
-    fn issue(ca: &Ca, uri: &str, valid: (Duration, Duration)) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    fn issue(
+        ca: &Ca,
+        uri: &str,
+        valid: (Duration, Duration),
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let mut params = CertificateParams::default();
         params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
