@@ -228,11 +228,11 @@ mod tests {
         let empty = store.current();
         assert!(empty.cert.is_none() && empty.roots.is_empty());
         let (der, key) = cert_for("spiffe://cluster.local/ns/default/sa/web");
-        store.install(vec![der.clone()], key).unwrap();
+        store.install(vec![der.clone()], key.clone_key()).unwrap();
         store.set_trust_bundle(std::slice::from_ref(&der)).unwrap();
         let now = store.current();
         assert!(now.cert.is_some() && now.roots.len() == 1 && now.validity.is_some());
         assert!(empty.cert.is_none(), "a reader keeps the material it took");
-        assert!(store.install(Vec::new(), PrivateKeyDer::try_from(vec![0u8; 4]).unwrap()).is_err());
+        assert!(store.install(Vec::new(), key).is_err(), "an empty chain is refused");
     }
 }
