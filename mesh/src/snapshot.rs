@@ -234,7 +234,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
     let mut c = Compiler { registry, findings: Findings::default(), current: None };
     let mut drs: BTreeMap<String, (&str, &Resource, &DestinationRuleSpec)> = BTreeMap::new();
     let mut vss: BTreeMap<String, (&str, &Resource, &VirtualServiceSpec)> = BTreeMap::new();
-    let mut policies: Vec<Arc<authz::Policy>> = Vec::new();
+    let mut authz_policies: Vec<Arc<authz::Policy>> = Vec::new();
     let mut peer_authns: Vec<(&Resource, &PeerAuthenticationSpec)> = Vec::new();
     let mut tagged = 0;
     let mut rate_limits = Vec::new();
@@ -324,7 +324,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
             Spec::AuthorizationPolicy(ap) => {
                 let (policy, findings) = authz::compile(s.file, r, ap);
                 c.findings.0.extend(findings);
-                policies.extend(policy.map(Arc::new));
+                authz_policies.extend(policy.map(Arc::new));
             }
             Spec::EnvoyFilter(ef) => {
                 let mut found = Vec::new();
@@ -446,7 +446,7 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
     // Authorization: each pod's policies, chosen once here rather than per request.
     for pod in registry.pods.values() {
         let port = registry.services.get(&qualify(&pod.service, &pod.namespace)).map_or(0, |s| s.port);
-        if let Some(w) = authz::Workload::select(&policies, &pod.namespace, &pod.labels, port) {
+        if let Some(w) = authz::Workload::select(&authz_policies, &pod.namespace, &pod.labels, port) {
             snap.authz.insert(pod.name.clone(), Arc::new(w));
         }
     }

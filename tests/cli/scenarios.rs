@@ -128,6 +128,7 @@ scenarios! {
     authz_deny_before_allow: "authz-deny-before-allow.yaml",
     authz_ip_blocks: "authz-ip-blocks.yaml",
     authz_methods_headers: "authz-methods-headers.yaml",
+    authz_principals: "authz-principals.yaml",
     basic: "basic.yaml",
     ca_outage: "ca-outage.yaml",
     ca_root_rotation: "ca-root-rotation.yaml",
