@@ -836,6 +836,7 @@ impl Compiler<'_> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one cluster's whole inputs: its subset, both policy levels, peers' modes
     fn cluster(
         &mut self,
         fqdn: &str,

@@ -186,7 +186,12 @@ impl<N: Net> Sidecar<N> {
     /// One inbound connection under the pod's PeerAuthentication mode: STRICT takes only
     /// mTLS with a mesh-issued client certificate and resets plaintext; PERMISSIVE sniffs
     /// the first byte and serves both; DISABLE serves plaintext only.
-    async fn serve_inbound(self: Arc<Self>, stream: N::Stream, addr: std::net::SocketAddr, local: std::net::SocketAddr) {
+    async fn serve_inbound(
+        self: Arc<Self>,
+        stream: N::Stream,
+        addr: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) {
         let mode = self.snapshot().inbound_mtls.get(&self.cfg.pod).copied().unwrap_or(MtlsMode::Permissive);
         if mode == MtlsMode::Disable {
             return self.serve_http(stream, Direction::Inbound, addr, local, Peer::PLAINTEXT).await;
