@@ -3,10 +3,10 @@
 //!
 //! Owns: the SPIFFE ID format (`spiffe://<trustDomain>/ns/<namespace>/sa/<account>`,
 //! MESH_SEMANTICS 1), reading a certificate's URI SANs and validity, and the store that
-//! TLS reads on every handshake. A store is written by whoever provisions identity (the
-//! world at build time, the CA's rotation agent later) and read by `proxy::tls`; because
-//! TLS configs look the material up per handshake, a swap never touches established
-//! connections. Not here: issuing certificates (the CA), TLS itself (`proxy::tls`).
+//! TLS reads on every handshake. A store is written by the sidecar's CA agent (it is the
+//! agent's [`IdentitySink`]) and read by `proxy::tls`; because TLS configs look the
+//! material up per handshake, a swap never touches established or pooled connections.
+//! Not here: issuing certificates (`ca`), TLS itself (`proxy::tls`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,6 +17,10 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
+
+use crate::ca::Der;
+use crate::ca::agent::IdentitySink;
 
 /// The trust domain when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -110,6 +114,8 @@ pub struct IdentityStore {
     trust_domain: String,
     provider: Arc<CryptoProvider>,
     material: RwLock<Arc<Material>>,
+    /// Whether a certificate was ever installed (waiters: [`IdentityStore::certificate_installed`]).
+    installed: watch::Sender<bool>,
 }
 
 impl fmt::Debug for IdentityStore {
@@ -131,6 +137,7 @@ impl IdentityStore {
                 validity: None,
                 roots: Arc::new(RootCertStore::empty()),
             })),
+            installed: watch::Sender::new(false),
         }
     }
 
@@ -161,9 +168,21 @@ impl IdentityStore {
         let validity = validity(leaf).ok_or("the leaf certificate does not parse")?;
         let signer = self.provider.key_provider.load_private_key(key).map_err(|e| format!("private key: {e}"))?;
         let cert = Arc::new(CertifiedKey::new(chain, signer));
-        let mut m = self.material.write().expect("identity lock");
-        *m = Arc::new(Material { cert: Some(cert), validity: Some(validity), roots: m.roots.clone() });
+        {
+            let mut m = self.material.write().expect("identity lock");
+            *m = Arc::new(Material { cert: Some(cert), validity: Some(validity), roots: m.roots.clone() });
+        }
+        self.installed.send_replace(true);
         Ok(())
+    }
+
+    /// Returns once a certificate is installed (at once if one is): a sidecar's first
+    /// handshakes wait for its agent's first certificate, as Envoy's listeners and
+    /// clusters wait for their SDS secret.
+    pub async fn certificate_installed(&self) {
+        let mut rx = self.installed.subscribe();
+        // The sender lives in `self`: the wait ends only when the value turns true.
+        let _ = rx.wait_for(|has| *has).await;
     }
 
     /// Replaces the trust bundle (during a root rotation it holds both roots).
@@ -175,6 +194,19 @@ impl IdentityStore {
         let mut m = self.material.write().expect("identity lock");
         *m = Arc::new(Material { cert: m.cert.clone(), validity: m.validity, roots: Arc::new(store) });
         Ok(())
+    }
+}
+
+/// The CA agent installs what it fetched: the next handshakes use it.
+impl IdentitySink for IdentityStore {
+    fn install(&self, chain: Vec<Der>, key_pkcs8: Vec<u8>) -> Result<(), String> {
+        let chain = chain.into_iter().map(CertificateDer::from).collect();
+        IdentityStore::install(self, chain, PrivateKeyDer::Pkcs8(key_pkcs8.into()))
+    }
+
+    fn set_trust_bundle(&self, roots: Vec<Der>) -> Result<(), String> {
+        let roots: Vec<CertificateDer<'static>> = roots.into_iter().map(CertificateDer::from).collect();
+        IdentityStore::set_trust_bundle(self, &roots)
     }
 }
 
@@ -234,5 +266,33 @@ mod tests {
         assert!(now.cert.is_some() && now.roots.len() == 1 && now.validity.is_some());
         assert!(empty.cert.is_none(), "a reader keeps the material it took");
         assert!(store.install(Vec::new(), key).is_err(), "an empty chain is refused");
+    }
+
+    #[tokio::test]
+    async fn a_ca_certificate_installs_through_the_agent_sink_and_wakes_waiting_handshakes() {
+        use rand::SeedableRng;
+
+        use crate::ca::{Authority, CaOptions, authority::DEFAULT_TTL, keys};
+        let now = Duration::from_secs(1_800_000_000);
+        let mut ca = Authority::self_signed(CaOptions::default(), 1, now);
+        let id = SpiffeId::new("default", "web");
+        let key = keys::ed25519_key(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
+        let issued = ca.sign_csr(&keys::csr_der(&id, &key), &id, None, now).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let store = Arc::new(IdentityStore::new(id, DEFAULT_TRUST_DOMAIN, provider));
+        let waiter = tokio::spawn({
+            let store = store.clone();
+            async move { store.certificate_installed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "no certificate yet: a handshake waits");
+        let sink: &dyn IdentitySink = &*store;
+        sink.set_trust_bundle(ca.trust_bundle().to_vec()).unwrap();
+        sink.install(issued.chain, key.serialize_der()).unwrap();
+        waiter.await.unwrap();
+        let m = store.current();
+        assert_eq!(m.validity, Some((now, now + DEFAULT_TTL)));
+        assert_eq!(m.roots.len(), 1);
+        assert!(sink.install(Vec::new(), key.serialize_der()).is_err(), "an empty chain is refused");
     }
 }

@@ -2,10 +2,10 @@
 //! models, workload, faults, the recorder and expectations.
 
 pub mod app;
+pub mod bad_identity;
 pub mod crypto;
 pub mod expect;
 pub mod net;
-pub mod pki;
 pub mod recorder;
 pub mod results;
 pub mod scenario;

@@ -18,7 +18,7 @@ use mesh::snapshot::{self, Snapshot, Sourced};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::pki::BadIdentity;
+use crate::bad_identity::BadIdentity;
 
 type Dur = Spanned<IstioDuration>;
 

@@ -5,15 +5,15 @@
 //! the simulation (network, then hosts, as turmoil does) and fires the fault schedule
 //! between steps, so every fault happens at a tick boundary and is the same on every
 //! run. Config reaches sidecars in-process as a compiled snapshot (the control plane
-//! that pushes it over the network is a later layer). Each sidecar's identity store is
-//! filled at start from certificates issued when the world is built (`pki`, a temporary
-//! in-process CA), its TLS randomness seeded (`crypto`). A pod without a sidecar runs only
+//! that pushes it over the network is a later layer). A pod without a sidecar runs only
 //! its app.
 //!
-//! The host `istiod` runs the mesh CA ([`CaServer`] on [`CA_PORT`]); every pod runs a
-//! certificate agent that asks it for the pod's certificate over the seam, with the pod's
-//! bootstrap credential, and renews it. The CA's outage and root rotation steps are faults.
-//! The agent's certificates do not reach the data path yet (the `Installed` stand-in).
+//! The host `istiod` runs the mesh CA ([`CaServer`] on [`CA_PORT`]); every sidecar pod runs
+//! a certificate agent that asks it for the pod's certificate over the seam, with the pod's
+//! bootstrap credential, renews it, and installs each chain and trust bundle into the
+//! sidecar's identity store, which mTLS reads per handshake (its TLS randomness seeded,
+//! `crypto`). A pod with a `bad_identity` runs no agent: its material is made once
+//! (`bad_identity`). The CA's outage and root rotation steps are faults.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -24,7 +24,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use mesh::ca::agent::{Agent, AgentConfig, IdentitySink, REQUEST_TIMEOUT};
 use mesh::ca::authority::DEFAULT_TTL;
 use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
-use mesh::ca::{Authority as Ca, CaOptions, Der};
+use mesh::ca::{Authority, CaOptions};
 use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net, SystemClock};
 use mesh::proxy::tls::SidecarTls;
@@ -32,14 +32,13 @@ use mesh::proxy::{Sidecar, SidecarConfig};
 use mesh::snapshot::Snapshot;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::app::App;
+use crate::bad_identity::{BadIdentity, Issuers, Material};
 use crate::crypto::seeded_provider;
 use crate::net::{Faults, Local, SimClock, SimNet};
-use crate::pki::{self, Authority};
 use crate::recorder::{Event, Record, Recorder};
 use crate::scenario::{FaultKind, Plan, RootStep};
 use crate::seed::sub_seed;
@@ -93,37 +92,10 @@ enum Command {
     Restart(usize),
 }
 
-/// A pod's certificate chain and key, if it has one.
-type Credential = Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>;
-
-/// Certificates of the run: the mesh root and each pod's credential.
-struct Certificates {
-    root: CertificateDer<'static>,
-    pods: Vec<Credential>,
-}
-
-impl Certificates {
-    fn issue(plan: &Plan, seed: u64) -> Certificates {
-        let now = Duration::from_secs(EPOCH_SECS);
-        let mesh = Authority::new(DEFAULT_TRUST_DOMAIN, sub_seed(seed, "ca-root", 0), now);
-        let foreign = Authority::new("foreign", sub_seed(seed, "ca-foreign", 0), now);
-        let pods = plan
-            .pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let id = SpiffeId::new(&p.namespace, &p.service_account);
-                let key_seed = sub_seed(seed, "workload-key", i as u64);
-                if p.sidecar { pki::workload_cert(&mesh, &foreign, &id, p.bad_identity, key_seed, now) } else { None }
-            })
-            .collect();
-        Certificates { root: mesh.root().clone(), pods }
-    }
-}
-
 struct Node {
     pods: Vec<usize>,
-    certs: Arc<Certificates>,
+    /// The material of each pod with a bad identity (`None`: no certificate).
+    bad: Arc<BTreeMap<usize, Option<Material>>>,
     plan: Arc<Plan>,
     seed: u64,
     snapshot: Arc<Snapshot>,
@@ -138,22 +110,6 @@ struct Node {
 /// A pod's bootstrap credential (its service-account token), from the run's seed.
 fn token(seed: u64, pod: usize) -> String {
     format!("sa-token-{:016x}", sub_seed(seed, "sa_token", pod as u64))
-}
-
-/// The certificate chain and trust bundle a pod's agent installed last. The sidecar's
-/// plaintext data path does not read them; TLS will, through its identity store.
-#[derive(Default)]
-struct Installed(Mutex<(Vec<Der>, Vec<Der>)>);
-
-impl IdentitySink for Installed {
-    fn install(&self, chain: Vec<Der>, _key_pkcs8: Vec<u8>) -> Result<(), String> {
-        self.0.lock().expect("installed lock").0 = chain;
-        Ok(())
-    }
-    fn set_trust_bundle(&self, roots: Vec<Der>) -> Result<(), String> {
-        self.0.lock().expect("installed lock").1 = roots;
-        Ok(())
-    }
 }
 
 impl Node {
@@ -176,16 +132,13 @@ impl Node {
             return vec![app_task];
         }
         let clock = Arc::new(SimClock::new());
+        // A (re)started sidecar has no certificate until its agent gets one.
         let store = Arc::new(IdentityStore::new(
-            SpiffeId::new(&p.namespace, &p.service_account),
+            self.identity(pod),
             DEFAULT_TRUST_DOMAIN,
             seeded_provider(sub_seed(self.seed, "tls", pod as u64)),
         ));
-        if let Some((chain, key)) = &self.certs.pods[pod] {
-            store.install(chain.clone(), key.clone_key()).expect("issued certificates install");
-        }
-        store.set_trust_bundle(std::slice::from_ref(&self.certs.root)).expect("the mesh root is a valid anchor");
-        let tls = SidecarTls::new(store, clock.clone()).expect("the TLS config builds");
+        let tls = SidecarTls::new(store.clone(), clock.clone()).expect("the TLS config builds");
         let sidecar = Sidecar::new(
             SidecarConfig {
                 pod: p.name.clone(),
@@ -203,6 +156,26 @@ impl Node {
         )
         .expect("the rate limit was validated with the scenario");
         sidecars.insert(pod, sidecar.clone());
+        let (n2, n3) = (net.clone(), net.clone());
+        let (in_port, out_port) = (p.inbound_port, p.outbound_port);
+        let s1 = sidecar.clone();
+        let mut tasks = vec![
+            app_task,
+            tokio::spawn(async move {
+                let _ = s1.run_inbound(bind(n2, in_port).await).await;
+            }),
+            tokio::spawn(async move {
+                let _ = sidecar.run_outbound(bind(n3, out_port).await).await;
+            }),
+        ];
+        if let Some(material) = self.bad.get(&pod) {
+            let sink: &dyn IdentitySink = &*store;
+            sink.set_trust_bundle(self.ca.trust_bundle()).expect("the mesh roots are valid anchors");
+            if let Some((chain, key)) = material {
+                sink.install(chain.clone(), key.clone()).expect("a bad identity's material installs");
+            }
+            return tasks;
+        }
         let agent = Agent::new(
             AgentConfig {
                 pod: p.name.clone(),
@@ -212,25 +185,14 @@ impl Node {
                 ttl: self.plan.ca.workload_cert_ttl,
                 seed: sub_seed(self.seed, "cert_agent", pod as u64),
             },
-            net.clone(),
+            net,
             Arc::new(SimClock::new()),
-            Arc::new(Installed::default()),
+            store,
             self.recorder.clone(),
             self.ca.roots_changed(),
         );
-        let (n2, n3) = (net.clone(), net);
-        let (in_port, out_port) = (p.inbound_port, p.outbound_port);
-        let s1 = sidecar.clone();
-        vec![
-            app_task,
-            tokio::spawn(agent.run()),
-            tokio::spawn(async move {
-                let _ = s1.run_inbound(bind(n2, in_port).await).await;
-            }),
-            tokio::spawn(async move {
-                let _ = sidecar.run_outbound(bind(n3, out_port).await).await;
-            }),
-        ]
+        tasks.push(tokio::spawn(agent.run()));
+        tasks
     }
 
     fn identity(&self, pod: usize) -> SpiffeId {
@@ -302,6 +264,23 @@ async fn bind(net: SimNet, port: u16) -> <SimNet as Net>::Listener {
     }
 }
 
+/// The material of each sidecar pod with a bad identity, made at the epoch; the mesh CA
+/// trusts the federated mesh's root when a pod belongs to it.
+fn bad_identities(plan: &Plan, seed: u64, mesh: &mut Authority) -> BTreeMap<usize, Option<Material>> {
+    let now = Duration::from_secs(EPOCH_SECS);
+    let mut issuers = Issuers::new(seed, now);
+    let mut out = BTreeMap::new();
+    for (i, p) in plan.pods.iter().enumerate() {
+        let Some(bad) = p.bad_identity.filter(|_| p.sidecar) else { continue };
+        let key_seed = sub_seed(seed, "bad_identity_key", i as u64);
+        out.insert(i, issuers.issue(mesh, &identity(plan, i), bad, key_seed, now));
+    }
+    if plan.pods.iter().any(|p| p.bad_identity == Some(BadIdentity::WrongTrustDomain)) {
+        mesh.federate(issuers.federated_root());
+    }
+    out
+}
+
 fn identity(plan: &Plan, pod: usize) -> SpiffeId {
     let p = &plan.pods[pod];
     let sa = &plan.registry.pods[&p.name].service_account;
@@ -355,13 +334,14 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let faults = Faults::new(plan.pods.len() + 1, port_owner);
     let options =
         CaOptions { default_ttl: DEFAULT_TTL, max_ttl: plan.ca.max_workload_cert_ttl, ..CaOptions::default() };
-    let ca = CaServer::new(Ca::self_signed(options, sub_seed(seed, "ca", 0), Duration::from_secs(EPOCH_SECS)));
+    let mut authority = Authority::self_signed(options, sub_seed(seed, "ca", 0), Duration::from_secs(EPOCH_SECS));
+    let bad = Arc::new(bad_identities(&plan, seed, &mut authority));
+    let ca = CaServer::new(authority);
     for i in 0..plan.pods.len() {
         ca.credentials().insert(token(seed, i), identity(&plan, i));
     }
     let local = Arc::new(Local::default());
     let snapshot = Arc::new(plan.snapshot.clone());
-    let certs = Arc::new(Certificates::issue(&plan, seed));
     let max_timeout = plan.workloads.iter().map(|w| w.timeout).max().unwrap_or_default();
     let hard_stop = plan.duration + max_timeout + DRAIN_SLACK;
 
@@ -384,7 +364,7 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
         senders.push(tx);
         let node = Arc::new(Node {
             pods,
-            certs: certs.clone(),
+            bad: bad.clone(),
             plan: plan.clone(),
             seed,
             snapshot: snapshot.clone(),

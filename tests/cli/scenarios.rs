@@ -176,6 +176,16 @@ scenarios! {
     weighted_lone_destination: "weighted-lone-destination.yaml",
 }
 
+/// Determinism with mTLS on, named: seeded TLS randomness, key exchange and certificate
+/// keys make two runs of one seed byte-identical, and the run did go over mTLS.
+#[test]
+fn mtls_runs_give_byte_identical_results_for_a_seed() {
+    let plan = load("mtls-permissive.yaml");
+    let (a, b) = (run(&plan, 5), run(&plan, 5));
+    assert!(String::from_utf8_lossy(&a.json).contains(r#""connection_security":"mutual_tls""#), "no mTLS request");
+    assert!(a.json == b.json, "two runs with seed 5 differ: {}", first_difference(&a.json, &b.json));
+}
+
 #[test]
 fn every_scenario_file_has_a_test() {
     let dir = path("");

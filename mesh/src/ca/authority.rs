@@ -70,6 +70,8 @@ pub struct Authority {
     next: Option<Signer>,
     /// The trust anchors workloads are given, oldest first.
     bundle: Vec<Der>,
+    /// Roots of other meshes in the bundle ([`Authority::federate`]); rotation keeps them.
+    federated: Vec<Der>,
     /// How many self-signed roots this authority made (names them).
     roots_made: u32,
     /// Serial numbers and new root keys.
@@ -198,7 +200,15 @@ impl Authority {
     pub fn self_signed(opts: CaOptions, seed: u64, now: Duration) -> Authority {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let signer = Signer::self_signed(&opts.trust_domain, 0, &mut rng, now);
-        Authority { bundle: vec![signer.root.clone()], opts, signer, next: None, roots_made: 1, rng }
+        Authority {
+            bundle: vec![signer.root.clone()],
+            federated: Vec::new(),
+            opts,
+            signer,
+            next: None,
+            roots_made: 1,
+            rng,
+        }
     }
 
     /// A CA signing with a user-supplied key (Istio's "plugged-in" CA certificates).
@@ -246,6 +256,7 @@ impl Authority {
             signer,
             next: None,
             bundle: vec![root],
+            federated: Vec::new(),
             roots_made: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
         })
@@ -365,8 +376,18 @@ impl Authority {
     /// step 2 it removes the root that still signs, and certificates chaining to it stop
     /// verifying.
     pub fn remove_old_roots(&mut self) {
-        let newest = self.bundle.last().expect("the bundle always holds a root").clone();
-        self.bundle = vec![newest];
+        let newest = self.next.as_ref().unwrap_or(&self.signer).root.clone();
+        let federated = &self.federated;
+        self.bundle.retain(|r| *r == newest || federated.contains(r));
+    }
+
+    /// Federation: the root of another mesh (another trust domain) joins the trust bundle
+    /// every workload gets, as Istio's `meshConfig.caCertificates` distributes extra roots.
+    /// Its certificates then chain to a trusted root, and the peer check refuses them for
+    /// their trust domain. Root rotation keeps it.
+    pub fn federate(&mut self, root: Der) {
+        self.federated.push(root.clone());
+        self.bundle.push(root);
     }
 }
 

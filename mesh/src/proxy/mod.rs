@@ -118,6 +118,10 @@ struct Target<'a> {
     peer: Option<&'a Peer>,
 }
 
+/// How long an inbound TLS handshake waits for the sidecar's first certificate (a
+/// client's default connect timeout, so its own timeout ends the wait first).
+pub const INBOUND_CERT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 const HOP_BY_HOP: [HeaderName; 5] =
     [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TRANSFER_ENCODING, header::TE, header::UPGRADE];
 
@@ -206,10 +210,17 @@ impl<N: Net> Sidecar<N> {
             });
         };
         match (&self.cfg.tls, is_tls) {
-            (Some(t), true) => match t.accept(stream).await {
-                Ok((stream, peer)) => self.serve_http(stream, Direction::Inbound, addr, local, peer).await,
-                Err(f) => refuse(f.as_str()),
-            },
+            (Some(t), true) => {
+                // A sidecar without its first certificate holds the handshake until it has
+                // one (Envoy's listener waits for its SDS secret), at most INBOUND_CERT_WAIT.
+                if let Err(f) = t.await_certificate(INBOUND_CERT_WAIT).await {
+                    return refuse(f.as_str());
+                }
+                match t.accept(stream).await {
+                    Ok((stream, peer)) => self.serve_http(stream, Direction::Inbound, addr, local, peer).await,
+                    Err(f) => refuse(f.as_str()),
+                }
+            }
             (None, true) => refuse("no_tls_identity"),
             (_, false) if mode == MtlsMode::Strict => refuse("plaintext_in_strict"),
             (_, false) => self.serve_http(stream, Direction::Inbound, addr, local, Peer::PLAINTEXT).await,
@@ -361,7 +372,7 @@ impl<N: Net> Sidecar<N> {
             cluster.endpoints.iter().filter(|e| e.mtls).map(|e| (e.host.clone(), e.port)).collect();
         match &self.cfg.tls {
             Some(t) if !mtls.is_empty() => match t.connector(&cluster.peer_identities) {
-                Ok(connector) => pool.with_tls(PoolTls { connector, endpoints: mtls }),
+                Ok(connector) => pool.with_tls(PoolTls { sidecar: t.clone(), connector, endpoints: mtls }),
                 Err(e) => panic!("bug: the TLS client config of {} does not build: {e}", cluster.name),
             },
             _ => pool,

@@ -125,6 +125,8 @@ struct State {
 
 /// Mutual TLS towards some endpoints of a cluster.
 pub struct PoolTls {
+    /// The sidecar's TLS: a connection first waits for its certificate.
+    pub sidecar: Arc<tls::SidecarTls>,
     pub connector: TlsConnector,
     /// `(host, port)` of the endpoints that get mTLS; the others get plaintext.
     pub endpoints: BTreeSet<(String, u16)>,
@@ -272,11 +274,21 @@ impl<N: Net> Pool<N> {
     async fn connect(&self, key: &(String, u16), timeout: Duration) -> Result<Conn, UpstreamError> {
         let (host, port) = (key.0.as_str(), key.1);
         let refused = |_| UpstreamError::Connect(ConnectFailure::Refused);
+        let tls = self.tls.as_ref().filter(|t| t.endpoints.contains(key));
+        // Without a certificate of its own the sidecar waits for its first one (as Envoy's
+        // cluster waits for its SDS secret), at most the connect timeout; then the
+        // connection gets its own connect timeout.
+        if let Some(t) = tls
+            && let Err(f) = t.sidecar.await_certificate(timeout).await
+        {
+            self.closed(&mut self.lock(), key);
+            return Err(UpstreamError::Connect(ConnectFailure::Tls(f)));
+        }
         let attempt = async {
             let addr = self.net.resolve(host, port).await.map_err(refused)?;
             let stream = self.net.connect(addr).await.map_err(refused)?;
             // The connection ends when either side closes; errors surface on requests.
-            let sender = match self.tls.as_ref().filter(|t| t.endpoints.contains(key)) {
+            let sender = match tls {
                 Some(t) => {
                     let stream = tls::connect(&t.connector, host, stream)
                         .await

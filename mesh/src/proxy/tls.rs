@@ -48,6 +48,14 @@ pub fn os_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Real mode's TLS for the workload `id`: an empty identity store (its CA agent fills it)
+/// over the OS-backed [`os_provider`], with certificate validity checked at the system
+/// clock. The simulator builds its own, over a seeded provider and simulated time.
+pub fn real_mode(id: SpiffeId, trust_domain: &str) -> Result<SidecarTls, String> {
+    let store = Arc::new(IdentityStore::new(id, trust_domain, os_provider()));
+    SidecarTls::new(store, Arc::new(crate::net::SystemClock::new()))
+}
+
 /// How a connection reached the inbound side (Istio's `connection_security_policy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ConnectionSecurity {
@@ -96,6 +104,9 @@ pub enum TlsFailure {
     NoClientCertificate,
     /// The server's identity is not one of the destination service's accounts.
     ServerIdentityMismatch,
+    /// This sidecar has no certificate of its own yet (its agent has not been issued
+    /// one): the connection is not attempted.
+    NoWorkloadCertificate,
     /// Any other handshake failure.
     Handshake,
 }
@@ -109,6 +120,7 @@ impl TlsFailure {
             TlsFailure::NoSpiffeId => "no_spiffe_id",
             TlsFailure::NoClientCertificate => "no_client_certificate",
             TlsFailure::ServerIdentityMismatch => "server_identity_mismatch",
+            TlsFailure::NoWorkloadCertificate => "no_workload_certificate",
             TlsFailure::Handshake => "handshake_failed",
         }
     }
@@ -356,6 +368,14 @@ impl SidecarTls {
 
     pub fn store(&self) -> &Arc<IdentityStore> {
         &self.store
+    }
+
+    /// Waits up to `wait` for this sidecar's first certificate (at once if it has one);
+    /// after that, [`TlsFailure::NoWorkloadCertificate`].
+    pub async fn await_certificate(&self, wait: std::time::Duration) -> Result<(), TlsFailure> {
+        tokio::time::timeout(wait, self.store.certificate_installed())
+            .await
+            .map_err(|_| TlsFailure::NoWorkloadCertificate)
     }
 
     /// A connector for a destination whose servers may present one of `expected`.
@@ -607,6 +627,25 @@ mod tests {
         let mut buf = [0u8; 16];
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn real_mode_sidecars_built_alike_send_different_client_hellos() {
+        // A seeded provider gives two sidecars built with the same seed the same first
+        // ClientHello; the OS source real mode runs never does.
+        let hello = || {
+            let tls = real_mode(SpiffeId::new("default", "web"), DEFAULT_TRUST_DOMAIN).unwrap();
+            let config = ClientConfig::builder_with_provider(tls.store().provider().clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            let mut conn = rustls::ClientConnection::new(Arc::new(config), "peer.mesh".try_into().unwrap()).unwrap();
+            let mut out = Vec::new();
+            conn.write_tls(&mut out).unwrap();
+            out
+        };
+        assert_ne!(hello(), hello());
     }
 
     #[test]
