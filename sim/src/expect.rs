@@ -1,10 +1,12 @@
 //! Checking a run against its expectations. Each check reports what was expected, what
 //! was observed and whether it held; the observations come from the client side's
 //! records (status, serving pod from the app's own header, latency from the intended
-//! send time) and the proxies' outlier events.
+//! send time), the proxies' outlier events, their metric series and their spans.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use mesh::proxy::metrics::Series;
 use mesh::proxy::telemetry::OutlierKind;
 use serde::Serialize;
 
@@ -78,8 +80,34 @@ fn counts(cf: &CountFilter, r: &Record) -> bool {
             }))
 }
 
-pub fn check(plan: &Plan, records: &[Record], events: &[Event]) -> Vec<Check> {
-    plan.expectations.iter().map(|e| check_one(plan, records, events, e)).collect()
+/// Every expectation of `plan` checked against a run's records, events and each pod's
+/// metric series.
+pub fn check(plan: &Plan, records: &[Record], events: &[Event], metrics: &BTreeMap<String, Vec<Series>>) -> Vec<Check> {
+    plan.expectations
+        .iter()
+        .map(|e| match e {
+            Expectation::Metric(q) => {
+                let (value, series) = q.eval(metrics);
+                Check {
+                    expectation: format!("metric sum({q}) over every sidecar"),
+                    expected: format!("{} {}", q.cmp.as_str(), q.bound),
+                    observed: format!("{value} ({series} series)"),
+                    pass: q.cmp.holds(value, q.bound),
+                }
+            }
+            Expectation::TracesComplete => {
+                let summary = crate::traces::Summary::of(plan, records);
+                Check {
+                    expectation: "every request has a complete trace tree (a span at both sidecars, one per try)"
+                        .into(),
+                    expected: "all complete".into(),
+                    observed: summary.describe(),
+                    pass: summary.checked > 0 && summary.incomplete == 0,
+                }
+            }
+            _ => check_one(plan, records, events, e),
+        })
+        .collect()
 }
 
 fn in_window<'a>(records: &'a [Record], workload: usize, w: &'a Window) -> impl Iterator<Item = &'a Record> + 'a {
@@ -232,6 +260,7 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
                 pass: got.is_some_and(|d| at_most.is_none_or(|m| d <= m) && at_least.is_none_or(|l| d >= l)),
             }
         }
+        Expectation::Metric(_) | Expectation::TracesComplete => unreachable!("checked in `check`"),
         Expectation::Count { workload, window, filter: cf, at_least, at_most } => {
             let n = in_window(records, *workload, window).filter(|r| counts(cf, r)).count() as u64;
             let mut what = Vec::new();
@@ -392,6 +421,7 @@ mod tests {
             headers: vec![pair("x-cache", "miss")],
             body: None,
             receipts: vec![receipt("a-0", "/x", &[("host", "a")]), receipt("b-0", "/y", &[("host", "a-shadow")])],
+            spans: Vec::new(),
         };
         let f = |cf: CountFilter| counts(&cf, &r);
         assert!(f(CountFilter { received_by: Some("b-0".into()), ..Default::default() }));

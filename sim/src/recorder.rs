@@ -1,6 +1,7 @@
 //! The recorder: one outcome slot per request the workload will issue, filled exactly
-//! once; the source sidecars' access-log flags joined by request id; outlier, certificate
-//! and fault events. It checks "nothing lost" itself: [`Recorder::finish`] fails when any slot is
+//! once; the source sidecars' access-log flags and every sidecar's spans joined by
+//! request id; outlier, certificate and fault events. It checks "nothing lost" itself:
+//! [`Recorder::finish`] fails when any slot is
 //! empty, and filling a slot twice is a broken invariant (a panic).
 
 use std::sync::Mutex;
@@ -10,6 +11,7 @@ use mesh::ca::agent::{CertEvent, CertEvents};
 use mesh::identity::SpiffeId;
 use mesh::proxy::telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
 use mesh::proxy::tls::ConnectionSecurity;
+use mesh::proxy::tracing::{OwnedSpan, Span};
 
 /// What the client app saw for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +47,9 @@ pub struct Record {
     /// What the destination apps received, one entry per receipt in arrival order; kept
     /// only when an expectation needs it ([`crate::scenario::Plan::needs_receipts`]).
     pub receipts: Vec<Receipt>,
+    /// The spans every sidecar recorded for this request, in the order they ended
+    /// (`request_id` left empty: it is this record's).
+    pub spans: Vec<OwnedSpan>,
 }
 
 /// One try (or mirrored copy) of a request as a destination app received it.
@@ -76,6 +81,7 @@ struct Inner {
     attempts: Vec<u32>,
     /// Per request, when receipts are kept.
     receipts: Option<Vec<Vec<Receipt>>>,
+    spans: Vec<Vec<OwnedSpan>>,
     events: Vec<Event>,
     filled: usize,
 }
@@ -101,6 +107,7 @@ impl Recorder {
                 security: vec![None; issued],
                 attempts: vec![0; issued],
                 receipts: receipts.then(|| vec![Vec::new(); issued]),
+                spans: vec![Vec::new(); issued],
                 events: Vec::new(),
                 filled: 0,
             }),
@@ -152,15 +159,18 @@ impl Recorder {
         let mut security = std::mem::take(&mut g.security).into_iter();
         let attempts = std::mem::take(&mut g.attempts);
         let mut receipts = g.receipts.take().map(Vec::into_iter);
+        let spans = std::mem::take(&mut g.spans);
         let records = std::mem::take(&mut g.records)
             .into_iter()
             .zip(flags)
             .zip(attempts)
-            .map(|((r, f), a)| {
+            .zip(spans)
+            .map(|(((r, f), a), spans)| {
                 let mut r = r.expect("checked above");
                 r.flags = f;
                 r.connection_security = security.next().flatten();
                 r.upstream_attempts = a;
+                r.spans = spans;
                 r.receipts = receipts.as_mut().and_then(Iterator::next).unwrap_or_default();
                 r
             })
@@ -196,6 +206,16 @@ impl Telemetry for Recorder {
     fn security_event(&self, e: SecurityEvent) {
         let detail = format!("{} refused a connection from {}: {}", e.proxy, e.peer.ip(), e.reason);
         self.lock().events.push(Event { at: e.at, kind: "connection_refused".into(), detail, outlier: None });
+    }
+
+    fn span(&self, span: &Span<'_>) {
+        let Some(id) = span.request_id.and_then(|s| s.parse::<usize>().ok()) else {
+            return;
+        };
+        let owned = Span { request_id: None, ..*span }.to_owned();
+        if let Some(slot) = self.lock().spans.get_mut(id) {
+            slot.push(owned);
+        }
     }
 
     fn outlier_event(&self, e: OutlierEvent) {

@@ -1,6 +1,8 @@
 //! Run results: the JSON document a run writes (byte-identical for the same scenario
 //! and seed: no wall-clock values, ordered maps only) and the summary printed for a
-//! person. Wall-clock figures are printed, never stored.
+//! person. Wall-clock figures are printed, never stored. Telemetry goes in as each
+//! pod's metric series and a trace summary; every request's spans only when the
+//! scenario asks (`spans: true`: a few hundred bytes per request).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,6 +15,8 @@ use crate::expect::{self, Check, is_success, was_sent};
 use crate::recorder::{Outcome, Record};
 use crate::scenario::Plan;
 use crate::world::RunOutput;
+use mesh::proxy::metrics::{BUCKETS, Series};
+use mesh::proxy::tracing::OwnedSpan;
 
 #[derive(Debug, Serialize)]
 pub struct Results {
@@ -27,6 +31,8 @@ pub struct Results {
     pub recorded: usize,
     pub workloads: Vec<WorkloadResults>,
     pub events: Vec<EventOut>,
+    pub metrics: MetricsOut,
+    pub traces: crate::traces::Summary,
     pub expectations: Vec<Check>,
     pub passed: bool,
     pub warnings: Vec<String>,
@@ -75,6 +81,50 @@ pub struct EventOut {
     pub detail: String,
 }
 
+/// Every sidecar's Istio metrics at the end of the run.
+#[derive(Debug, Serialize)]
+pub struct MetricsOut {
+    /// Upper bounds of the histogram buckets (each series lists cumulative counts for
+    /// these, then `+Inf`).
+    pub buckets_le: Vec<f64>,
+    /// Pod → its sidecar's series.
+    pub pods: BTreeMap<String, Vec<Series>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpanOut {
+    pub kind: &'static str,
+    pub proxy: String,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent: Option<String>,
+    pub start_us: u64,
+    pub duration_us: u64,
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl SpanOut {
+    fn of(s: &OwnedSpan) -> SpanOut {
+        SpanOut {
+            kind: s.kind.as_str(),
+            proxy: s.proxy.clone(),
+            trace_id: format!("{:032x}", s.trace_id),
+            span_id: format!("{:016x}", s.span_id),
+            parent: s.parent.map(|p| format!("{p:016x}")),
+            start_us: s.start.as_micros() as u64,
+            duration_us: s.duration.as_micros() as u64,
+            status: s.status,
+            attempt: s.attempt,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct RequestOut {
     pub id: usize,
@@ -88,6 +138,8 @@ pub struct RequestOut {
     pub flags: String,
     /// `mutual_tls` or `none` as the destination sidecar saw the connection.
     pub connection_security: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spans: Vec<SpanOut>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -107,7 +159,7 @@ fn latencies(records: &[&Record]) -> Option<Latencies> {
 }
 
 pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
-    let checks = expect::check(plan, &out.records, &out.events);
+    let checks = expect::check(plan, &out.records, &out.events, &out.metrics);
     let mut placement: BTreeMap<String, Vec<String>> = plan.nodes.iter().map(|n| (n.clone(), vec![])).collect();
     for p in &plan.pods {
         placement.get_mut(&plan.nodes[p.node]).expect("node exists").push(p.name.clone());
@@ -181,6 +233,8 @@ pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
             .iter()
             .map(|e| EventOut { at_ms: ms(e.at), kind: e.kind.clone(), detail: e.detail.clone() })
             .collect(),
+        metrics: MetricsOut { buckets_le: BUCKETS.to_vec(), pods: out.metrics.clone() },
+        traces: crate::traces::Summary::of(plan, &out.records),
         passed: checks.iter().all(|c| c.pass),
         expectations: checks,
         warnings: plan.warnings.iter().map(|w| w.to_string()).collect(),
@@ -204,6 +258,7 @@ pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
                     pod,
                     flags: r.flags.clone(),
                     connection_security: r.connection_security.map(|c| c.as_str()),
+                    spans: if plan.spans { r.spans.iter().map(SpanOut::of).collect() } else { Vec::new() },
                 }
             })
             .collect(),

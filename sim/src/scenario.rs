@@ -19,6 +19,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::bad_identity::BadIdentity;
+use crate::metric_query::MetricQuery;
 
 type Dur = Spanned<IstioDuration>;
 
@@ -52,6 +53,9 @@ pub struct ScenarioFile {
     pub suppress: Vec<Spanned<String>>,
     /// The mesh CA (istiod's) and the workload certificates it issues.
     pub ca: Option<Spanned<CaDef>>,
+    /// Write every request's spans into the results (else only the trace summary).
+    #[serde(default)]
+    pub spans: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -260,6 +264,10 @@ pub struct ExpectDef {
     pub latency: Option<Spanned<LatencyExpectDef>>,
     pub count: Option<Spanned<CountDef>>,
     pub certs: Option<Spanned<CertsDef>>,
+    /// `name{label="value",...} op number` over every sidecar's metric series.
+    pub metric: Option<Spanned<String>>,
+    /// `complete`: every request's trace tree is complete.
+    pub traces: Option<Spanned<String>>,
 }
 
 /// Counts certificate lifecycle events of sidecar agents.
@@ -403,6 +411,13 @@ pub struct PlannedPod {
     pub sidecar: bool,
     /// A bad identity its sidecar holds instead of a mesh certificate.
     pub bad_identity: Option<BadIdentity>,
+}
+
+impl PlannedPod {
+    /// The pod's workload (its Deployment): the name without the replica index.
+    pub fn workload(&self) -> &str {
+        self.name.rsplit_once('-').map_or(&self.name, |(w, _)| w)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -561,6 +576,8 @@ pub enum Expectation {
         at_least: Option<u64>,
         at_most: Option<u64>,
     },
+    Metric(MetricQuery),
+    TracesComplete,
 }
 
 /// Which requests a count expectation counts; every condition set must hold.
@@ -642,6 +659,8 @@ pub struct Plan {
     pub faults: Vec<Fault>,
     pub expectations: Vec<Expectation>,
     pub ca: CaPlan,
+    /// Write every request's spans into the results.
+    pub spans: bool,
     /// Warnings found while loading (errors stop loading).
     pub warnings: Vec<Finding>,
 }
@@ -1458,6 +1477,23 @@ impl Builder {
                     at_most: v.at_most,
                 });
             }
+            if let Some(m) = &e.metric {
+                match MetricQuery::parse(&m.value) {
+                    Ok(q) => got.push(Expectation::Metric(q)),
+                    Err(msg) => self.err(m, &format!("{f}.metric"), msg),
+                }
+            }
+            if let Some(t) = &e.traces {
+                if t.value == "complete" {
+                    got.push(Expectation::TracesComplete);
+                } else {
+                    self.err(
+                        t,
+                        &format!("{f}.traces"),
+                        format!("traces: {:?} is not known (write `traces: complete`)", t.value),
+                    );
+                }
+            }
             let kinds = [
                 e.share.is_some(),
                 e.ejection.is_some(),
@@ -1466,13 +1502,15 @@ impl Builder {
                 e.latency.is_some(),
                 e.count.is_some(),
                 e.certs.is_some(),
+                e.metric.is_some(),
+                e.traces.is_some(),
             ]
             .iter()
             .filter(|&&k| k)
             .count();
             if kinds != 1 {
                 self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, f, format!(
-                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count, certs (found {kinds})"
+                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count, certs, metric, traces (found {kinds})"
                 )));
             } else {
                 expectations.extend(got);
@@ -1496,6 +1534,7 @@ impl Builder {
             faults,
             expectations,
             ca,
+            spans: def.spans,
             warnings: Vec::new(),
         })
     }

@@ -96,6 +96,7 @@ fn ended(r: &Planned, now: Duration, outcome: Outcome) -> Record {
         headers: Vec::new(),
         body: None,
         receipts: Vec::new(),
+        spans: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
 use mesh::ca::{Authority, CaOptions};
 use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net, SystemClock};
+use mesh::proxy::metrics::Series;
 use mesh::proxy::tls::SidecarTls;
 use mesh::proxy::{Sidecar, SidecarConfig};
 use mesh::snapshot::Snapshot;
@@ -56,6 +57,9 @@ pub struct RunOutput {
     pub records: Vec<Record>,
     pub events: Vec<Event>,
     pub issued: usize,
+    /// Each pod's metric series at the end (summed over the pod's restarts, as a
+    /// Prometheus `increase` over them would).
+    pub metrics: BTreeMap<String, Vec<Series>>,
     /// Simulated time when the run stopped.
     pub sim_elapsed: Duration,
     /// Wall time the simulation took.
@@ -105,6 +109,8 @@ struct Node {
     generator: Arc<Generator>,
     commands: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
     ca: Arc<CaServer>,
+    /// Every sidecar started on any node, with its pod (metrics are read at the end).
+    started: Arc<Mutex<Vec<Arc<Sidecar<SimNet>>>>>,
 }
 
 /// A pod's bootstrap credential (its service-account token), from the run's seed.
@@ -142,7 +148,9 @@ impl Node {
         let sidecar = Sidecar::new(
             SidecarConfig {
                 pod: p.name.clone(),
+                workload: p.workload().to_string(),
                 namespace: p.namespace.clone(),
+                service: format!("{}.{}.{}", p.service, p.namespace, mesh::registry::DOMAIN_SUFFIX),
                 labels: p.labels.clone(),
                 app_port: p.app_port,
                 seed: sub_seed(self.seed, "sidecar", pod as u64),
@@ -155,6 +163,7 @@ impl Node {
             self.snapshot.clone(),
         )
         .expect("the rate limit was validated with the scenario");
+        self.started.lock().expect("started lock").push(sidecar.clone());
         sidecars.insert(pod, sidecar.clone());
         let (n2, n3) = (net.clone(), net.clone());
         let (in_port, out_port) = (p.inbound_port, p.outbound_port);
@@ -356,6 +365,7 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
         .build();
 
     let in_flight = Arc::new((0..plan.workloads.len()).map(|_| AtomicU32::new(0)).collect::<Vec<_>>());
+    let started = Arc::new(Mutex::new(Vec::new()));
     let mut senders = Vec::new();
     for (n, name) in plan.nodes.iter().enumerate() {
         let pods: Vec<usize> = (0..plan.pods.len()).filter(|&p| plan.pods[p].node == n).collect();
@@ -381,6 +391,7 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
             }),
             commands: Mutex::new(Some(rx)),
             ca: ca.clone(),
+            started: started.clone(),
         });
         sim.host(name.as_str(), move || node.clone().run());
     }
@@ -411,7 +422,25 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     }
     let sim_elapsed = sim.elapsed();
     let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
-    Ok(RunOutput { records, events, issued, sim_elapsed, wall: wall.now() })
+    let metrics = pod_metrics(&started.lock().expect("started lock"));
+    Ok(RunOutput { records, events, issued, metrics, sim_elapsed, wall: wall.now() })
+}
+
+/// Each pod's series, the instances of a restarted pod summed per label set.
+fn pod_metrics(sidecars: &[Arc<Sidecar<SimNet>>]) -> BTreeMap<String, Vec<Series>> {
+    let mut pods: BTreeMap<String, BTreeMap<BTreeMap<&'static str, String>, Series>> = BTreeMap::new();
+    for s in sidecars {
+        let mine = pods.entry(s.pod().to_string()).or_default();
+        for series in s.metrics() {
+            match mine.get_mut(&series.labels) {
+                Some(x) => x.add(&series),
+                None => {
+                    mine.insert(series.labels.clone(), series);
+                }
+            }
+        }
+    }
+    pods.into_iter().map(|(pod, series)| (pod, series.into_values().collect())).collect()
 }
 
 fn names(plan: &Plan, pods: &[usize]) -> String {

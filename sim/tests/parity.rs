@@ -121,7 +121,9 @@ async fn server<N: Net>(
     });
     let cfg = SidecarConfig {
         pod: "backend-v1-0".into(),
+        workload: "backend-v1".into(),
         namespace: "default".into(),
+        service: "backend.default.svc.cluster.local".into(),
         labels: BTreeMap::new(),
         app_port,
         seed: 1,
@@ -152,7 +154,9 @@ async fn client<N: Net>(
     let (out_l, out_port) = bind(&net, ports.ip, ports.outbound).await;
     let cfg = SidecarConfig {
         pod: "frontend-v1-0".into(),
+        workload: "frontend-v1".into(),
         namespace: "default".into(),
+        service: "frontend.default.svc.cluster.local".into(),
         labels: BTreeMap::new(),
         app_port: 1,
         seed: 2,

@@ -1127,3 +1127,29 @@ fn certs_expectation_with_an_unknown_event() {
     )
     .single();
 }
+
+#[test]
+fn metric_expectation_with_an_unknown_label() {
+    let y = edit(
+        PLAIN,
+        "  - success_rate: {workload: browse, at_least: 0.5}\n",
+        "  - metric: 'istio_requests_total{flags=\"UO\"} >= 1'\n",
+    );
+    rejects_field("metric-label", &y, "metric:", "expect[0].metric", "unknown label \"flags\"");
+}
+
+#[test]
+fn metric_expectation_without_a_comparison() {
+    let y = edit(
+        PLAIN,
+        "  - success_rate: {workload: browse, at_least: 0.5}\n",
+        "  - metric: 'istio_requests_total{reporter=\"source\"}'\n",
+    );
+    rejects_field("metric-cmp", &y, "metric:", "expect[0].metric", "expected a comparison");
+}
+
+#[test]
+fn traces_expectation_with_an_unknown_word() {
+    let y = edit(PLAIN, "  - success_rate: {workload: browse, at_least: 0.5}\n", "  - traces: sampled\n");
+    rejects_field("traces-word", &y, "traces:", "expect[0].traces", "write `traces: complete`");
+}

@@ -1,6 +1,7 @@
 //! The inbound path: authorization (AuthorizationPolicy), local rate limit, then forward
 //! to the local app. A denied request never reaches the app. The connection's peer (its
-//! security and verified identity, see `tls`) comes with every request.
+//! security and verified identity, see `tls`) comes with every request. Every path ends
+//! in [`Sidecar::finish`] (access log, metrics, span).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,16 +21,20 @@ use crate::net::Net;
 
 impl<N: Net> Sidecar<N> {
     pub(super) async fn inbound(self: Arc<Self>, req: Request<Incoming>, addr: SocketAddr, peer: &Peer) -> Reply {
-        let start = self.clock.now();
         let (mut parts, body) = req.into_parts();
-        let req_id = parts.headers.get("x-request-id").cloned();
-        let req_id = req_id.as_ref().and_then(|v| v.to_str().ok());
+        let mut ex = self.begin(Direction::Inbound, &mut parts.headers);
         let cluster = format!("inbound|{}||", self.cfg.app_port);
-        let to = Target { route: "inbound", cluster: &cluster, upstream: None, peer: Some(peer) };
-        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-            self.log(Direction::Inbound, req_id, to, 400, &[], start);
-            return local_reply::reply(StatusCode::BAD_REQUEST, "", "istio-envoy");
+        let to = Target {
+            route: "inbound",
+            cluster: &cluster,
+            upstream: None,
+            peer: Some(peer),
+            service: &self.cfg.service,
         };
+        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+            return self.finish(&ex, local_reply::reply(StatusCode::BAD_REQUEST, "", "istio-envoy"), &[], to);
+        };
+        ex.request_bytes = body.len() as u64;
 
         // Authorization (Envoy's RBAC filter runs before the rate limit). A plaintext peer
         // has no principal; an mTLS peer's is its verified SPIFFE ID.
@@ -43,8 +48,12 @@ impl<N: Net> Sidecar<N> {
             };
             let source = authz::Peer { principal: peer.principal(), ip: addr.ip() };
             if policies.decide(&source, &request) == authz::Decision::Deny {
-                self.log(Direction::Inbound, req_id, to, StatusCode::FORBIDDEN.as_u16(), &[], start);
-                return local_reply::reply(StatusCode::FORBIDDEN, DENIED_BODY, "istio-envoy");
+                return self.finish(
+                    &ex,
+                    local_reply::reply(StatusCode::FORBIDDEN, DENIED_BODY, "istio-envoy"),
+                    &[],
+                    to,
+                );
             }
         }
 
@@ -64,8 +73,7 @@ impl<N: Net> Sidecar<N> {
             for (k, v) in headers {
                 reply.headers_mut().append(k, v);
             }
-            self.log(Direction::Inbound, req_id, to, status.as_u16(), &[Flag::RateLimited], start);
-            return reply;
+            return self.finish(&ex, reply, &[Flag::RateLimited], to);
         }
 
         strip_hop_by_hop(&mut parts.headers);
@@ -75,18 +83,14 @@ impl<N: Net> Sidecar<N> {
         let to = Target { upstream: Some(&self.cfg.pod), ..to };
         match result {
             Ok(resp) => {
-                let status = resp.status().as_u16();
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts.headers.insert(header::SERVER, HeaderValue::from_static("istio-envoy"));
-                self.log(Direction::Inbound, req_id, to, status, &[], start);
-                Response::from_parts(parts, Full::new(body))
+                self.finish(&ex, Response::from_parts(parts, Full::new(body)), &[], to)
             }
             Err(e) => {
                 let (flag, why) = Self::failure_flag(e);
-                let reply = self.local(flag, why, "istio-envoy");
-                self.log(Direction::Inbound, req_id, to, reply.status().as_u16(), &[flag], start);
-                reply
+                self.finish(&ex, self.local(flag, why, "istio-envoy"), &[flag], to)
             }
         }
     }

@@ -33,6 +33,21 @@ pub enum Flag {
 }
 
 impl Flag {
+    /// Every flag (metrics keep a request's flags as a bit set over this list).
+    pub const ALL: [Flag; 11] = [
+        Flag::NoRoute,
+        Flag::NoCluster,
+        Flag::NoHealthyUpstream,
+        Flag::UpstreamConnectionFailure,
+        Flag::UpstreamConnectionTermination,
+        Flag::UpstreamRequestTimeout,
+        Flag::UpstreamOverflow,
+        Flag::UpstreamRetryLimitExceeded,
+        Flag::DelayInjected,
+        Flag::FaultInjected,
+        Flag::RateLimited,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Flag::NoRoute => "NR",
@@ -162,6 +177,15 @@ pub fn for_flag(flag: Flag, connect: Option<ConnectFailure>) -> (StatusCode, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_flag_in_declaration_order() {
+        for (i, f) in Flag::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{f:?}");
+        }
+        let strings: std::collections::BTreeSet<&str> = Flag::ALL.iter().map(|f| f.as_str()).collect();
+        assert_eq!(strings.len(), Flag::ALL.len(), "no flag twice");
+    }
 
     #[test]
     fn after_retries_names_the_latest_reset_reason() {

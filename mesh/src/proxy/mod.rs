@@ -10,10 +10,12 @@
 //!
 //! An inbound listener runs the pod's PeerAuthentication mode (see `tls`: mTLS, plaintext
 //! or both, sniffed on the same port), applies AuthorizationPolicy, then the local rate
-//! limit, and forwards to the local app (see `inbound`). Each policy is its own module;
-//! this one owns the sidecar's state: the
-//! config snapshot and, per cluster, hosts' load, the outlier detector, the hash table
-//! and the connection pool.
+//! limit, and forwards to the local app (see `inbound`). An admin listener serves the
+//! sidecar's metrics (`/stats/prometheus`). Each policy is its own module; this one owns
+//! the sidecar's state: the config snapshot, the metrics and, per cluster, hosts' load,
+//! the outlier detector, the hash table and the connection pool; and what every request
+//! does first and last (its id, trace context and peer metadata; its access log,
+//! metrics and span).
 
 pub mod authz;
 pub mod balance;
@@ -22,6 +24,7 @@ pub mod hash;
 pub mod headers;
 mod inbound;
 pub mod local_reply;
+pub mod metrics;
 mod outbound;
 pub mod outlier;
 pub mod peer_authn;
@@ -31,6 +34,7 @@ pub mod retry;
 pub mod route_match;
 pub mod telemetry;
 pub mod tls;
+pub mod tracing;
 pub mod weighted;
 
 use std::collections::BTreeMap;
@@ -53,17 +57,24 @@ use crate::snapshot::{Cluster, HashTable, Snapshot};
 use balance::Balancer;
 use hash::{Maglev, RingHash};
 use local_reply::Flag;
+use metrics::{HttpRequest, Metrics, PEER_METADATA, PeerId, Reporter, Security, Series, Workload};
 use outlier::{Detector, Transition};
 use pool::{Pool, PoolTls, UpstreamError};
 use ratelimit::{LocalRateLimit, LocalRateLimitConfig};
 use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
 use tls::{Peer, SidecarTls};
+use tracing::{Context, REQUEST_ID, Span, SpanKind};
 
 /// Who this sidecar serves.
 #[derive(Clone, Debug)]
 pub struct SidecarConfig {
     pub pod: String,
+    /// The pod's workload (its Deployment), as Istio's `*_workload` labels name it.
+    pub workload: String,
     pub namespace: String,
+    /// FQDN of the service the pod serves (`destination_service` of its inbound
+    /// requests); empty when none.
+    pub service: String,
     /// The pod's labels (VirtualService `sourceLabels` match on them).
     pub labels: BTreeMap<String, String>,
     /// Where the local app listens (on loopback).
@@ -104,9 +115,26 @@ pub struct Sidecar<N: Net> {
     /// Connections to the local app.
     app_pool: Pool<N>,
     rate_limit: Mutex<Option<LocalRateLimit>>,
+    metrics: Mutex<Metrics>,
+    /// This sidecar's workload metadata, as sent to peers.
+    metadata: HeaderValue,
 }
 
 type Reply = Response<Full<Bytes>>;
+
+/// One request as a sidecar handles it, from its first byte to its reply: what every
+/// path through `outbound` and `inbound` needs when it ends.
+struct Exchange {
+    dir: Direction,
+    start: Duration,
+    /// `x-request-id`, generated when the request came without one.
+    request_id: HeaderValue,
+    /// This hop's span (a child of the context the request came with, if any).
+    trace: Context,
+    request_bytes: u64,
+    /// The peer that sent the request (inbound; outbound learns it from the response).
+    peer: PeerId,
+}
 
 /// Where a logged request was going, as far as it got.
 #[derive(Clone, Copy, Default)]
@@ -116,6 +144,8 @@ struct Target<'a> {
     upstream: Option<&'a str>,
     /// The downstream peer (inbound).
     peer: Option<&'a Peer>,
+    /// FQDN of the destination service (`destination_service`), empty when unknown.
+    service: &'a str,
 }
 
 /// How long an inbound TLS handshake waits for the sidecar's first certificate (a
@@ -146,7 +176,10 @@ impl<N: Net> Sidecar<N> {
         snapshot: Arc<Snapshot>,
     ) -> Result<Arc<Self>, String> {
         let rate_limit = cfg.rate_limit.clone().map(|c| LocalRateLimit::new(c, clock.now())).transpose()?;
+        let me = Workload::from_pod(&cfg.workload, &cfg.namespace, &cfg.labels);
         Ok(Arc::new(Sidecar {
+            metadata: me.to_header(),
+            metrics: Mutex::new(Metrics::new(me)),
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(cfg.seed)),
             cfg,
             app_pool: Pool::new(net.clone()),
@@ -171,6 +204,37 @@ impl<N: Net> Sidecar<N> {
     /// Serves the inbound listener until it fails.
     pub async fn run_inbound(self: Arc<Self>, listener: N::Listener) -> std::io::Result<()> {
         self.serve(listener, Direction::Inbound).await
+    }
+
+    /// Serves the admin listener until it fails: `GET /stats/prometheus` answers this
+    /// sidecar's metrics in the Prometheus text format; anything else is 404.
+    pub async fn run_admin(self: Arc<Self>, mut listener: N::Listener) -> std::io::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.admin(req.method(), req.uri().path())) }
+                });
+                let _ = pool::server_builder().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    }
+
+    fn admin(&self, method: &http::Method, path: &str) -> Reply {
+        if method != http::Method::GET || path != "/stats/prometheus" {
+            return local_reply::reply(http::StatusCode::NOT_FOUND, "", "envoy");
+        }
+        let text = metrics::encode_prometheus(&self.metrics()).expect("writing to a String cannot fail");
+        let mut reply = local_reply::reply(http::StatusCode::OK, text, "envoy");
+        reply.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metrics::PROMETHEUS_CONTENT_TYPE));
+        reply
+    }
+
+    /// This sidecar's metric series, in order.
+    pub fn metrics(&self) -> Vec<Series> {
+        self.metrics.lock().expect("metrics lock").series()
     }
 
     async fn serve(self: Arc<Self>, mut listener: N::Listener, dir: Direction) -> std::io::Result<()> {
@@ -292,22 +356,104 @@ impl<N: Net> Sidecar<N> {
         }
     }
 
-    fn log(&self, dir: Direction, req_id: Option<&str>, to: Target<'_>, status: u16, flags: &[Flag], start: Duration) {
-        let Target { route, cluster, upstream, peer } = to;
-        let flags = local_reply::flags_string(flags);
-        self.telemetry.access_log(&AccessLog {
-            proxy: &self.cfg.pod,
-            direction: dir,
-            request_id: req_id,
-            route,
-            cluster,
-            upstream_pod: upstream,
+    /// What a request does first: its `x-request-id` (made up when absent), its span
+    /// (the child of the context it came with), and, inbound, the peer's metadata, which
+    /// the app does not see.
+    fn begin(&self, dir: Direction, headers: &mut HeaderMap) -> Exchange {
+        let start = self.clock.now();
+        let mut rng = self.rng.lock().expect("rng lock");
+        let request_id = match headers.get(REQUEST_ID) {
+            Some(v) => v.clone(),
+            None => {
+                let v = HeaderValue::try_from(tracing::uuid_v4(&mut *rng)).expect("a UUID is header-safe");
+                headers.insert(REQUEST_ID, v.clone());
+                v
+            }
+        };
+        let trace = Context::start(tracing::extract(headers), &mut *rng);
+        drop(rng);
+        trace.inject(headers);
+        let peer = match dir {
+            Direction::Outbound => PeerId::UNKNOWN,
+            Direction::Inbound => {
+                let peer =
+                    self.metrics.lock().expect("metrics lock").peer(headers.get(PEER_METADATA).map(|v| v.as_bytes()));
+                headers.remove(PEER_METADATA);
+                peer
+            }
+        };
+        Exchange { dir, start, request_id, trace, request_bytes: 0, peer }
+    }
+
+    /// What a request does last: exchange metadata on the reply, then its access log,
+    /// metrics and span. Returns the reply.
+    fn finish(&self, ex: &Exchange, mut reply: Reply, flags: &[Flag], to: Target<'_>) -> Reply {
+        let now = self.clock.now();
+        let status = reply.status().as_u16();
+        // The principals are the mTLS connection's two ends: the verified peer and this
+        // sidecar's own identity.
+        let mtls_peer = to.peer.filter(|p| p.security == tls::ConnectionSecurity::MutualTls);
+        let peer_principal = mtls_peer.and_then(|p| p.identity.as_ref()).map(ToString::to_string);
+        let own_principal = mtls_peer.and(self.cfg.tls.as_ref()).map(|t| t.store().id().to_string());
+        let (reporter, peer, security, service) = match ex.dir {
+            Direction::Outbound => {
+                let peer = reply.headers_mut().remove(PEER_METADATA);
+                let peer = self.metrics.lock().expect("metrics lock").peer(peer.as_ref().map(|v| v.as_bytes()));
+                (Reporter::Source, peer, Security::Unknown, to.service)
+            }
+            Direction::Inbound => {
+                reply.headers_mut().insert(PEER_METADATA, self.metadata.clone());
+                let security = if mtls_peer.is_some() { Security::MutualTls } else { Security::None };
+                (Reporter::Destination, ex.peer, security, self.cfg.service.as_str())
+            }
+        };
+        let request_id = ex.request_id.to_str().ok();
+        let duration = now.saturating_sub(ex.start);
+        if self.telemetry.wants_access_log(ex.dir) {
+            let Target { route, cluster, upstream, peer, .. } = to;
+            let flags = local_reply::flags_string(flags);
+            self.telemetry.access_log(&AccessLog {
+                proxy: &self.cfg.pod,
+                direction: ex.dir,
+                request_id,
+                route,
+                cluster,
+                upstream_pod: upstream,
+                peer,
+                status,
+                flags: &flags,
+                start: ex.start,
+                duration,
+            });
+        }
+        self.metrics.lock().expect("metrics lock").record_http(&HttpRequest {
+            reporter,
             peer,
-            status,
-            flags: &flags,
-            start,
-            duration: self.clock.now().saturating_sub(start),
+            service,
+            code: status,
+            flags,
+            security,
+            principals: [peer_principal.as_deref(), own_principal.as_deref()],
+            duration,
+            request_bytes: ex.request_bytes,
+            response_bytes: hyper::body::Body::size_hint(reply.body()).exact().unwrap_or(0),
         });
+        self.telemetry.span(&Span {
+            proxy: &self.cfg.pod,
+            kind: match ex.dir {
+                Direction::Outbound => SpanKind::Outbound,
+                Direction::Inbound => SpanKind::Inbound,
+            },
+            request_id,
+            trace_id: ex.trace.trace_id,
+            span_id: ex.trace.span_id,
+            parent: ex.trace.parent,
+            start: ex.start,
+            duration,
+            status: Some(status),
+            attempt: 0,
+        });
+        reply
     }
 
     fn local(&self, flag: Flag, connect: Option<local_reply::ConnectFailure>, server: &'static str) -> Reply {

@@ -1,6 +1,7 @@
 //! The outbound path, one layer per function in reading order: route → fault → mirror
 //! → timeout → retry → balance → pool. Each layer's policy lives in its own module; this
-//! file only strings them together and writes the access log.
+//! file only strings them together; every path ends in [`Sidecar::finish`] (access log,
+//! metrics, span), and every upstream try records its own span.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,11 +15,13 @@ use hyper::body::Incoming;
 
 use super::hash::HashInput;
 use super::local_reply::{self, Flag};
+use super::metrics::PEER_METADATA;
 use super::pool::UpstreamError;
 use super::retry::{Decision, Outcome, RetryState};
 use super::route_match::{MatchInput, route_matches};
 use super::telemetry::Direction;
-use super::{Reply, Sidecar, Target, strip_hop_by_hop};
+use super::tracing::{Span, SpanKind};
+use super::{Exchange, Reply, Sidecar, Target, strip_hop_by_hop};
 use crate::net::Net;
 use crate::registry::qualify;
 use crate::snapshot::{Action, Cluster, Redirect, Route, WeightedCluster};
@@ -46,17 +49,14 @@ impl<N: Net> Sidecar<N> {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Reply {
-        let start = self.clock.now();
         let (mut parts, body) = req.into_parts();
-        let req_id = parts.headers.get("x-request-id").cloned();
-        let req_id = req_id.as_ref().and_then(|v| v.to_str().ok());
-        let log = |status: u16, flags: &[Flag], to: Target<'_>| {
-            self.log(Direction::Outbound, req_id, to, status, flags, start)
-        };
+        let mut ex = self.begin(Direction::Outbound, &mut parts.headers);
         let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-            log(400, &[], Target::default());
-            return local_reply::reply(StatusCode::BAD_REQUEST, "", "envoy");
+            return self.finish(&ex, local_reply::reply(StatusCode::BAD_REQUEST, "", "envoy"), &[], Target::default());
         };
+        ex.request_bytes = body.len() as u64;
+        let ex = ex;
+        let done = |reply: Reply, flags: &[Flag], to: Target<'_>| self.finish(&ex, reply, flags, to);
         let uri = parts.uri.clone();
         let host = parts.headers.get(header::HOST).cloned();
         let authority = host
@@ -83,24 +83,24 @@ impl<N: Net> Sidecar<N> {
         };
         let route = snapshot.routes.get(&fqdn).and_then(|rs| rs.iter().find(|r| route_matches(&r.matches, &input)));
         let Some(route) = route else {
-            log(404, &[Flag::NoRoute], Target::default());
-            return self.local(Flag::NoRoute, None, "envoy");
+            return done(
+                self.local(Flag::NoRoute, None, "envoy"),
+                &[Flag::NoRoute],
+                Target { service: &fqdn, ..Target::default() },
+            );
         };
         let matched_prefix =
             route.matches.iter().find(|m| m.matches(&input)).and_then(|m| m.uri_prefix()).map(str::to_string);
-        let to = Target { route: &route.name, ..Target::default() };
+        let to = Target { route: &route.name, service: &fqdn, ..Target::default() };
         let clusters = match &route.action {
             Action::Redirect(rd) => {
-                let reply = redirect(rd, authority, path, query);
-                log(reply.status().as_u16(), &[], to);
-                return reply;
+                return done(redirect(rd, authority, path, query), &[], to);
             }
             Action::Direct { status, body } => {
                 let mut reply =
                     local_reply::reply(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone(), "envoy");
                 route.response_headers.apply(reply.headers_mut());
-                log(*status, &[], to);
-                return reply;
+                return done(reply, &[], to);
             }
             Action::Forward(clusters) => clusters,
         };
@@ -108,10 +108,9 @@ impl<N: Net> Sidecar<N> {
         let picked = super::weighted::pick(&weights, self.draw()).map(|i| &clusters[i]);
         let Some((wc, cluster)) = picked.and_then(|wc| snapshot.clusters.get(&wc.cluster).map(|c| (wc, c.clone())))
         else {
-            log(503, &[Flag::NoCluster], to);
-            return self.local(Flag::NoCluster, None, "envoy");
+            return done(self.local(Flag::NoCluster, None, "envoy"), &[Flag::NoCluster], to);
         };
-        let to = Target { cluster: &cluster.name, ..to };
+        let to = Target { cluster: &cluster.name, service: &cluster.service, ..to };
 
         // Request edits: destination headers, route headers, rewrite.
         wc.request_headers.apply(&mut parts.headers);
@@ -138,6 +137,7 @@ impl<N: Net> Sidecar<N> {
         }
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        parts.headers.insert(PEER_METADATA, self.metadata.clone());
 
         // Fault: delay, then abort; both before the router's timers start.
         let mut flags = Vec::new();
@@ -155,8 +155,7 @@ impl<N: Net> Sidecar<N> {
                     "envoy",
                 );
                 route.response_headers.apply(reply.headers_mut());
-                log(status, &flags, to);
-                return reply;
+                return done(reply, &flags, to);
             }
         }
 
@@ -184,24 +183,23 @@ impl<N: Net> Sidecar<N> {
             })
         });
         let deadline = route.timeout.map(|t| self.clock.now() + t);
-        let (tried, host, mut router_flags) = self.route_tries(&cluster, route, &parts, body, hash, deadline).await;
+        let (tried, host, mut router_flags) =
+            self.route_tries(&ex, &cluster, route, &parts, body, hash, deadline).await;
         flags.append(&mut router_flags);
         let upstream = host.map(|h| cluster.endpoints[h].pod.as_str());
         let to = Target { upstream, ..to };
         let reply = match tried {
             Tried::Response(resp) => {
-                let status = resp.status().as_u16();
                 let (mut rp, body) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers);
                 apply_response_headers(wc, route, &mut rp.headers);
-                let ms = self.clock.now().saturating_sub(start).as_millis();
+                let ms = self.clock.now().saturating_sub(ex.start).as_millis();
                 rp.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(ms as u64));
                 rp.headers.insert(header::SERVER, HeaderValue::from_static("envoy"));
                 if let Some(c) = set_cookie {
                     rp.headers.append(header::SET_COOKIE, c);
                 }
-                log(status, &flags, to);
-                return Response::from_parts(rp, Full::new(body));
+                return done(Response::from_parts(rp, Full::new(body)), &flags, to);
             }
             Tried::Failed { error, retried } => {
                 let (flag, why) = Self::failure_flag(error);
@@ -210,15 +208,16 @@ impl<N: Net> Sidecar<N> {
             Tried::PerTryTimeout | Tried::RouteTimeout => self.local(Flag::UpstreamRequestTimeout, None, "envoy"),
             Tried::NoHealthyUpstream => self.local(Flag::NoHealthyUpstream, None, "envoy"),
         };
-        log(reply.status().as_u16(), &flags, to);
-        reply
+        done(reply, &flags, to)
     }
 
     /// Retry → balance → pool: tries the request until it succeeds, fails in a way the
     /// policy does not retry, or runs out of retries. Returns the last try's result, the
     /// host it went to and the flags it earned.
+    #[allow(clippy::too_many_arguments)]
     async fn route_tries(
         &self,
+        ex: &Exchange,
         cluster: &Arc<Cluster>,
         route: &Route,
         parts: &http::request::Parts,
@@ -242,6 +241,23 @@ impl<N: Net> Sidecar<N> {
             let attempt = state.start_attempt(host);
             let mut req = Request::from_parts(parts.clone(), Full::new(body.clone()));
             req.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+            let span = ex.trace.child(&mut *self.rng.lock().expect("rng lock"));
+            span.inject(req.headers_mut());
+            let try_start = self.clock.now();
+            let record_try = |status: Option<u16>| {
+                self.telemetry.span(&Span {
+                    proxy: &self.cfg.pod,
+                    kind: SpanKind::Try,
+                    request_id: ex.request_id.to_str().ok(),
+                    trace_id: span.trace_id,
+                    span_id: span.span_id,
+                    parent: span.parent,
+                    start: try_start,
+                    duration: self.clock.now().saturating_sub(try_start),
+                    status,
+                    attempt,
+                })
+            };
             let ep = &cluster.endpoints[host];
             let send = pool.send(&ep.host, ep.port, cluster.connect_timeout, req);
             // This try ends at the per-try timeout or the route deadline, whichever is first.
@@ -261,6 +277,7 @@ impl<N: Net> Sidecar<N> {
                 // reports a timeout to outlier detection, as a 504).
                 Err(()) if per_try.is_none_or(|p| remaining.is_some_and(|r| r <= p)) => {
                     in_flight.finish(Some(504));
+                    record_try(None);
                     return timed_out(Some(host));
                 }
                 Err(()) => (Tried::PerTryTimeout, Outcome::PerTryTimeout, Some(504)),
@@ -274,6 +291,10 @@ impl<N: Net> Sidecar<N> {
                 Ok(Err(e @ UpstreamError::Overflow(_))) => (failed(e), Outcome::Overflow, None),
             };
             in_flight.finish(outlier_status);
+            record_try(match &tried {
+                Tried::Response(r) => Some(r.status().as_u16()),
+                _ => None,
+            });
             _permit = None;
             let failure_flag = match &tried {
                 Tried::Failed { error, .. } => Some(Self::failure_flag(*error).0),

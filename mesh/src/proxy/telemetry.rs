@@ -1,12 +1,15 @@
-//! What a proxy reports: one access-log entry per request it handles and an event per
-//! outlier-detection transition. The sink is a trait so the simulator can record into
-//! its run results and real mode can keep them in memory.
+//! What a proxy reports to the world outside it: one access-log entry per request it
+//! handles, a span per hop (`tracing`) and an event per outlier-detection transition.
+//! The sink is a trait so the simulator can record into its run results and real mode
+//! can keep them in memory. Metrics are not reported here: each sidecar keeps its own
+//! (`metrics`) and serves them.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::outlier::Reason;
 use super::tls::Peer;
+use super::tracing::{OwnedSpan, Span};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Direction {
@@ -113,6 +116,8 @@ pub trait Telemetry: Send + Sync + 'static {
     fn outlier_event(&self, event: OutlierEvent);
     /// A refused inbound connection (ignored unless a sink wants it).
     fn security_event(&self, _event: SecurityEvent) {}
+    /// A finished span; the default drops it.
+    fn span(&self, _span: &Span<'_>) {}
 }
 
 /// Keeps everything in memory, in arrival order.
@@ -120,6 +125,7 @@ pub trait Telemetry: Send + Sync + 'static {
 pub struct MemoryTelemetry {
     pub logs: Mutex<Vec<OwnedAccessLog>>,
     pub events: Mutex<Vec<OutlierEvent>>,
+    pub spans: Mutex<Vec<OwnedSpan>>,
 }
 
 impl Telemetry for MemoryTelemetry {
@@ -128,5 +134,8 @@ impl Telemetry for MemoryTelemetry {
     }
     fn outlier_event(&self, event: OutlierEvent) {
         self.events.lock().expect("telemetry lock").push(event);
+    }
+    fn span(&self, span: &Span<'_>) {
+        self.spans.lock().expect("telemetry lock").push(span.to_owned());
     }
 }
