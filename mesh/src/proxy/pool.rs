@@ -293,8 +293,13 @@ impl<N: Net> Pool<N> {
                     let stream = tls::connect(&t.connector, host, stream)
                         .await
                         .map_err(|f| UpstreamError::Connect(ConnectFailure::Tls(f)))?;
-                    let (sender, conn) =
-                        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| refused_h(&e))?;
+                    // One write per message: rustls makes a record of each vectored
+                    // slice, and each record would be its own segment.
+                    let (sender, conn) = http1::Builder::new()
+                        .writev(false)
+                        .handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| refused_h(&e))?;
                     tokio::spawn(conn);
                     sender
                 }
@@ -449,7 +454,9 @@ fn refused_h(e: &hyper::Error) -> UpstreamError {
 /// client's next request on them (Envoy's `request_headers_timeout` is off by default).
 pub fn server_builder() -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new()).auto_date_header(false).keep_alive(true).header_read_timeout(None);
+    // `writev(false)`: one write per message, also over TLS (rustls makes a record of
+    // each vectored slice, and each record would be its own segment).
+    b.timer(TokioTimer::new()).auto_date_header(false).keep_alive(true).header_read_timeout(None).writev(false);
     b
 }
 

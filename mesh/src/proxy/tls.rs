@@ -619,6 +619,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_rotation_keeps_established_connections_and_serves_the_next_handshake() {
+        let ca = ca("mesh");
+        let (client, server) = (good(&ca, "web"), good(&ca, "api"));
+        let connector = client.connector(&[]).unwrap();
+        let handshake = || async {
+            let (a, b) = tokio::io::duplex(64 * 1024);
+            let accept = async { server.accept(sniff(b).await.unwrap().0).await };
+            let (c, s) = tokio::join!(connect(&connector, "peer", a), accept);
+            (c.unwrap(), s.unwrap().0)
+        };
+        let (mut c, mut s) = handshake().await;
+        let (chain, key) = issue(&ca, "spiffe://cluster.local/ns/default/sa/api", (NOW - DAY / 2, NOW + 2 * DAY));
+        server.store().install(chain.clone(), key).unwrap();
+        c.write_all(b"after").await.unwrap();
+        c.flush().await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"after", "the connection made before the rotation still carries data");
+        let old = c.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_ne!(old, chain[0]);
+        let (c2, _) = handshake().await;
+        assert_eq!(c2.get_ref().1.peer_certificates().unwrap()[0], chain[0], "the next handshake presents the new one");
+    }
+
+    #[tokio::test]
     async fn plaintext_is_sniffed_as_plaintext_and_replayed() {
         let (mut a, b) = tokio::io::duplex(1024);
         a.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
