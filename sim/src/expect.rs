@@ -82,10 +82,66 @@ fn counts(cf: &CountFilter, r: &Record) -> bool {
 
 /// Every expectation of `plan` checked against a run's records, events and each pod's
 /// metric series.
-pub fn check(plan: &Plan, records: &[Record], events: &[Event], metrics: &BTreeMap<String, Vec<Series>>) -> Vec<Check> {
+/// `baseline`: the records of the same scenario and seed without the mesh, when the plan
+/// needs them ([`Plan::needs_baseline`]).
+pub fn check(
+    plan: &Plan,
+    records: &[Record],
+    events: &[Event],
+    metrics: &BTreeMap<String, Vec<Series>>,
+    baseline: Option<&[Record]>,
+) -> Vec<Check> {
     plan.expectations
         .iter()
         .map(|e| match e {
+            Expectation::LatencyOverhead { workload, window, percentile: p, at_most, at_least } => {
+                let at = |records: &[Record]| {
+                    let mut lat: Vec<Duration> =
+                        in_window(records, *workload, window).filter(|r| was_sent(r)).map(|r| r.latency).collect();
+                    percentile(&mut lat, *p)
+                };
+                let ms = |d: Duration| format!("{:.3}ms", d.as_secs_f64() * 1e3);
+                let expectation = format!(
+                    "p{p} latency overhead of {} in {} (against mesh: none, same seed)",
+                    plan.workloads[*workload].name,
+                    win(window)
+                );
+                let mut bounds = Vec::new();
+                if let Some(l) = at_least {
+                    bounds.push(format!(">= +{}", ms(*l)));
+                }
+                if let Some(m) = at_most {
+                    bounds.push(format!("<= +{}", ms(*m)));
+                }
+                let expected = bounds.join(" and ");
+                match (at(records), baseline.and_then(at)) {
+                    (Some(with), Some(without)) => {
+                        let added = with.as_secs_f64() - without.as_secs_f64();
+                        Check {
+                            expectation,
+                            expected,
+                            observed: format!(
+                                "{}{:.3}ms ({} with the mesh, {} without)",
+                                if added < 0.0 { "-" } else { "+" },
+                                added.abs() * 1e3,
+                                ms(with),
+                                ms(without)
+                            ),
+                            pass: at_most.is_none_or(|m| added <= m.as_secs_f64())
+                                && at_least.is_none_or(|l| added >= l.as_secs_f64()),
+                        }
+                    }
+                    (with, _) => Check {
+                        expectation,
+                        expected,
+                        observed: format!(
+                            "no requests {}",
+                            if with.is_none() { "with the mesh" } else { "in the no-mesh baseline" }
+                        ),
+                        pass: false,
+                    },
+                }
+            }
             Expectation::Metric(q) => {
                 let (value, series) = q.eval(metrics);
                 Check {
@@ -260,7 +316,9 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
                 pass: got.is_some_and(|d| at_most.is_none_or(|m| d <= m) && at_least.is_none_or(|l| d >= l)),
             }
         }
-        Expectation::Metric(_) | Expectation::TracesComplete => unreachable!("checked in `check`"),
+        Expectation::Metric(_) | Expectation::TracesComplete | Expectation::LatencyOverhead { .. } => {
+            unreachable!("checked in `check`")
+        }
         Expectation::Count { workload, window, filter: cf, at_least, at_most } => {
             let n = in_window(records, *workload, window).filter(|r| counts(cf, r)).count() as u64;
             let mut what = Vec::new();

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod bad_identity;
+pub mod cost;
 pub mod crypto;
 pub mod expect;
 pub mod metric_query;

@@ -37,6 +37,10 @@ pub struct Results {
     pub passed: bool,
     pub warnings: Vec<String>,
     pub requests: Vec<RequestOut>,
+    /// The same scenario and seed with `mesh: none` (its expectations are not checked),
+    /// when an expectation compared against it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Box<Results>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -159,7 +163,19 @@ fn latencies(records: &[&Record]) -> Option<Latencies> {
 }
 
 pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
-    let checks = expect::check(plan, &out.records, &out.events, &out.metrics);
+    let base = out.baseline.as_deref();
+    let checks = expect::check(plan, &out.records, &out.events, &out.metrics, base.map(|b| b.records.as_slice()));
+    let mut r = build_unchecked(plan, seed, out);
+    r.passed = checks.iter().all(|c| c.pass);
+    r.expectations = checks;
+    if let (Some(p), Some(b)) = (plan.baseline.as_deref(), base) {
+        r.baseline = Some(Box::new(build_unchecked(p, seed, b)));
+    }
+    r
+}
+
+/// Everything but the expectations.
+fn build_unchecked(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
     let mut placement: BTreeMap<String, Vec<String>> = plan.nodes.iter().map(|n| (n.clone(), vec![])).collect();
     for p in &plan.pods {
         placement.get_mut(&plan.nodes[p.node]).expect("node exists").push(p.name.clone());
@@ -235,8 +251,8 @@ pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
             .collect(),
         metrics: MetricsOut { buckets_le: BUCKETS.to_vec(), pods: out.metrics.clone() },
         traces: crate::traces::Summary::of(plan, &out.records),
-        passed: checks.iter().all(|c| c.pass),
-        expectations: checks,
+        passed: true,
+        expectations: Vec::new(),
         warnings: plan.warnings.iter().map(|w| w.to_string()).collect(),
         requests: out
             .records
@@ -262,6 +278,7 @@ pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
                 }
             })
             .collect(),
+        baseline: None,
     }
 }
 
@@ -291,17 +308,23 @@ pub fn summary(r: &Results) -> String {
         })
         .collect();
     let _ = writeln!(s, "placement {}", placement.join("; "));
-    for w in &r.workloads {
+    let line = |s: &mut String, what: &str, l: &Latencies| {
+        let _ = writeln!(
+            s,
+            "  {what:<8} p50 {}  p99 {}  p99.9 {}  max {}",
+            fmt_ms(l.p50),
+            fmt_ms(l.p99),
+            fmt_ms(l.p999),
+            fmt_ms(l.max)
+        );
+    };
+    for (i, w) in r.workloads.iter().enumerate() {
         let _ = writeln!(s, "\n{} -> {}: {} requests, {:.2}% 2xx", w.name, w.to, w.requests, 100.0 * w.success_rate);
         if let Some(l) = &w.latency_ms {
-            let _ = writeln!(
-                s,
-                "  latency  p50 {}  p99 {}  p99.9 {}  max {}",
-                fmt_ms(l.p50),
-                fmt_ms(l.p99),
-                fmt_ms(l.p999),
-                fmt_ms(l.max)
-            );
+            line(&mut s, "latency", l);
+        }
+        if let Some(l) = r.baseline.as_ref().and_then(|b| b.workloads.get(i)).and_then(|b| b.latency_ms.as_ref()) {
+            line(&mut s, "no mesh", l);
         }
         let counts =
             |m: &BTreeMap<String, u64>| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ");

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::config::diag::code;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use crate::bad_identity::BadIdentity;
+use crate::cost::ProxyCost;
 use crate::metric_query::MetricQuery;
 
 type Dur = Spanned<IstioDuration>;
@@ -34,6 +36,12 @@ pub struct ScenarioFile {
     pub nodes: Option<Spanned<u32>>,
     #[serde(default)]
     pub network: NetworkDef,
+    /// `istio` (the default: pods run sidecars) or `none` (every pod without one: apps
+    /// call each other directly).
+    pub mesh: Option<Spanned<String>>,
+    /// The sidecars' processing time ([`crate::cost`]); absent fields keep the defaults.
+    #[serde(default)]
+    pub proxy_cost: ProxyCostDef,
     pub services: Vec<ServiceDef>,
     /// Istio resources written inline, exactly as in a cluster.
     #[serde(default)]
@@ -56,6 +64,14 @@ pub struct ScenarioFile {
     /// Write every request's spans into the results (else only the trace summary).
     #[serde(default)]
     pub spans: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyCostDef {
+    pub outbound: Option<LatencyDef>,
+    pub inbound: Option<LatencyDef>,
+    pub tls_handshake: Option<LatencyDef>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +284,7 @@ pub struct ExpectDef {
     pub metric: Option<Spanned<String>>,
     /// `complete`: every request's trace tree is complete.
     pub traces: Option<Spanned<String>>,
+    pub latency_overhead: Option<Spanned<LatencyOverheadDef>>,
 }
 
 /// Counts certificate lifecycle events of sidecar agents.
@@ -333,6 +350,18 @@ pub struct LatencyExpectDef {
     pub workload: Spanned<String>,
     pub window: Option<Spanned<Vec<IstioDuration>>>,
     /// e.g. 50, 99, 99.9
+    pub percentile: Spanned<f64>,
+    pub at_most: Option<Dur>,
+    pub at_least: Option<Dur>,
+}
+
+/// The mesh's latency tax at a percentile: this run minus the same scenario and seed
+/// with `mesh: none`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyOverheadDef {
+    pub workload: Spanned<String>,
+    pub window: Option<Spanned<Vec<IstioDuration>>>,
     pub percentile: Spanned<f64>,
     pub at_most: Option<Dur>,
     pub at_least: Option<Dur>,
@@ -578,6 +607,14 @@ pub enum Expectation {
     },
     Metric(MetricQuery),
     TracesComplete,
+    /// Percentile latency with the mesh minus without it (same scenario and seed).
+    LatencyOverhead {
+        workload: usize,
+        window: Window,
+        percentile: f64,
+        at_most: Option<Duration>,
+        at_least: Option<Duration>,
+    },
 }
 
 /// Which requests a count expectation counts; every condition set must hold.
@@ -661,6 +698,12 @@ pub struct Plan {
     pub ca: CaPlan,
     /// Write every request's spans into the results.
     pub spans: bool,
+    /// Whether pods run sidecars (`mesh: istio`, the default).
+    pub mesh: bool,
+    /// The sidecars' processing time.
+    pub proxy_cost: ProxyCost,
+    /// The same scenario with `mesh: none`, when an expectation compares against it.
+    pub baseline: Option<Arc<Plan>>,
     /// Warnings found while loading (errors stop loading).
     pub warnings: Vec<Finding>,
 }
@@ -670,6 +713,11 @@ impl Plan {
     /// must keep every receipt (path, headers, pod), not only count them.
     pub fn needs_receipts(&self) -> bool {
         self.expectations.iter().any(|e| matches!(e, Expectation::Count { filter, .. } if filter.on_receipts()))
+    }
+
+    /// Whether the run needs its no-mesh baseline (a `latency_overhead` expectation).
+    pub fn needs_baseline(&self) -> bool {
+        self.mesh && self.expectations.iter().any(|e| matches!(e, Expectation::LatencyOverhead { .. }))
     }
 }
 
@@ -711,22 +759,34 @@ pub fn load(path: &Path) -> Result<Plan, LoadError> {
 
 /// Parses and validates scenario text; `base` is where relative `istio_files` live.
 pub fn load_str(file: &str, text: &str, base: &Path) -> Result<Plan, LoadError> {
+    let mut plan = build(file, text, base, false)?;
+    if plan.needs_baseline() {
+        // The same text again, every pod without its sidecar; its findings are the
+        // scenario's own, already reported.
+        plan.baseline = Some(Arc::new(build(file, text, base, true)?));
+    }
+    Ok(plan)
+}
+
+fn build(file: &str, text: &str, base: &Path, baseline: bool) -> Result<Plan, LoadError> {
     let def: ScenarioFile = serde_saphyr::from_str(text)
         .map_err(|e| LoadError { findings: vec![mesh::config::diag::from_yaml_error(file, text, &e)] })?;
-    let mut b = Builder { file: file.to_string(), findings: Findings::default() };
+    let mut b = Builder { file: file.to_string(), findings: Findings::default(), baseline };
     let plan = b.plan(def, base);
     let findings = b.findings.sorted();
     if findings.iter().any(|f| f.level == mesh::config::Level::Error) {
         return Err(LoadError { findings });
     }
     let mut plan = plan.expect("a plan exists when there are no errors");
-    plan.warnings = findings;
+    plan.warnings = if baseline { Vec::new() } else { findings };
     Ok(plan)
 }
 
 struct Builder {
     file: String,
     findings: Findings,
+    /// Building the no-mesh baseline of a scenario: `mesh: none` whatever it says.
+    baseline: bool,
 }
 
 /// One `istioctl analyze --suppress` rule: findings with this code about a resource of this
@@ -844,6 +904,17 @@ impl Builder {
         {
             self.err(t, "network.tick", "tick must be between 100us and 1s");
         }
+        let mesh = match &def.mesh {
+            _ if self.baseline => false,
+            None => true,
+            Some(m) if m.value == "istio" => true,
+            Some(m) if m.value == "none" => false,
+            Some(m) => {
+                self.err(m, "mesh", format!("mesh {:?} is not one of istio, none", m.value));
+                true
+            }
+        };
+        let proxy_cost = self.proxy_cost(&def.proxy_cost);
         let latency_min = dur(&def.network.latency, Duration::from_millis(1));
         let latency_max = latency_min + dur(&def.network.jitter, Duration::ZERO);
 
@@ -898,7 +969,7 @@ impl Builder {
                     self.err(&g.replicas, &format!("{gf}.replicas"), "replicas must be at least 1");
                 }
                 let app = self.app(&g.app, &gf);
-                let sidecar = g.sidecar.as_ref().is_none_or(|s| s.value);
+                let sidecar = mesh && g.sidecar.as_ref().is_none_or(|s| s.value);
                 let service_account = match (&g.service_account, &s.service_account) {
                     (Some(sa), _) => {
                         if !is_dns_subdomain(&sa.value) {
@@ -921,7 +992,7 @@ impl Builder {
                             &format!("{gf}.bad_identity"),
                             format!("{:?} is not one of {}", b.value, BadIdentity::NAMES.join(", ")),
                         );
-                    } else if !sidecar {
+                    } else if !sidecar && !self.baseline {
                         self.err(b, &format!("{gf}.bad_identity"), "a pod without a sidecar has no identity to spoil");
                     }
                     parsed
@@ -1494,6 +1565,37 @@ impl Builder {
                     );
                 }
             }
+            if let Some(x) = &e.latency_overhead {
+                let v = &x.value;
+                let w = self.workload(&v.workload, &workload_names, &format!("{f}.latency_overhead.workload"));
+                let window = self.window(&v.window, &format!("{f}.latency_overhead.window"), run_end);
+                if !(v.percentile.value > 0.0 && v.percentile.value <= 100.0) {
+                    self.err(
+                        &v.percentile,
+                        &format!("{f}.latency_overhead.percentile"),
+                        "percentile must be in (0, 100]",
+                    );
+                }
+                if v.at_least.is_none() && v.at_most.is_none() {
+                    self.err(x, &format!("{f}.latency_overhead"), "give at_least and/or at_most");
+                }
+                if !mesh && !self.baseline {
+                    self.err(
+                        x,
+                        &format!("{f}.latency_overhead"),
+                        "with mesh: none there is no mesh overhead to measure",
+                    );
+                }
+                if let Some(w) = w {
+                    got.push(Expectation::LatencyOverhead {
+                        workload: w,
+                        window,
+                        percentile: v.percentile.value,
+                        at_most: v.at_most.as_ref().map(|d| d.value.0),
+                        at_least: v.at_least.as_ref().map(|d| d.value.0),
+                    });
+                }
+            }
             let kinds = [
                 e.share.is_some(),
                 e.ejection.is_some(),
@@ -1504,13 +1606,14 @@ impl Builder {
                 e.certs.is_some(),
                 e.metric.is_some(),
                 e.traces.is_some(),
+                e.latency_overhead.is_some(),
             ]
             .iter()
             .filter(|&&k| k)
             .count();
             if kinds != 1 {
                 self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, f, format!(
-                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count, certs, metric, traces (found {kinds})"
+                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count, certs, metric, traces, latency_overhead (found {kinds})"
                 )));
             } else {
                 expectations.extend(got);
@@ -1535,12 +1638,28 @@ impl Builder {
             expectations,
             ca,
             spans: def.spans,
+            mesh,
+            proxy_cost,
+            baseline: None,
             warnings: Vec::new(),
         })
     }
 
-    fn app(&mut self, a: &AppDef, f: &str) -> AppModel {
-        let l = &a.latency;
+    fn proxy_cost(&mut self, p: &ProxyCostDef) -> ProxyCost {
+        let d = ProxyCost::default();
+        let mut get = |l: &Option<LatencyDef>, f: &str, default: Latency| match l {
+            Some(l) => self.latency(l, f, default),
+            None => default,
+        };
+        ProxyCost {
+            outbound: get(&p.outbound, "proxy_cost.outbound", d.outbound),
+            inbound: get(&p.inbound, "proxy_cost.inbound", d.inbound),
+            tls_handshake: get(&p.tls_handshake, "proxy_cost.tls_handshake", d.tls_handshake),
+        }
+    }
+
+    /// The latency distribution written at field `f`; `default` when none is given.
+    fn latency(&mut self, l: &LatencyDef, f: &str, default: Latency) -> Latency {
         let set = [l.constant.is_some(), l.uniform.is_some(), l.exponential.is_some(), l.lognormal.is_some()]
             .iter()
             .filter(|&&x| x)
@@ -1548,7 +1667,7 @@ impl Builder {
         let latency = if let Some(c) = &l.constant {
             Latency::Constant(c.value.0)
         } else if let Some(u) = &l.uniform {
-            match self.range(u, &format!("{f}.app.latency.uniform")) {
+            match self.range(u, &format!("{f}.uniform")) {
                 Some((a, b)) => Latency::Uniform(a, b),
                 None => Latency::Constant(Duration::ZERO),
             }
@@ -1556,20 +1675,26 @@ impl Builder {
             Latency::Exponential(e.value.0)
         } else if let Some(n) = &l.lognormal {
             if n.value.p99 < n.value.median || n.value.median.0.is_zero() {
-                self.err(n, &format!("{f}.app.latency.lognormal"), "lognormal needs 0 < median <= p99");
+                self.err(n, &format!("{f}.lognormal"), "lognormal needs 0 < median <= p99");
             }
             Latency::LogNormal { median: n.value.median.0, p99: n.value.p99.0 }
         } else {
-            Latency::Constant(Duration::from_millis(1))
+            default
         };
         if set > 1 {
             self.findings.push(Finding::error(
                 Pos::file(&self.file),
                 code::SCENARIO,
-                format!("{f}.app.latency"),
+                f,
                 "latency has exactly one of constant, uniform, exponential, lognormal",
             ));
         }
+        latency
+    }
+
+    fn app(&mut self, a: &AppDef, f: &str) -> AppModel {
+        let latency =
+            self.latency(&a.latency, &format!("{f}.app.latency"), Latency::Constant(Duration::from_millis(1)));
         if let Some(r) = &a.error_rate_ppm
             && r.value > 1_000_000
         {

@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::bad_identity::{BadIdentity, Issuers, Material};
+use crate::cost::SidecarCost;
 use crate::crypto::seeded_provider;
 use crate::net::{Faults, Local, SimClock, SimNet};
 use crate::recorder::{Event, Record, Recorder};
@@ -64,6 +65,8 @@ pub struct RunOutput {
     pub sim_elapsed: Duration,
     /// Wall time the simulation took.
     pub wall: Duration,
+    /// The run of the plan's no-mesh baseline, when it has one.
+    pub baseline: Option<Box<RunOutput>>,
 }
 
 #[derive(Debug)]
@@ -156,6 +159,10 @@ impl Node {
                 seed: sub_seed(self.seed, "sidecar", pod as u64),
                 rate_limit: p.rate_limit.clone(),
                 tls: Some(Arc::new(tls)),
+                cost: Some(Arc::new(SidecarCost::new(
+                    self.plan.proxy_cost.clone(),
+                    sub_seed(self.seed, "proxy_cost", pod as u64),
+                ))),
             },
             net.clone(),
             clock,
@@ -325,8 +332,19 @@ struct Action {
     start: bool,
 }
 
-/// Runs `plan` with `seed` to completion.
+/// Runs `plan` with `seed` to completion, after its no-mesh baseline (same seed) when
+/// it has one.
 pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
+    let baseline = match &plan.baseline {
+        Some(b) => Some(Box::new(run_world(b.clone(), seed)?)),
+        None => None,
+    };
+    let mut out = run_world(plan, seed)?;
+    out.baseline = baseline;
+    Ok(out)
+}
+
+fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let wall = SystemClock::new();
     let requests = schedule(&plan, seed);
     let issued = requests.len();
@@ -423,7 +441,7 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let sim_elapsed = sim.elapsed();
     let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
     let metrics = pod_metrics(&started.lock().expect("started lock"));
-    Ok(RunOutput { records, events, issued, metrics, sim_elapsed, wall: wall.now() })
+    Ok(RunOutput { records, events, issued, metrics, sim_elapsed, wall: wall.now(), baseline: None })
 }
 
 /// Each pod's series, the instances of a restarted pod summed per label set.

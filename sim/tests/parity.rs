@@ -129,6 +129,7 @@ async fn server<N: Net>(
         seed: 1,
         rate_limit: None,
         tls: Some(tls),
+        cost: None,
     };
     // The inbound side does not route: its snapshot is never consulted.
     let sidecar = Sidecar::new(cfg, net, clock, sink, Arc::new(Snapshot::default())).expect("no rate limit");
@@ -162,6 +163,7 @@ async fn client<N: Net>(
         seed: 2,
         rate_limit: None,
         tls: Some(tls),
+        cost: None,
     };
     let sidecar = Sidecar::new(cfg, net.clone(), clock, sink, snapshot(server_host, in_port)).expect("no rate limit");
     let task = tokio::spawn(async move {

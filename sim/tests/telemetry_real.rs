@@ -53,6 +53,7 @@ fn config(pod: &str, workload: &str, service: &str, app: &str, app_port: u16) ->
         seed: 1,
         rate_limit: None,
         tls: None,
+        cost: None,
     }
 }
 

@@ -1153,3 +1153,55 @@ fn traces_expectation_with_an_unknown_word() {
     let y = edit(PLAIN, "  - success_rate: {workload: browse, at_least: 0.5}\n", "  - traces: sampled\n");
     rejects_field("traces-word", &y, "traces:", "expect[0].traces", "write `traces: complete`");
 }
+
+#[test]
+fn mesh_that_is_neither_istio_nor_none() {
+    let y = edit(PLAIN, "duration: 10s\n", "duration: 10s\nmesh: linkerd\n");
+    rejects_field("mesh-name", &y, "mesh:", "mesh", "mesh \"linkerd\" is not one of istio, none");
+}
+
+#[test]
+fn latency_overhead_without_a_mesh_to_measure() {
+    let y = edit(PLAIN, "duration: 10s\n", "duration: 10s\nmesh: none\n");
+    let y = edit(
+        &y,
+        "  - success_rate: {workload: browse, at_least: 0.5}\n",
+        "  - latency_overhead: {workload: browse, percentile: 99, at_most: 3ms}\n",
+    );
+    rejects_field(
+        "overhead-no-mesh",
+        &y,
+        "latency_overhead:",
+        "expect[0].latency_overhead",
+        "with mesh: none there is no mesh overhead to measure",
+    );
+}
+
+#[test]
+fn latency_overhead_without_bounds() {
+    let y = edit(
+        PLAIN,
+        "  - success_rate: {workload: browse, at_least: 0.5}\n",
+        "  - latency_overhead: {workload: browse, percentile: 99}\n",
+    );
+    rejects_field(
+        "overhead-bounds",
+        &y,
+        "latency_overhead:",
+        "expect[0].latency_overhead",
+        "give at_least and/or at_most",
+    );
+}
+
+#[test]
+fn proxy_cost_lognormal_with_p99_below_the_median() {
+    let y =
+        edit(PLAIN, "duration: 10s\n", "duration: 10s\nproxy_cost:\n  inbound: {lognormal: {median: 2ms, p99: 1ms}}\n");
+    rejects_field(
+        "cost-lognormal",
+        &y,
+        "lognormal:",
+        "proxy_cost.inbound.lognormal",
+        "lognormal needs 0 < median <= p99",
+    );
+}

@@ -7,6 +7,7 @@ mod authz_validation;
 mod commands;
 mod invalid;
 mod istio_validation;
+mod latency_tax;
 mod reports;
 mod scenarios;
 mod telemetry;

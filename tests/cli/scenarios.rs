@@ -144,6 +144,7 @@ scenarios! {
     fault_abort_no_percentage: "fault-abort-no-percentage.yaml",
     fault_delay: "fault-delay.yaml",
     header_edits: "header-edits.yaml",
+    latency_tax: "latency-tax.yaml",
     link_latency: "link-latency.yaml",
     match_first_wins: "match-first-wins.yaml",
     match_headers: "match-headers.yaml",

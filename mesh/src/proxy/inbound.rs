@@ -23,6 +23,7 @@ impl<N: Net> Sidecar<N> {
     pub(super) async fn inbound(self: Arc<Self>, req: Request<Incoming>, addr: SocketAddr, peer: &Peer) -> Reply {
         let (mut parts, body) = req.into_parts();
         let mut ex = self.begin(Direction::Inbound, &mut parts.headers);
+        self.spend(Direction::Inbound).await;
         let cluster = format!("inbound|{}||", self.cfg.app_port);
         let to = Target {
             route: "inbound",

@@ -85,6 +85,20 @@ pub struct SidecarConfig {
     pub rate_limit: Option<LocalRateLimitConfig>,
     /// The sidecar's identity and TLS; `None` = it can neither originate nor accept mTLS.
     pub tls: Option<Arc<SidecarTls>>,
+    /// Processing time to spend on top of the real work (a simulated sidecar's cost
+    /// model); `None` for a real sidecar.
+    pub cost: Option<Arc<dyn ProcessingCost>>,
+}
+
+/// Processing time a sidecar spends per request and per accepted mTLS handshake. A
+/// simulator plugs in a model, so that a simulated mesh pays a latency tax; a real
+/// sidecar has no such hook set and spends what it spends.
+pub trait ProcessingCost: std::fmt::Debug + Send + Sync + 'static {
+    /// Time spent on one request going `dir`, before it is handled (each upstream try
+    /// crosses the destination's inbound again).
+    fn request(&self, dir: Direction) -> Duration;
+    /// Time one accepted mTLS handshake costs, before the connection's first request.
+    fn tls_handshake(&self) -> Duration;
 }
 
 /// A consistent-hash table built over one set of candidate hosts.
@@ -281,7 +295,12 @@ impl<N: Net> Sidecar<N> {
                     return refuse(f.as_str());
                 }
                 match t.accept(stream).await {
-                    Ok((stream, peer)) => self.serve_http(stream, Direction::Inbound, addr, local, peer).await,
+                    Ok((stream, peer)) => {
+                        if let Some(c) = &self.cfg.cost {
+                            tokio::time::sleep(c.tls_handshake()).await;
+                        }
+                        self.serve_http(stream, Direction::Inbound, addr, local, peer).await
+                    }
                     Err(f) => refuse(f.as_str()),
                 }
             }
@@ -383,6 +402,14 @@ impl<N: Net> Sidecar<N> {
             }
         };
         Exchange { dir, start, request_id, trace, request_bytes: 0, peer }
+    }
+
+    /// Spends the cost model's processing time for one request going `dir` (none for a
+    /// real sidecar). Inside the request's span, as Envoy's own work is.
+    async fn spend(&self, dir: Direction) {
+        if let Some(c) = &self.cfg.cost {
+            tokio::time::sleep(c.request(dir)).await;
+        }
     }
 
     /// What a request does last: exchange metadata on the reply, then its access log,

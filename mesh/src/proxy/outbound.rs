@@ -51,6 +51,7 @@ impl<N: Net> Sidecar<N> {
     ) -> Reply {
         let (mut parts, body) = req.into_parts();
         let mut ex = self.begin(Direction::Outbound, &mut parts.headers);
+        self.spend(Direction::Outbound).await;
         let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
             return self.finish(&ex, local_reply::reply(StatusCode::BAD_REQUEST, "", "envoy"), &[], Target::default());
         };
