@@ -108,6 +108,18 @@ enum Bench {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
         runs: u32,
     },
+    /// Control-plane convergence on a large mesh: services × pods on 10 nodes, one
+    /// change to every service's routing at 10s; prints the simulated time until every
+    /// proxy ACKed it, the wall time and the peak memory.
+    Control {
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=500))]
+        services: u32,
+        /// Pods per service (half v1, half v2).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=50))]
+        pods: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
@@ -125,6 +137,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         Command::Validate { files } => cmd_validate(&files),
         Command::Bench { what: Bench::Sim { scenario, seed, runs } } => cmd_bench(scenario.as_deref(), seed, runs),
         Command::Bench { what: Bench::Report { results, runs } } => cmd_bench_report(results.as_deref(), runs),
+        Command::Bench { what: Bench::Control { services, pods, seed } } => cmd_bench_control(services, pods, seed),
     }
 }
 
@@ -408,4 +421,92 @@ fn cmd_bench(scenario: Option<&Path>, seed: u64, runs: u32) -> i32 {
         if ok { "goals met" } else { "goals NOT met" }
     );
     if ok { EXIT_OK } else { EXIT_FAILED }
+}
+
+/// The control-plane benchmark's scenario: `services` services of `pods` pods (v1 and v2
+/// halves) on 10 nodes; service k calls services k+1..k+3 at 0.5 requests per second
+/// each; every service's VirtualService goes from 90/10 to 50/50 at 10s.
+fn control_bench_scenario(services: u32, pods: u32) -> String {
+    use std::fmt::Write as _;
+    let mut y = String::from("name: bench-control\nduration: 20s\nnodes: 10\nservices:\n");
+    let (v1, v2) = (pods - pods / 2, pods / 2);
+    for k in 0..services {
+        let _ = writeln!(
+            y,
+            "  - name: svc-{k}\n    pods:\n      - {{name: v1, replicas: {v1}, labels: {{version: v1}}}}\n      - {{name: v2, replicas: {v2}, labels: {{version: v2}}}}"
+        );
+    }
+    let vs = |k: u32, w1: u32| {
+        format!(
+            "  - apiVersion: networking.istio.io/v1\n    kind: VirtualService\n    metadata: {{name: svc-{k}}}\n    spec:\n      hosts: [svc-{k}]\n      http:\n        - route:\n            - {{destination: {{host: svc-{k}, subset: v1}}, weight: {w1}}}\n            - {{destination: {{host: svc-{k}, subset: v2}}, weight: {}}}\n",
+            100 - w1
+        )
+    };
+    y += "istio:\n";
+    for k in 0..services {
+        let _ = write!(
+            y,
+            "  - apiVersion: networking.istio.io/v1\n    kind: DestinationRule\n    metadata: {{name: svc-{k}}}\n    spec:\n      host: svc-{k}\n      subsets:\n        - {{name: v1, labels: {{version: v1}}}}\n        - {{name: v2, labels: {{version: v2}}}}\n"
+        );
+        y += &vs(k, 90);
+    }
+    y += "workload:\n";
+    for k in 0..services {
+        for d in 1..=3.min(services - 1) {
+            let _ = writeln!(y, "  - {{from: svc-{k}, to: svc-{}, rate: 0.5}}", (k + d) % services);
+        }
+    }
+    y += "config:\n  - at: 10s\n    apply:\n";
+    for k in 0..services {
+        y += &vs(k, 50).replace("\n  ", "\n      ").replacen("  - ", "      - ", 1);
+    }
+    y += "expect:\n  - converged: {after: 10s, within: 10s}\n";
+    y
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in KiB.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn cmd_bench_control(services: u32, pods: u32, seed: u64) -> i32 {
+    let text = control_bench_scenario(services, pods);
+    let plan = match scenario::load_str("bench control (generated)", &text, Path::new(".")) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprint!("{e}");
+            return EXIT_FAILED;
+        }
+    };
+    if cfg!(debug_assertions) {
+        eprintln!("warning: debug build: wall time is ~16x higher than release (use cargo run --release)");
+    }
+    say!(
+        "bench control: {} services × {pods} pods = {} pods on {} nodes + istiod, {} s simulated, seed {seed}",
+        services,
+        plan.pods.len(),
+        plan.nodes.len(),
+        plan.duration.as_secs_f64()
+    );
+    let out = match sim::world::run(plan.clone(), seed) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_FAILED;
+        }
+    };
+    let results = sim::results::build(&plan, seed, &out);
+    for c in &results.expectations {
+        say!("  {}: {} (expected {})", c.expectation, c.observed, c.expected);
+    }
+    say!(
+        "wall {:.2} s for {:.0} s simulated ({} requests); peak memory (VmHWM) {}",
+        out.wall.as_secs_f64(),
+        out.sim_elapsed.as_secs_f64(),
+        out.issued,
+        peak_memory_kib().map_or("unknown".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+    );
+    if results.passed { EXIT_OK } else { EXIT_FAILED }
 }

@@ -4,6 +4,7 @@
 
 pub mod ca;
 pub mod config;
+pub mod control;
 pub mod identity;
 pub mod net;
 pub mod proxy;

@@ -4,10 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 /// The cluster-local DNS suffix.
 pub const DOMAIN_SUFFIX: &str = "svc.cluster.local";
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Service {
     pub name: String,
     pub namespace: String,
@@ -22,7 +25,8 @@ impl Service {
 }
 
 /// One pod of a service: an app plus (usually) its sidecar.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Pod {
     pub name: String,
     pub namespace: String,

@@ -99,7 +99,7 @@ pub enum HashTable {
 pub const DEFAULT_MIN_RING_SIZE: u64 = 1024;
 pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Cluster {
     /// Istio's name: `outbound|<port>|<subset>|<fqdn>`.
     pub name: String,

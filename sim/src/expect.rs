@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use mesh::control::ControlEventKind;
 use mesh::proxy::metrics::Series;
 use mesh::proxy::telemetry::OutlierKind;
 use serde::Serialize;
@@ -170,8 +171,92 @@ fn in_window<'a>(records: &'a [Record], workload: usize, w: &'a Window) -> impl 
     records.iter().filter(move |r| r.workload == workload && w.contains(r.intended))
 }
 
+/// Every proxy connected when the first version created at or after `after` appeared
+/// must ACK it (or a later one) within `within`.
+fn converged(events: &[Event], after: Duration, within: Duration) -> Check {
+    let expectation =
+        format!("every connected proxy ACKs the first config version created at or after {}", secs(after));
+    let expected = format!("within {}", secs(within));
+    let change = events
+        .iter()
+        .filter_map(|e| e.control.as_ref())
+        .find(|c| c.at >= after && matches!(c.kind, ControlEventKind::Changed { .. }));
+    let Some(change) = change else {
+        return Check { expectation, expected, observed: "no version was created".into(), pass: false };
+    };
+    let (t0, version) = (change.at, change.version);
+    // Proxies whose stream was up when the version appeared.
+    let mut connected: BTreeMap<&str, bool> = BTreeMap::new();
+    for c in events.iter().filter_map(|e| e.control.as_ref()).filter(|c| c.at <= t0) {
+        match c.kind {
+            ControlEventKind::Connected => {
+                connected.insert(&c.proxy, true);
+            }
+            ControlEventKind::Disconnected => {
+                connected.insert(&c.proxy, false);
+            }
+            _ => {}
+        }
+    }
+    let proxies: Vec<&str> = connected.into_iter().filter(|(_, up)| *up).map(|(p, _)| p).collect();
+    let mut slowest = Duration::ZERO;
+    let mut late = Vec::new();
+    for p in &proxies {
+        let ack = events
+            .iter()
+            .filter_map(|e| e.control.as_ref())
+            .find(|c| c.proxy == *p && c.at >= t0 && c.version >= version && matches!(c.kind, ControlEventKind::Acked));
+        match ack {
+            Some(a) if a.at - t0 <= within => slowest = slowest.max(a.at - t0),
+            _ => late.push(*p),
+        }
+    }
+    let observed = if late.is_empty() {
+        format!("version {version} (at {}): {} proxies, slowest ACK after {}", secs(t0), proxies.len(), secs(slowest))
+    } else {
+        format!(
+            "version {version} (at {}): {} of {} proxies late, first: {}",
+            secs(t0),
+            late.len(),
+            proxies.len(),
+            late[..late.len().min(5)].join(", ")
+        )
+    };
+    Check { expectation, expected, observed, pass: !proxies.is_empty() && late.is_empty() }
+}
+
+/// `>= l and <= m`, as count-like expectations print their bounds.
+fn bounds(at_least: Option<u64>, at_most: Option<u64>) -> String {
+    let mut b = Vec::new();
+    if let Some(l) = at_least {
+        b.push(format!(">= {l}"));
+    }
+    if let Some(m) = at_most {
+        b.push(format!("<= {m}"));
+    }
+    b.join(" and ")
+}
+
 fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation) -> Check {
     match e {
+        Expectation::Converged { after, within } => converged(events, *after, *within),
+        Expectation::Events { kind, window, detail, at_least, at_most } => {
+            let n = events
+                .iter()
+                .filter(|e| {
+                    e.kind == *kind
+                        && window.contains(e.at)
+                        && detail.as_ref().is_none_or(|d| e.detail.contains(d.as_str()))
+                })
+                .count() as u64;
+            let what = detail.as_ref().map(|d| format!(" mentioning {d:?}")).unwrap_or_default();
+            Check {
+                expectation: format!("{kind} events{what} in {}", win(window)),
+                expected: bounds(*at_least, *at_most),
+                observed: n.to_string(),
+                pass: at_least.is_none_or(|l| n >= l) && at_most.is_none_or(|m| n <= m),
+            }
+        }
         Expectation::Share { workload, pods, what, window, expected, tolerance } => {
             let name = &plan.workloads[*workload].name;
             let (mut n, mut hit) = (0usize, 0usize);

@@ -186,7 +186,19 @@ impl Faults {
     }
 }
 
-/// Simulated time: the simulation's elapsed time and its fixed epoch.
+/// Simulated time before the scenario's clock starts: the control plane comes up and
+/// pushes every sidecar its first config during it, so traffic and faults at `0s` meet
+/// ready proxies. The scenario's `t` is the simulation's `BOOT + t`.
+pub const BOOT: Duration = Duration::from_secs(1);
+
+/// Waits, inside a simulated host, until the scenario's clock starts (the end of [`BOOT`]).
+pub async fn scenario_start() {
+    let elapsed = turmoil::sim_elapsed().expect("scenario_start runs inside a simulated host");
+    tokio::time::sleep(BOOT.saturating_sub(elapsed)).await;
+}
+
+/// Simulated time (the scenario's clock: the simulation's elapsed time minus [`BOOT`],
+/// 0 during the boot) and its fixed epoch.
 ///
 /// Asking turmoil for the elapsed time borrows its whole world; the host's own tokio
 /// clock (which turmoil advances by exactly one tick per step, on every host) is far
@@ -217,7 +229,7 @@ impl Default for SimClock {
 impl Clock for SimClock {
     #[allow(clippy::disallowed_methods)] // the seam's simulated implementation
     fn now(&self) -> Duration {
-        self.base_elapsed + self.base.elapsed()
+        (self.base_elapsed + self.base.elapsed()).saturating_sub(BOOT)
     }
     fn unix_time(&self) -> Duration {
         self.epoch + self.now()
@@ -234,14 +246,33 @@ pub struct Local {
     listeners: Mutex<BTreeMap<u16, (usize, AcceptQueue)>>,
     /// Node IPs, known once the simulation has its hosts.
     node_ips: OnceLock<Vec<IpAddr>>,
+    /// The control plane's host IP and its index in the fault table.
+    istiod: OnceLock<(IpAddr, usize)>,
 }
 
 /// Buffer of one direction of an in-memory connection.
 const LOCAL_BUFFER: usize = 64 * 1024;
 
 impl Local {
+    /// The nodes' IPs, then istiod's.
     pub fn set_node_ips(&self, ips: Vec<IpAddr>) {
         self.node_ips.set(ips).expect("node IPs are set once");
+    }
+
+    /// Where the control plane runs: its host's IP and its index in the fault table
+    /// (after the pods').
+    pub fn set_istiod(&self, ip: IpAddr, index: usize) {
+        self.istiod.set((ip, index)).expect("istiod is set once");
+    }
+
+    /// The fault-table index of the control plane if `addr` is on its host.
+    fn istiod_at(&self, addr: SocketAddr) -> Option<usize> {
+        self.istiod.get().filter(|(ip, _)| *ip == addr.ip()).map(|(_, i)| *i)
+    }
+
+    /// Number of nodes (istiod's host comes after them).
+    pub fn node_count(&self) -> usize {
+        self.node_ips.get().map_or(0, |ips| ips.len().saturating_sub(1))
     }
 
     fn node_ip(&self, node: usize) -> IpAddr {
@@ -404,7 +435,11 @@ impl Net for SimNet {
 
     async fn connect(&self, addr: SocketAddr) -> io::Result<SimStream> {
         let local = self.local.is_local(self.node, addr);
-        let peer = if addr.ip().is_loopback() { None } else { self.faults.owner(addr.port()) };
+        let peer = if addr.ip().is_loopback() {
+            None
+        } else {
+            self.local.istiod_at(addr).or_else(|| self.faults.owner(addr.port()))
+        };
         let link = Some((self.pod, peer.unwrap_or(self.pod)));
         let generation = self.faults.generation(self.pod);
         if let Some(peer) = peer {

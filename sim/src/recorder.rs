@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use mesh::ca::agent::{CertEvent, CertEvents};
+use mesh::control::{ControlEvent, ControlEventKind, ControlEvents};
 use mesh::identity::SpiffeId;
 use mesh::proxy::telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
 use mesh::proxy::tls::ConnectionSecurity;
@@ -71,6 +72,8 @@ pub struct Event {
     pub detail: String,
     /// For outlier events: (proxy pod, ejected pod, kind).
     pub outlier: Option<OutlierEvent>,
+    /// For the control plane's events: which proxy, which version, what happened.
+    pub control: Option<ControlEvent>,
 }
 
 #[derive(Default)]
@@ -144,7 +147,7 @@ impl Recorder {
     }
 
     pub fn event(&self, at: Duration, kind: &str, detail: String) {
-        self.lock().events.push(Event { at, kind: kind.to_string(), detail, outlier: None });
+        self.lock().events.push(Event { at, kind: kind.to_string(), detail, outlier: None, control: None });
     }
 
     /// All records (with flags joined) and events in time order, or the ids never recorded.
@@ -205,7 +208,13 @@ impl Telemetry for Recorder {
 
     fn security_event(&self, e: SecurityEvent) {
         let detail = format!("{} refused a connection from {}: {}", e.proxy, e.peer.ip(), e.reason);
-        self.lock().events.push(Event { at: e.at, kind: "connection_refused".into(), detail, outlier: None });
+        self.lock().events.push(Event {
+            at: e.at,
+            kind: "connection_refused".into(),
+            detail,
+            outlier: None,
+            control: None,
+        });
     }
 
     fn span(&self, span: &Span<'_>) {
@@ -237,7 +246,26 @@ impl Telemetry for Recorder {
             OutlierKind::Readmitted => ("readmitted", format!("{} readmitted {} to {}", e.proxy, e.pod, e.cluster)),
         };
         let at = e.at;
-        self.lock().events.push(Event { at, kind: kind.to_string(), detail, outlier: Some(e) });
+        self.lock().events.push(Event { at, kind: kind.to_string(), detail, outlier: Some(e), control: None });
+    }
+}
+
+impl ControlEvents for Recorder {
+    fn control_event(&self, e: ControlEvent) {
+        let (kind, detail) = match &e.kind {
+            ControlEventKind::Changed { what } => ("config_version", format!("version {}: {what}", e.version)),
+            ControlEventKind::Connected => ("config_connected", format!("{} connected to istiod", e.proxy)),
+            ControlEventKind::Disconnected => (
+                "config_disconnected",
+                format!("{} disconnected from istiod (last ACK: version {})", e.proxy, e.version),
+            ),
+            ControlEventKind::Acked => ("config_acked", format!("{} ACKed version {}", e.proxy, e.version)),
+            ControlEventKind::Nacked { reason } => {
+                ("config_nacked", format!("{} NACKed version {}: {reason}", e.proxy, e.version))
+            }
+        };
+        let at = e.at;
+        self.lock().events.push(Event { at, kind: kind.to_string(), detail, outlier: None, control: Some(e) });
     }
 }
 
@@ -266,6 +294,6 @@ impl CertEvents for Recorder {
             CertEvent::CaUnreachable { error } => ("ca_unreachable", format!("{pod} {id}: {error}")),
             CertEvent::Expired => ("expired", format!("{pod} {id} certificate expired")),
         };
-        self.lock().events.push(Event { at, kind: cert_event_kind(name), detail, outlier: None });
+        self.lock().events.push(Event { at, kind: cert_event_kind(name), detail, outlier: None, control: None });
     }
 }

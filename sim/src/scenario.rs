@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use mesh::config::diag::code;
 use mesh::config::istio::Resource;
-use mesh::config::{Finding, Findings, IstioDuration, Pos, parse_resources};
+use mesh::config::{Finding, Findings, IstioDuration, Pos};
+use mesh::control::StoredResource;
+use mesh::control::store::{ResourceKey, Store};
 use mesh::proxy::ratelimit::{Denominator, FractionalPercent, LocalRateLimit, LocalRateLimitConfig};
 use mesh::proxy::tls::ConnectionSecurity;
 use mesh::registry::{Pod, Registry, Service, qualify};
@@ -64,6 +66,51 @@ pub struct ScenarioFile {
     /// Write every request's spans into the results (else only the trace summary).
     #[serde(default)]
     pub spans: bool,
+    /// Config changes during the run, applied to the control plane's store.
+    #[serde(default)]
+    pub config: Vec<ConfigStepDef>,
+    #[serde(default)]
+    pub control_plane: ControlPlaneDef,
+}
+
+/// How the simulated Kubernetes and control plane behave.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlaneDef {
+    /// How long after a pod goes down or comes back its endpoint is withdrawn or
+    /// published (kubelet + EndpointSlice controller).
+    pub readiness_delay: Option<Dur>,
+}
+
+/// One config change: exactly one of `apply`, `apply_file`, `delete`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigStepDef {
+    pub at: Dur,
+    /// Resources to create or replace, written inline.
+    pub apply: Option<Vec<Resource>>,
+    /// A file of resources to create or replace, relative to the scenario.
+    pub apply_file: Option<Spanned<String>>,
+    /// Resources to delete.
+    pub delete: Option<Vec<DeleteDef>>,
+    /// A pod group (`kubectl scale deployment/<service>-<group>`) to a replica count.
+    pub scale: Option<Spanned<ScaleDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleDef {
+    /// `<service>-<group>`: the pods `<service>-<group>-<index>`.
+    pub deployment: Spanned<String>,
+    pub replicas: Spanned<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteDef {
+    pub kind: Spanned<String>,
+    pub name: String,
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -285,6 +332,28 @@ pub struct ExpectDef {
     /// `complete`: every request's trace tree is complete.
     pub traces: Option<Spanned<String>>,
     pub latency_overhead: Option<Spanned<LatencyOverheadDef>>,
+    pub converged: Option<Spanned<ConvergedDef>>,
+    pub events: Option<Spanned<EventsDef>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvergedDef {
+    /// The first config version created at or after this time…
+    pub after: Dur,
+    /// …is ACKed by every connected proxy within this long of its creation.
+    pub within: Dur,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsDef {
+    pub kind: Spanned<String>,
+    pub window: Option<Spanned<Vec<IstioDuration>>>,
+    /// Only events whose detail contains this text.
+    pub detail: Option<String>,
+    pub at_least: Option<u64>,
+    pub at_most: Option<u64>,
 }
 
 /// Counts certificate lifecycle events of sidecar agents.
@@ -440,6 +509,9 @@ pub struct PlannedPod {
     pub sidecar: bool,
     /// A bad identity its sidecar holds instead of a mesh certificate.
     pub bad_identity: Option<BadIdentity>,
+    /// False for a pod only a later `scale` step starts: at first it neither runs nor
+    /// has a published endpoint.
+    pub running_at_start: bool,
 }
 
 impl PlannedPod {
@@ -615,7 +687,65 @@ pub enum Expectation {
         at_most: Option<Duration>,
         at_least: Option<Duration>,
     },
+    /// Every proxy connected when the first version created at or after `after` appeared
+    /// ACKed it (or a later one) within `within`.
+    Converged {
+        after: Duration,
+        within: Duration,
+    },
+    /// The number of events of `kind` (whose detail contains `detail`) in `window`.
+    Events {
+        kind: String,
+        window: Window,
+        detail: Option<String>,
+        at_least: Option<u64>,
+        at_most: Option<u64>,
+    },
 }
+
+/// Event kinds an `events` expectation may count.
+pub const EVENT_KINDS: &[&str] = &[
+    "config_version",
+    "config_rejected",
+    "config_connected",
+    "config_disconnected",
+    "config_acked",
+    "config_nacked",
+    "ejected",
+    "ejection_overflow",
+    "readmitted",
+    "fault_start",
+    "fault_end",
+    "scale",
+];
+
+/// A change to the control plane's store.
+#[derive(Clone, Debug)]
+pub enum ConfigChange {
+    Apply(Vec<StoredResource>),
+    Delete(Vec<(ResourceKey, Pos)>),
+    /// A deployment scaled to `replicas`: the pods (indices into `Plan::pods`) to start and
+    /// to stop, worked out from the steps before it.
+    Scale {
+        deployment: String,
+        replicas: u32,
+        start: Vec<usize>,
+        stop: Vec<usize>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct ConfigStep {
+    pub at: Duration,
+    pub change: ConfigChange,
+}
+
+/// Istio's default: how long the registry takes to learn that a pod went down or came back.
+pub const DEFAULT_READINESS_DELAY: Duration = Duration::from_secs(1);
+
+/// How long a pod removed by a scale-down keeps running after its endpoint is withdrawn
+/// (Istio's `terminationDrainDuration` default): callers stop sending to it first.
+pub const TERMINATION_DRAIN: Duration = Duration::from_secs(5);
 
 /// Which requests a count expectation counts; every condition set must hold.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -692,6 +822,16 @@ pub struct Plan {
     pub pods: Vec<PlannedPod>,
     pub registry: Registry,
     pub snapshot: Snapshot,
+    /// The Istio resources the control plane starts with, in order, with their documents.
+    pub resources: Vec<StoredResource>,
+    /// Per service FQDN, the services its workloads call: each proxy's egress scope.
+    pub egress: BTreeMap<String, BTreeSet<String>>,
+    /// Config changes, in time order.
+    pub config_steps: Vec<ConfigStep>,
+    /// The scenario's `suppress` rules: error findings they name do not block a change.
+    pub suppress: Arc<Vec<Suppress>>,
+    /// See [`ControlPlaneDef::readiness_delay`].
+    pub readiness_delay: Duration,
     pub workloads: Vec<Workload>,
     pub faults: Vec<Fault>,
     pub expectations: Vec<Expectation>,
@@ -744,6 +884,8 @@ pub const RESERVED_REQUEST_HEADERS: &[&str] =
 pub const RESERVED_RESPONSE_HEADERS: &[&str] =
     &["x-meshsim-pod", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"];
 pub const FIRST_PORT: u16 = 10_000;
+/// The control plane's host: faults may name it (`crash`, `partition`).
+pub const ISTIOD: &str = "istiod";
 pub const MAX_PODS: usize = 5_000;
 
 /// Reads, parses and validates a scenario file.
@@ -772,7 +914,9 @@ fn build(file: &str, text: &str, base: &Path, baseline: bool) -> Result<Plan, Lo
     let def: ScenarioFile = serde_saphyr::from_str(text)
         .map_err(|e| LoadError { findings: vec![mesh::config::diag::from_yaml_error(file, text, &e)] })?;
     let mut b = Builder { file: file.to_string(), findings: Findings::default(), baseline };
-    let plan = b.plan(def, base);
+    // The same text as plain documents: what the control plane pushes of each resource.
+    let generic: serde_json::Value = serde_saphyr::from_str(text).unwrap_or_default();
+    let plan = b.plan(def, &generic, base);
     let findings = b.findings.sorted();
     if findings.iter().any(|f| f.level == mesh::config::Level::Error) {
         return Err(LoadError { findings });
@@ -792,7 +936,7 @@ struct Builder {
 /// One `istioctl analyze --suppress` rule: findings with this code about a resource of this
 /// kind whose `name.namespace` matches the pattern are dropped.
 #[derive(Debug, PartialEq, Eq)]
-struct Suppress {
+pub struct Suppress {
     code: String,
     kind: String,
     name: String,
@@ -811,7 +955,7 @@ impl Suppress {
     }
 
     /// Whether `f` is about a resource this rule names (findings record `Kind ns/name`).
-    fn matches(&self, f: &Finding) -> bool {
+    pub fn matches(&self, f: &Finding) -> bool {
         let Some((kind, ns_name)) = f.resource.as_deref().and_then(|r| r.split_once(' ')) else {
             return false;
         };
@@ -820,6 +964,12 @@ impl Suppress {
         };
         glob(&self.code, f.code) && kind == self.kind && glob(&self.name, &format!("{name}.{ns}"))
     }
+}
+
+/// The store's view of `rules`: the error findings they name do not block a change.
+pub fn suppressed(rules: &Arc<Vec<Suppress>>) -> mesh::control::store::Suppressed {
+    let rules = rules.clone();
+    Box::new(move |f| rules.iter().any(|r| r.matches(f)))
 }
 
 /// `pattern` with `*` matching any run of characters, against the whole of `text`.
@@ -886,7 +1036,7 @@ impl Builder {
         }
     }
 
-    fn plan(&mut self, def: ScenarioFile, base: &Path) -> Option<Plan> {
+    fn plan(&mut self, def: ScenarioFile, generic: &serde_json::Value, base: &Path) -> Option<Plan> {
         let suppress = self.suppress_rules(&def.suppress);
         let duration = def.duration.value.0;
         if duration.is_zero() {
@@ -922,6 +1072,14 @@ impl Builder {
         let mut registry = Registry::default();
         let mut pods: Vec<PlannedPod> = Vec::new();
         let mut service_pods: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // Deployment (`<service>-<group>`) → its pods in index order and its replicas at start.
+        let mut deployments: BTreeMap<String, (Vec<usize>, u32)> = BTreeMap::new();
+        // The most replicas any scale step asks of a deployment: its pods are planned up front.
+        let mut scaled_max: BTreeMap<&str, u32> = BTreeMap::new();
+        for sc in def.config.iter().filter_map(|c| c.scale.as_ref()) {
+            let m = scaled_max.entry(sc.value.deployment.value.as_str()).or_default();
+            *m = (*m).max(sc.value.replicas.value);
+        }
         if def.services.is_empty() {
             self.findings.push(Finding::error(
                 Pos::file(&self.file),
@@ -999,7 +1157,11 @@ impl Builder {
                 });
                 let mut labels = g.labels.clone();
                 labels.entry("app".into()).or_insert_with(|| s.name.value.clone());
-                for i in 0..g.replicas.value {
+                let deployment = format!("{}-{}", s.name.value, g.name.value);
+                let planned =
+                    scaled_max.get(deployment.as_str()).map_or(g.replicas.value, |&m| m.max(g.replicas.value));
+                let mut group_pods = Vec::new();
+                for i in 0..planned {
                     if pods.len() >= MAX_PODS {
                         self.err(
                             &g.replicas,
@@ -1010,6 +1172,7 @@ impl Builder {
                     }
                     let k = pods.len() as u16;
                     mine.push(pods.len());
+                    group_pods.push(pods.len());
                     pods.push(PlannedPod {
                         name: format!("{}-{}-{i}", s.name.value, g.name.value),
                         service: s.name.value.clone(),
@@ -1024,8 +1187,10 @@ impl Builder {
                         service_account: service_account.clone(),
                         sidecar,
                         bad_identity,
+                        running_at_start: i < g.replicas.value,
                     });
                 }
+                deployments.insert(deployment, (group_pods, g.replicas.value));
             }
             service_pods.insert(s.name.value.clone(), mine);
         }
@@ -1058,19 +1223,28 @@ impl Builder {
         }
 
         // Istio resources: inline, then files.
-        let mut sources: Vec<(String, Resource)> = def.istio.into_iter().map(|r| (self.file.clone(), r)).collect();
+        let inline_docs = generic.get("istio").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        if inline_docs.len() != def.istio.len() {
+            self.findings.push(Finding::error(
+                Pos::file(&self.file),
+                code::SCHEMA,
+                "istio",
+                "the inline resources cannot be read as plain documents (keys must be strings)",
+            ));
+        }
+        let mut sources: Vec<StoredResource> = def
+            .istio
+            .into_iter()
+            .zip(inline_docs)
+            .map(|(resource, doc)| StoredResource { file: self.file.clone(), resource, doc })
+            .collect();
         for f in &def.istio_files {
-            let path: PathBuf = base.join(&f.value);
-            let shown = path.display().to_string();
-            match std::fs::read_to_string(&path) {
-                Ok(text) => match parse_resources(&shown, &text) {
-                    Ok(rs) => sources.extend(rs.into_iter().map(|r| (shown.clone(), r))),
-                    Err(e) => self.findings.push(*e),
-                },
-                Err(e) => self.not_found(f, "istio_files", format!("cannot read {shown}: {e}")),
+            if let Some(rs) = self.istio_file(base, f, "istio_files") {
+                sources.extend(rs);
             }
         }
-        let sourced: Vec<Sourced<'_>> = sources.iter().map(|(f, r)| Sourced { file: f, resource: r }).collect();
+        let sourced: Vec<Sourced<'_>> =
+            sources.iter().map(|r| Sourced { file: &r.file, resource: &r.resource }).collect();
         let (snapshot, cfg_findings) = snapshot::compile(&registry, &sourced);
         self.findings.0.extend(cfg_findings.0.into_iter().filter(|f| !suppress.iter().any(|r| r.matches(f))));
         self.envoy_filter_rate_limits(&snapshot, &mut pods);
@@ -1203,6 +1377,20 @@ impl Builder {
             });
         }
 
+        // Each service's egress scope: the services its pods' workloads call.
+        let mut egress: BTreeMap<String, BTreeSet<String>> =
+            registry.services.keys().map(|fqdn| (fqdn.clone(), BTreeSet::new())).collect();
+        for w in &workloads {
+            for &p in &w.sources {
+                let fqdn = qualify(&pods[p].service, &pods[p].namespace);
+                egress.entry(fqdn).or_default().insert(w.to_fqdn.clone());
+            }
+        }
+
+        let suppress = Arc::new(suppress);
+        let mut config_steps = self.config_steps(&def.config, generic, base, &registry, &sources, &suppress, run_end);
+        self.plan_scaling(&mut config_steps, &def.config, &deployments, &workloads);
+
         // Faults.
         let mut faults = Vec::new();
         let mut root_steps = Vec::new();
@@ -1252,7 +1440,10 @@ impl Builder {
                 kinds.push(FaultKind::LinkLatency { from, to, latency: l.value.latency.0 });
             }
             if let Some(c) = &fd.crash {
-                let pods_ = self.pods(&c.value.pods, &pod_index, &format!("{f}.crash.pods"));
+                // istiod can crash too: its index comes after the pods'.
+                let mut with_istiod = pod_index.clone();
+                with_istiod.insert(ISTIOD.to_string(), pod_index.len());
+                let pods_ = self.pods(&c.value.pods, &with_istiod, &format!("{f}.crash.pods"));
                 kinds.push(FaultKind::Crash { pods: pods_ });
             }
             if fd.ca_outage.is_some() {
@@ -1596,7 +1787,37 @@ impl Builder {
                     });
                 }
             }
+            if let Some(x) = &e.converged {
+                let v = &x.value;
+                if v.within.value.0.is_zero() {
+                    self.err(&v.within, &format!("{f}.converged.within"), "within must be greater than 0");
+                }
+                got.push(Expectation::Converged { after: v.after.value.0, within: v.within.value.0 });
+            }
+            if let Some(x) = &e.events {
+                let v = &x.value;
+                if !EVENT_KINDS.contains(&v.kind.value.as_str()) {
+                    self.err(
+                        &v.kind,
+                        &format!("{f}.events.kind"),
+                        format!("unknown event kind {:?} (one of {})", v.kind.value, EVENT_KINDS.join(", ")),
+                    );
+                }
+                if v.at_least.is_none() && v.at_most.is_none() {
+                    self.err(x, &format!("{f}.events"), "give at_least and/or at_most");
+                }
+                let window = self.window(&v.window, &format!("{f}.events.window"), run_end);
+                got.push(Expectation::Events {
+                    kind: v.kind.value.clone(),
+                    window,
+                    detail: v.detail.clone(),
+                    at_least: v.at_least,
+                    at_most: v.at_most,
+                });
+            }
             let kinds = [
+                e.converged.is_some(),
+                e.events.is_some(),
                 e.share.is_some(),
                 e.ejection.is_some(),
                 e.never_ejected.is_some(),
@@ -1613,7 +1834,7 @@ impl Builder {
             .count();
             if kinds != 1 {
                 self.findings.push(Finding::error(Pos::file(&self.file), code::SCENARIO, f, format!(
-                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count, certs, metric, traces, latency_overhead (found {kinds})"
+                    "an expectation has exactly one of share, ejection, never_ejected, success_rate, latency, count, certs, metric, traces, latency_overhead, converged, events (found {kinds})"
                 )));
             } else {
                 expectations.extend(got);
@@ -1633,6 +1854,11 @@ impl Builder {
             pods,
             registry,
             snapshot,
+            resources: sources,
+            egress,
+            config_steps,
+            suppress,
+            readiness_delay: dur(&def.control_plane.readiness_delay, DEFAULT_READINESS_DELAY),
             workloads,
             faults,
             expectations,
@@ -1643,6 +1869,175 @@ impl Builder {
             baseline: None,
             warnings: Vec::new(),
         })
+    }
+
+    /// The config steps, checked: each applies to the config as the steps before it left
+    /// it, and must validate there (as the control plane will check it during the run).
+    #[allow(clippy::too_many_arguments)]
+    fn config_steps(
+        &mut self,
+        defs: &[ConfigStepDef],
+        generic: &serde_json::Value,
+        base: &Path,
+        registry: &Registry,
+        initial: &[StoredResource],
+        suppress: &Arc<Vec<Suppress>>,
+        run_end: Option<Duration>,
+    ) -> Vec<ConfigStep> {
+        let mut steps = Vec::new();
+        for (i, d) in defs.iter().enumerate() {
+            let f = format!("config[{i}]");
+            let at = d.at.value.0;
+            if run_end.is_some_and(|end| at >= end) {
+                self.err(&d.at, &format!("{f}.at"), "a config step must happen before the run ends");
+            }
+            let mut changes = Vec::new();
+            if let Some(rs) = &d.apply {
+                let docs = generic
+                    .get("config")
+                    .and_then(|c| c.get(i))
+                    .and_then(|c| c.get("apply"))
+                    .and_then(|a| a.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                if docs.len() != rs.len() {
+                    self.err(&d.at, &format!("{f}.apply"), "the resources cannot be read as plain documents");
+                }
+                let stored = rs
+                    .iter()
+                    .cloned()
+                    .zip(docs)
+                    .map(|(resource, doc)| StoredResource { file: self.file.clone(), resource, doc })
+                    .collect();
+                changes.push(ConfigChange::Apply(stored));
+            }
+            if let Some(file) = &d.apply_file
+                && let Some(rs) = self.istio_file(base, file, &format!("{f}.apply_file"))
+            {
+                changes.push(ConfigChange::Apply(rs));
+            }
+            if let Some(dels) = &d.delete {
+                let keys = dels
+                    .iter()
+                    .map(|x| {
+                        let key = ResourceKey {
+                            kind: x.kind.value.clone(),
+                            namespace: x.namespace.clone().unwrap_or_else(|| "default".into()),
+                            name: x.name.clone(),
+                        };
+                        (key, Pos::of(&self.file, &x.kind))
+                    })
+                    .collect();
+                changes.push(ConfigChange::Delete(keys));
+            }
+            if let Some(sc) = &d.scale {
+                let (deployment, replicas) = (sc.value.deployment.value.clone(), sc.value.replicas.value);
+                changes.push(ConfigChange::Scale { deployment, replicas, start: Vec::new(), stop: Vec::new() });
+            }
+            let given = [d.apply.is_some(), d.apply_file.is_some(), d.delete.is_some(), d.scale.is_some()];
+            if given.iter().filter(|&&x| x).count() != 1 {
+                self.err(&d.at, &f, "a config step has exactly one of apply, apply_file, delete, scale");
+            }
+            if let Some(change) = changes.pop() {
+                steps.push(ConfigStep { at, change });
+            }
+        }
+        steps.sort_by_key(|s| s.at);
+        // Replay the steps on a store holding the initial config (when that is valid).
+        if let Ok(store) = Store::new(registry.clone(), initial.to_vec(), BTreeMap::new(), suppressed(suppress)) {
+            for s in &steps {
+                let result = match &s.change {
+                    ConfigChange::Apply(rs) => store.apply(rs.clone()),
+                    ConfigChange::Delete(keys) => store.delete(keys),
+                    ConfigChange::Scale { .. } => continue,
+                };
+                if let Err(findings) = result {
+                    self.findings.0.extend(
+                        findings.0.into_iter().filter(|f| {
+                            f.level == mesh::config::Level::Error && !suppress.iter().any(|r| r.matches(f))
+                        }),
+                    );
+                }
+            }
+        }
+        steps
+    }
+
+    /// Checks each `scale` step and works out, in time order, which pods it starts (the
+    /// next indices up) and stops (the highest running ones, as a StatefulSet would).
+    fn plan_scaling(
+        &mut self,
+        steps: &mut [ConfigStep],
+        defs: &[ConfigStepDef],
+        deployments: &BTreeMap<String, (Vec<usize>, u32)>,
+        workloads: &[Workload],
+    ) {
+        for (i, d) in defs.iter().enumerate() {
+            let Some(sc) = &d.scale else { continue };
+            let f = format!("config[{i}].scale");
+            let name = &sc.value.deployment;
+            match deployments.get(&name.value) {
+                None => {
+                    let known: Vec<&str> = deployments.keys().map(String::as_str).collect();
+                    self.err(
+                        name,
+                        &format!("{f}.deployment"),
+                        format!(
+                            "no deployment {:?} (pod groups are <service>-<group>: {})",
+                            name.value,
+                            known.join(", ")
+                        ),
+                    );
+                }
+                Some((pods, _)) if workloads.iter().any(|w| w.sources.iter().any(|p| pods.contains(p))) => self.err(
+                    name,
+                    &format!("{f}.deployment"),
+                    format!(
+                        "{:?} sends a workload's requests: only deployments that no workload sends from can scale",
+                        name.value
+                    ),
+                ),
+                Some(_) => {}
+            }
+            if sc.value.replicas.value > 100 {
+                self.err(&sc.value.replicas, &format!("{f}.replicas"), "replicas must be at most 100");
+            }
+        }
+        let mut running: BTreeMap<&str, u32> = deployments.iter().map(|(k, (_, r))| (k.as_str(), *r)).collect();
+        for step in steps.iter_mut() {
+            let ConfigChange::Scale { deployment, replicas, start, stop } = &mut step.change else { continue };
+            let (Some((pods, _)), Some(now)) =
+                (deployments.get(deployment.as_str()), running.get_mut(deployment.as_str()))
+            else {
+                continue;
+            };
+            let (from, to) = (*now as usize, (*replicas as usize).min(pods.len()));
+            if to > from {
+                start.extend(&pods[from..to]);
+            } else {
+                stop.extend(pods[to..from].iter().rev());
+            }
+            *now = to as u32;
+        }
+    }
+
+    /// Reads and parses a file of Istio resources named relative to the scenario.
+    fn istio_file(&mut self, base: &Path, f: &Spanned<String>, field: &str) -> Option<Vec<StoredResource>> {
+        let path: PathBuf = base.join(&f.value);
+        let shown = path.display().to_string();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => match mesh::control::store::parse(&shown, &text) {
+                Ok(rs) => Some(rs),
+                Err(e) => {
+                    self.findings.push(*e);
+                    None
+                }
+            },
+            Err(e) => {
+                self.not_found(f, field, format!("cannot read {shown}: {e}"));
+                None
+            }
+        }
     }
 
     fn proxy_cost(&mut self, p: &ProxyCostDef) -> ProxyCost {
@@ -1884,6 +2279,8 @@ impl Builder {
         for n in names {
             if let Some(ps) = services.get(&n.value) {
                 out.extend(ps.iter().copied());
+            } else if n.value == ISTIOD {
+                out.insert(index.len());
             } else if let Some(&i) = index.get(&n.value) {
                 out.insert(i);
             } else {

@@ -113,6 +113,7 @@ pub struct Generator {
 
 impl Generator {
     pub async fn run(self: Arc<Self>) {
+        crate::net::scenario_start().await;
         let clock = SimClock::new();
         let pools: Vec<Arc<Pool<SimNet>>> = (0..self.plan.pods.len())
             .map(|p| {

@@ -4,11 +4,15 @@
 //! workload generator for requests whose source pod it holds. The driver loop steps
 //! the simulation (network, then hosts, as turmoil does) and fires the fault schedule
 //! between steps, so every fault happens at a tick boundary and is the same on every
-//! run. Config reaches sidecars in-process as a compiled snapshot (the control plane
-//! that pushes it over the network is a later layer). A pod without a sidecar runs only
-//! its app.
+//! run. A pod without a sidecar runs only its app.
 //!
-//! The host `istiod` runs the mesh CA ([`CaServer`] on [`CA_PORT`]); every sidecar pod runs
+//! The host `istiod` runs the control plane (see [`istiod`]): every sidecar connects to
+//! it through the seam and runs only what it pushes. The world boots for
+//! [`BOOT`](crate::net::BOOT) of simulated time before the scenario's clock starts, so
+//! every sidecar has ACKed its first config (and holds its first certificate) before
+//! traffic and faults begin. A crash of `istiod` stops both of its services.
+//!
+//! The same host runs the mesh CA ([`CaServer`] on [`CA_PORT`]); every sidecar pod runs
 //! a certificate agent that asks it for the pod's certificate over the seam, with the pod's
 //! bootstrap credential, renews it, and installs each chain and trust bundle into the
 //! sidecar's identity store, which mTLS reads per handshake (its TLS randomness seeded,
@@ -25,12 +29,13 @@ use mesh::ca::agent::{Agent, AgentConfig, IdentitySink, REQUEST_TIMEOUT};
 use mesh::ca::authority::DEFAULT_TTL;
 use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
 use mesh::ca::{Authority, CaOptions};
+use mesh::control::{self, ControlEvent, ControlEventKind, ControlEvents, ControlPlane, Store};
 use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net, SystemClock};
+use mesh::proxy::control_client::{self, ClientConfig};
 use mesh::proxy::metrics::Series;
 use mesh::proxy::tls::SidecarTls;
 use mesh::proxy::{Sidecar, SidecarConfig};
-use mesh::snapshot::Snapshot;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
@@ -40,9 +45,9 @@ use crate::app::App;
 use crate::bad_identity::{BadIdentity, Issuers, Material};
 use crate::cost::SidecarCost;
 use crate::crypto::seeded_provider;
-use crate::net::{Faults, Local, SimClock, SimNet};
+use crate::net::{BOOT, Faults, Local, SimClock, SimNet};
 use crate::recorder::{Event, Record, Recorder};
-use crate::scenario::{FaultKind, Plan, RootStep};
+use crate::scenario::{ConfigChange, ConfigStep, FaultKind, ISTIOD, Plan, RootStep, TERMINATION_DRAIN};
 use crate::seed::sub_seed;
 use crate::workload::{Generator, Planned, schedule};
 
@@ -50,8 +55,6 @@ use crate::workload::{Generator, Planned, schedule};
 pub const DRAIN_SLACK: Duration = Duration::from_secs(5);
 /// Fixed simulated epoch (2027-01-15T08:00:00Z): certificates and logs never see the real date.
 pub const EPOCH_SECS: u64 = 1_800_000_000;
-/// The control-plane host.
-pub const ISTIOD: &str = "istiod";
 
 #[derive(Debug)]
 pub struct RunOutput {
@@ -105,7 +108,6 @@ struct Node {
     bad: Arc<BTreeMap<usize, Option<Material>>>,
     plan: Arc<Plan>,
     seed: u64,
-    snapshot: Arc<Snapshot>,
     faults: Arc<Faults>,
     local: Arc<Local>,
     recorder: Arc<Recorder>,
@@ -148,7 +150,7 @@ impl Node {
             seeded_provider(sub_seed(self.seed, "tls", pod as u64)),
         ));
         let tls = SidecarTls::new(store.clone(), clock.clone()).expect("the TLS config builds");
-        let sidecar = Sidecar::new(
+        let sidecar = Sidecar::awaiting_config(
             SidecarConfig {
                 pod: p.name.clone(),
                 workload: p.workload().to_string(),
@@ -167,16 +169,21 @@ impl Node {
             net.clone(),
             clock,
             self.recorder.clone(),
-            self.snapshot.clone(),
         )
         .expect("the rate limit was validated with the scenario");
         self.started.lock().expect("started lock").push(sidecar.clone());
         sidecars.insert(pod, sidecar.clone());
         let (n2, n3) = (net.clone(), net.clone());
         let (in_port, out_port) = (p.inbound_port, p.outbound_port);
-        let s1 = sidecar.clone();
+        let (s1, s2) = (sidecar.clone(), sidecar.clone());
+        let client = ClientConfig {
+            host: ISTIOD.to_string(),
+            port: control::PORT,
+            seed: sub_seed(self.seed, "control_client", pod as u64),
+        };
         let mut tasks = vec![
             app_task,
+            tokio::spawn(control_client::run(s2, client)),
             tokio::spawn(async move {
                 let _ = s1.run_inbound(bind(n2, in_port).await).await;
             }),
@@ -220,7 +227,8 @@ impl Node {
         // Tasks of running pods, and the aborted tasks of crashed ones.
         let mut tasks: BTreeMap<usize, Vec<JoinHandle<()>>> = BTreeMap::new();
         let mut aborted: BTreeMap<usize, Vec<JoinHandle<()>>> = BTreeMap::new();
-        for &pod in &self.pods {
+        // Pods that only a scale step starts wait for its restart command.
+        for &pod in self.pods.iter().filter(|&&p| self.plan.pods[p].running_at_start) {
             let t = self.start_pod(pod, &mut sidecars);
             tasks.insert(pod, t);
         }
@@ -303,25 +311,83 @@ fn identity(plan: &Plan, pod: usize) -> SpiffeId {
     SpiffeId::new(&p.namespace, sa)
 }
 
-/// Adds the host `istiod` running `ca` on [`CA_PORT`]. It is fault-table entry `index`
-/// (after the pods) and "node" `node` (after the nodes).
+/// What the control-plane host runs: the control plane and the CA.
+struct Istiod {
+    store: Arc<Store>,
+    ca: Arc<CaServer>,
+    /// Its index in the fault table (after the pods).
+    index: usize,
+    faults: Arc<Faults>,
+    local: Arc<Local>,
+    recorder: Arc<Recorder>,
+    /// Crash and restart of istiod (its index), like a node's for its pods.
+    commands: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
+}
+
+impl Istiod {
+    /// istiod's services, started (again) as a fresh process; they share the store, as
+    /// istiod's state lives in the Kubernetes API server.
+    fn start(&self) -> JoinHandle<()> {
+        // Not a node: its "node" index is the one after the nodes'.
+        let net = SimNet::new(self.index, self.local.node_count(), self.faults.clone(), self.local.clone());
+        let cp = ControlPlane::new(self.store.clone(), Arc::new(SimClock::new()), self.recorder.clone());
+        let ca = self.ca.clone();
+        tokio::spawn(async move {
+            let (push, csr) = (bind(net.clone(), control::PORT).await, bind(net, CA_PORT).await);
+            let _ = tokio::join!(cp.serve(push), ca.serve(csr, Arc::new(SimClock::new())));
+        })
+    }
+
+    async fn run(self: Arc<Self>) -> turmoil::Result {
+        let mut running = Some(self.start());
+        let Some(mut rx) = self.commands.lock().expect("commands lock").take() else {
+            return Ok(());
+        };
+        while let Some(cmd) = rx.recv().await {
+            match cmd {
+                Command::Crash(_) => {
+                    if let Some(t) = running.take() {
+                        t.abort();
+                        // Its listener and connections go away once the runtime polls it.
+                        let _ = t.await;
+                    }
+                }
+                Command::Restart(_) => {
+                    if running.is_none() {
+                        running = Some(self.start());
+                    }
+                }
+            }
+        }
+        std::future::pending().await
+    }
+}
+
+/// Adds the host `istiod`: the control plane serving `store` on [`control::PORT`] and
+/// the CA `ca` on [`CA_PORT`]. Its
+/// IP is known to the seam, so partitions and crashes can name it (fault-table index
+/// `index`, after the pods'). Returns where its crash and restart commands go.
 fn istiod(
     sim: &mut turmoil::Sim<'_>,
+    store: Arc<Store>,
     ca: &Arc<CaServer>,
     index: usize,
-    node: usize,
     faults: &Arc<Faults>,
     local: &Arc<Local>,
-) {
-    let (ca, faults, local) = (ca.clone(), faults.clone(), local.clone());
-    sim.host(ISTIOD, move || {
-        let net = SimNet::new(index, node, faults.clone(), local.clone());
-        let ca = ca.clone();
-        async move {
-            ca.serve(bind(net, CA_PORT).await, Arc::new(SimClock::new())).await?;
-            Ok(())
-        }
+    recorder: &Arc<Recorder>,
+) -> mpsc::UnboundedSender<Command> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let host = Arc::new(Istiod {
+        store,
+        ca: ca.clone(),
+        index,
+        faults: faults.clone(),
+        local: local.clone(),
+        recorder: recorder.clone(),
+        commands: Mutex::new(Some(rx)),
     });
+    sim.host(ISTIOD, move || host.clone().run());
+    tx
 }
 
 /// A fault boundary on the driver's timeline.
@@ -355,9 +421,8 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
             port_owner.insert(port, i);
         }
     }
-    // istiod is the fault table's entry after the pods.
+    // The fault table's last entry is istiod.
     let istiod_index = plan.pods.len();
-    port_owner.insert(CA_PORT, istiod_index);
     let faults = Faults::new(plan.pods.len() + 1, port_owner);
     let options =
         CaOptions { default_ttl: DEFAULT_TTL, max_ttl: plan.ca.max_workload_cert_ttl, ..CaOptions::default() };
@@ -368,14 +433,23 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
         ca.credentials().insert(token(seed, i), identity(&plan, i));
     }
     let local = Arc::new(Local::default());
-    let snapshot = Arc::new(plan.snapshot.clone());
+    let store = Arc::new(
+        Store::new(
+            plan.registry.clone(),
+            plan.resources.clone(),
+            plan.egress.clone(),
+            crate::scenario::suppressed(&plan.suppress),
+        )
+        .expect("the scenario's config was validated when it loaded")
+        .without_endpoints(plan.pods.iter().filter(|p| !p.running_at_start).map(|p| p.name.as_str())),
+    );
     let max_timeout = plan.workloads.iter().map(|w| w.timeout).max().unwrap_or_default();
     let hard_stop = plan.duration + max_timeout + DRAIN_SLACK;
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_SECS))
-        .simulation_duration(hard_stop + Duration::from_secs(1))
+        .simulation_duration(BOOT + hard_stop + Duration::from_secs(1))
         .tick_duration(plan.tick)
         .min_message_latency(plan.latency_min)
         .max_message_latency(plan.latency_max)
@@ -395,7 +469,6 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
             bad: bad.clone(),
             plan: plan.clone(),
             seed,
-            snapshot: snapshot.clone(),
             faults: faults.clone(),
             local: local.clone(),
             recorder: recorder.clone(),
@@ -413,10 +486,13 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
         });
         sim.host(name.as_str(), move || node.clone().run());
     }
-    istiod(&mut sim, &ca, istiod_index, plan.nodes.len(), &faults, &local);
 
-    let hosts = plan.nodes.iter().map(String::as_str).chain([ISTIOD]);
-    local.set_node_ips(hosts.map(|n| sim.lookup(n)).collect());
+    // Commands for the pods of node n go to senders[n]; istiod's come last.
+    senders.push(istiod(&mut sim, store.clone(), &ca, istiod_index, &faults, &local, &recorder));
+    let mut ips: Vec<_> = plan.nodes.iter().map(|n| sim.lookup(n.as_str())).collect();
+    local.set_istiod(sim.lookup(ISTIOD), istiod_index);
+    ips.push(sim.lookup(ISTIOD));
+    local.set_node_ips(ips);
 
     let mut actions: Vec<Action> = Vec::new();
     for (i, f) in plan.faults.iter().enumerate() {
@@ -427,18 +503,68 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     }
     actions.sort_by_key(|a| (a.at, !a.start, a.fault));
     let mut next = 0;
+    let mut next_step = 0;
+    // Readiness changes the registry has yet to learn: (due, order) → (pod, ready).
+    let mut readiness: BTreeMap<(Duration, usize), (usize, bool)> = BTreeMap::new();
+    let mut learned = 0usize;
+    let mut changed = Vec::new();
+    // Pods scaled down, to stop once drained: (due, pod).
+    let mut draining: BTreeMap<(Duration, usize), ()> = BTreeMap::new();
     loop {
-        let now = sim.elapsed();
-        while next < actions.len() && actions[next].at <= now {
-            apply(&plan, &sim, &faults, &recorder, &senders, &ca, actions[next], now);
+        let elapsed = sim.elapsed();
+        let now = elapsed.saturating_sub(BOOT);
+        while elapsed >= BOOT && next < actions.len() && actions[next].at <= now {
+            apply(&plan, &sim, &faults, &recorder, &senders, &ca, actions[next], now, &mut changed);
             next += 1;
+        }
+        for (pod, ready) in changed.drain(..) {
+            learned += 1;
+            readiness.insert((now + plan.readiness_delay, learned), (pod, ready));
+        }
+        while elapsed >= BOOT && next_step < plan.config_steps.len() && plan.config_steps[next_step].at <= now {
+            let step = &plan.config_steps[next_step];
+            if let ConfigChange::Scale { deployment, replicas, start, stop } = &step.change {
+                let verb = if stop.is_empty() { "start" } else { "stop" };
+                let pods = if stop.is_empty() { start } else { stop };
+                let detail = format!("{deployment} to {replicas} replicas: {verb} {}", names(&plan, pods));
+                recorder.event(now, "scale", detail);
+                for &p in start {
+                    let _ = senders[plan.pods[p].node].send(Command::Restart(p));
+                    changed.push((p, true));
+                }
+                // A pod being deleted leaves the endpoints at once; it stops after draining.
+                for &p in stop {
+                    publish(&store, &recorder, &plan.pods[p].name, false, now);
+                    draining.insert((now + TERMINATION_DRAIN, p), ());
+                }
+            } else {
+                apply_step(&store, &recorder, step, now);
+            }
+            next_step += 1;
+        }
+        for (pod, ready) in changed.drain(..) {
+            learned += 1;
+            readiness.insert((now + plan.readiness_delay, learned), (pod, ready));
+        }
+        while let Some(e) = draining.first_entry()
+            && e.key().0 <= now
+        {
+            let (_, pod) = *e.key();
+            e.remove();
+            let _ = senders[plan.pods[pod].node].send(Command::Crash(pod));
+        }
+        while let Some(e) = readiness.first_entry()
+            && e.key().0 <= now
+        {
+            let (pod, ready) = e.remove();
+            publish(&store, &recorder, &plan.pods[pod].name, ready, now);
         }
         if (now >= plan.duration && recorder.is_complete()) || now >= hard_stop {
             break;
         }
         sim.step().map_err(|e| RunError::Sim(e.to_string()))?;
     }
-    let sim_elapsed = sim.elapsed();
+    let sim_elapsed = sim.elapsed().saturating_sub(BOOT);
     let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
     let metrics = pod_metrics(&started.lock().expect("started lock"));
     Ok(RunOutput { records, events, issued, metrics, sim_elapsed, wall: wall.now(), baseline: None })
@@ -461,11 +587,55 @@ fn pod_metrics(sidecars: &[Arc<Sidecar<SimNet>>]) -> BTreeMap<String, Vec<Series
     pods.into_iter().map(|(pod, series)| (pod, series.into_values().collect())).collect()
 }
 
-fn names(plan: &Plan, pods: &[usize]) -> String {
-    pods.iter().map(|&p| plan.pods[p].name.as_str()).collect::<Vec<_>>().join(",")
+/// Publishes (`ready`) or withdraws the endpoint of `pod` in the registry; a change is a
+/// new version, recorded.
+fn publish(store: &Store, recorder: &Recorder, pod: &str, ready: bool, now: Duration) {
+    if let Some(acc) = store.set_ready(pod, ready) {
+        let what = if ready { "published" } else { "withdrawn" };
+        recorder.control_event(ControlEvent {
+            at: now,
+            proxy: String::new(),
+            version: acc.version,
+            kind: ControlEventKind::Changed { what: format!("endpoint of {pod} {what}") },
+        });
+    }
 }
 
-#[allow(clippy::too_many_arguments)] // the driver's whole world, for one fault boundary
+/// Applies a config step to the store (as `kubectl apply` / `delete` would to the API
+/// server); the control plane pushes what follows.
+fn apply_step(store: &Store, recorder: &Recorder, step: &ConfigStep, now: Duration) {
+    let (result, what) = match &step.change {
+        ConfigChange::Apply(rs) => {
+            let keys: Vec<String> = rs.iter().map(|r| r.key().to_string()).collect();
+            (store.apply(rs.clone()), format!("apply {}", keys.join(", ")))
+        }
+        ConfigChange::Delete(keys) => {
+            let names: Vec<String> = keys.iter().map(|(k, _)| k.to_string()).collect();
+            (store.delete(keys), format!("delete {}", names.join(", ")))
+        }
+        ConfigChange::Scale { .. } => unreachable!("the driver runs scale steps itself"),
+    };
+    match result {
+        Ok(acc) => recorder.control_event(ControlEvent {
+            at: now,
+            proxy: String::new(),
+            version: acc.version,
+            kind: ControlEventKind::Changed { what },
+        }),
+        Err(findings) => {
+            let why: Vec<String> = findings.0.iter().map(|f| f.to_string()).collect();
+            recorder.event(now, "config_rejected", format!("{what}: {}", why.join("; ")));
+        }
+    }
+}
+
+fn names(plan: &Plan, pods: &[usize]) -> String {
+    pods.iter().map(|&p| plan.pods.get(p).map_or(ISTIOD, |x| x.name.as_str())).collect::<Vec<_>>().join(",")
+}
+
+/// Starts or ends a fault. Pods that go down or come back are added to `changed` (the
+/// registry learns it after the readiness delay).
+#[allow(clippy::too_many_arguments)]
 fn apply(
     plan: &Plan,
     sim: &turmoil::Sim<'_>,
@@ -475,6 +645,7 @@ fn apply(
     ca: &CaServer,
     a: Action,
     now: Duration,
+    changed: &mut Vec<(usize, bool)>,
 ) {
     let f = &plan.faults[a.fault];
     let verb = if a.start { "start" } else { "end" };
@@ -534,7 +705,10 @@ fn apply(
                 };
                 if let Some(cmd) = cmd {
                     // The node's receiver lives as long as the simulation.
-                    let _ = nodes[plan.pods[p].node].send(cmd);
+                    let _ = nodes[plan.pods.get(p).map_or(plan.nodes.len(), |x| x.node)].send(cmd);
+                    if p < plan.pods.len() {
+                        changed.push((p, !a.start));
+                    }
                 }
             }
             recorder.event(now, &format!("fault_{verb}"), format!("crash {}", names(plan, pods)));

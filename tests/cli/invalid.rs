@@ -1205,3 +1205,97 @@ fn proxy_cost_lognormal_with_p99_below_the_median() {
         "lognormal needs 0 < median <= p99",
     );
 }
+
+// ------------------------------------------------------------------ config steps
+
+#[test]
+fn config_step_resource_error_has_its_line_and_field() {
+    let y = format!(
+        "{MESH}config:
+  - at: 5s
+    apply:
+      - apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {{name: reviews}}
+        spec:
+          hosts: [reviews]
+          http:
+            - route:
+                - destination: {{host: reviews, subset: v1}}
+                  weight: -1
+"
+    );
+    let (line, _) = pos(&y, "weight: -1", "-1");
+    rejects(
+        "step-weight",
+        &y,
+        &Expect { at: At::Line(line), code: "IST0106", field: Some("spec.http[0].route[0].weight"), rule: "< 0" },
+    );
+}
+
+#[test]
+fn config_step_is_validated_against_what_earlier_steps_left() {
+    // Deleting the DestinationRule leaves the VirtualService pointing at its subsets.
+    let y = format!("{MESH}config:\n  - at: 5s\n    delete: [{{kind: DestinationRule, name: reviews}}]\n");
+    let (line, _) = pos(&y, "destination: {host: reviews, subset: v1}", "subset");
+    rejects(
+        "step-dangling",
+        &y,
+        &Expect {
+            at: At::Line(line),
+            code: "IST0101",
+            field: Some("destination.subset"),
+            rule: "Referenced host+subset in destinationrule not found",
+        },
+    );
+}
+
+#[test]
+fn config_step_deleting_a_missing_resource_is_an_error() {
+    let y = format!("{MESH}config:\n  - at: 5s\n    delete: [{{kind: VirtualService, name: ratings}}]\n");
+    let (line, col) = pos(&y, "delete: [{kind: VirtualService, name: ratings}]", "VirtualService");
+    rejects(
+        "step-delete",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "IST0101",
+            field: Some("delete"),
+            rule: "VirtualService default/ratings does not exist",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn config_step_apply_file_must_exist() {
+    let y = format!("{MESH}config:\n  - at: 5s\n    apply_file: nowhere.yaml\n");
+    let (line, col) = pos(&y, "apply_file: nowhere.yaml", "nowhere");
+    rejects(
+        "step-file",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "IST0101", field: Some("config[0].apply_file"), rule: "cannot read" },
+    )
+    .single();
+}
+
+#[test]
+fn events_expectation_names_a_known_kind() {
+    let y = edit(
+        PLAIN,
+        "  - success_rate: {workload: browse, at_least: 0.5}",
+        "  - events: {kind: config_ackd, at_least: 1}",
+    );
+    let (line, col) = pos(&y, "kind: config_ackd", "config_ackd");
+    rejects(
+        "events-kind",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("expect[0].events.kind"),
+            rule: "unknown event kind",
+        },
+    )
+    .single();
+}

@@ -611,7 +611,40 @@ pub struct PeerAuthenticationSpec {
     pub selector: Option<Spanned<WorkloadSelector>>,
     pub mtls: Option<Spanned<PeerMtls>>,
     /// Keyed by workload (target) port.
+    #[serde(default, deserialize_with = "port_level_mtls")]
     pub port_level_mtls: Option<Spanned<BTreeMap<u32, PeerMtls>>>,
+}
+
+/// A `portLevelMtls` key: a number in YAML, a string of digits in JSON (whose object keys
+/// are strings, as Kubernetes stores the resource and as the control plane pushes it).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct PortKey(u32);
+
+impl<'de> Deserialize<'de> for PortKey {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = PortKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortKey, E> {
+                u32::try_from(v).map(PortKey).map_err(|_| E::custom(format!("port {v} is out of range")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortKey, E> {
+                u32::try_from(v).map(PortKey).map_err(|_| E::custom(format!("port {v} is out of range")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortKey, E> {
+                v.parse().map(PortKey).map_err(|_| E::invalid_type(de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn port_level_mtls<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Spanned<BTreeMap<u32, PeerMtls>>>, D::Error> {
+    let keyed: Option<Spanned<BTreeMap<PortKey, PeerMtls>>> = Deserialize::deserialize(d)?;
+    Ok(keyed.map(|s| Spanned::new(s.value.into_iter().map(|(k, v)| (k.0, v)).collect(), s.referenced, s.defined)))
 }
 
 impl WorkloadSelector {

@@ -16,9 +16,17 @@
 //! the outlier detector, the hash table and the connection pool; and what every request
 //! does first and last (its id, trace context and peer metadata; its access log,
 //! metrics and span).
+//!
+//! Config arrives either once, in-process ([`Sidecar::new`]), or from the control plane
+//! ([`Sidecar::awaiting_config`] and `control_client`). A sidecar waiting for its first
+//! config is not ready: its outbound listener is bound but accepts nothing, so an app's
+//! connections wait in the accept queue until the config is applied (as Istio's
+//! `holdApplicationUntilProxyStarts` holds the app back). [`Sidecar::apply`] swaps the
+//! snapshot and carries each cluster's runtime state over (see there).
 
 pub mod authz;
 pub mod balance;
+pub mod control_client;
 pub mod fault;
 pub mod hash;
 pub mod headers;
@@ -52,6 +60,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::istio::MtlsMode;
+use crate::identity::SpiffeId;
 use crate::net::{Clock, Listener, Net};
 use crate::snapshot::{Cluster, HashTable, Snapshot};
 use balance::Balancer;
@@ -118,12 +127,56 @@ struct ClusterRt<N: Net> {
     pool: Arc<Pool<N>>,
 }
 
+/// The index in `to` of endpoint `i` of `from` (the same pod at the same address).
+fn translate(from: &Cluster, to: &Cluster, i: usize) -> Option<usize> {
+    let ep = &from.endpoints[i];
+    to.endpoints.iter().position(|e| e == ep)
+}
+
+impl<N: Net> ClusterRt<N> {
+    fn new(pool: Pool<N>, cfg: Arc<Cluster>, clock: &Arc<dyn Clock>) -> Self {
+        ClusterRt {
+            active: vec![0; cfg.endpoints.len()],
+            balancer: Balancer::default(),
+            detector: cfg.outlier.map(|o| Detector::new(o, cfg.endpoints.len(), clock.now())),
+            hash: None,
+            pool: Arc::new(pool),
+            cfg,
+        }
+    }
+
+    /// This state carried over to a changed config of the same cluster: hosts that stay
+    /// keep their active count and outlier state (unless the outlier settings changed),
+    /// the pool stays unless its limits or its TLS origination changed (it is keyed by
+    /// address; `new_pool` makes a fresh one), the hash table is rebuilt on first use.
+    fn carry(self, cfg: Arc<Cluster>, new_pool: impl FnOnce(&Cluster) -> Pool<N>, clock: &Arc<dyn Clock>) -> Self {
+        let old_of_new: Vec<Option<usize>> = (0..cfg.endpoints.len()).map(|i| translate(&cfg, &self.cfg, i)).collect();
+        let active = old_of_new.iter().map(|o| o.map_or(0, |j| self.active[j])).collect();
+        let detector = match (&self.detector, cfg.outlier) {
+            (Some(d), Some(o)) if self.cfg.outlier == Some(o) => Some(d.remap(&old_of_new)),
+            (_, o) => o.map(|o| Detector::new(o, cfg.endpoints.len(), clock.now())),
+        };
+        let tls = |c: &Cluster| -> (Vec<(String, u16)>, Vec<SpiffeId>) {
+            let mtls = c.endpoints.iter().filter(|e| e.mtls).map(|e| (e.host.clone(), e.port)).collect();
+            (mtls, c.peer_identities.clone())
+        };
+        let pool = if self.cfg.limits == cfg.limits && tls(&self.cfg) == tls(&cfg) {
+            self.pool
+        } else {
+            Arc::new(new_pool(&cfg))
+        };
+        ClusterRt { cfg, active, balancer: self.balancer, detector, hash: None, pool }
+    }
+}
+
 pub struct Sidecar<N: Net> {
     cfg: SidecarConfig,
     net: N,
     clock: Arc<dyn Clock>,
     telemetry: Arc<dyn Telemetry>,
     snapshot: Mutex<Arc<Snapshot>>,
+    /// Whether a config has been applied.
+    ready: tokio::sync::watch::Sender<bool>,
     clusters: Mutex<BTreeMap<String, ClusterRt<N>>>,
     rng: Mutex<ChaCha8Rng>,
     /// Connections to the local app.
@@ -181,13 +234,36 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 impl<N: Net> Sidecar<N> {
-    /// A sidecar; fails when its rate-limit config is invalid.
+    /// A sidecar running `snapshot` from the start (config in-process); fails when its
+    /// rate-limit config is invalid.
     pub fn new(
         cfg: SidecarConfig,
         net: N,
         clock: Arc<dyn Clock>,
         telemetry: Arc<dyn Telemetry>,
         snapshot: Arc<Snapshot>,
+    ) -> Result<Arc<Self>, String> {
+        Self::build(cfg, net, clock, telemetry, snapshot, true)
+    }
+
+    /// A sidecar that is not ready until a config is [applied](Sidecar::apply) (by its
+    /// control-plane client); fails when its rate-limit config is invalid.
+    pub fn awaiting_config(
+        cfg: SidecarConfig,
+        net: N,
+        clock: Arc<dyn Clock>,
+        telemetry: Arc<dyn Telemetry>,
+    ) -> Result<Arc<Self>, String> {
+        Self::build(cfg, net, clock, telemetry, Arc::new(Snapshot::default()), false)
+    }
+
+    fn build(
+        cfg: SidecarConfig,
+        net: N,
+        clock: Arc<dyn Clock>,
+        telemetry: Arc<dyn Telemetry>,
+        snapshot: Arc<Snapshot>,
+        ready: bool,
     ) -> Result<Arc<Self>, String> {
         let rate_limit = cfg.rate_limit.clone().map(|c| LocalRateLimit::new(c, clock.now())).transpose()?;
         let me = Workload::from_pod(&cfg.workload, &cfg.namespace, &cfg.labels);
@@ -201,6 +277,7 @@ impl<N: Net> Sidecar<N> {
             clock,
             telemetry,
             snapshot: Mutex::new(snapshot),
+            ready: tokio::sync::watch::channel(ready).0,
             clusters: Mutex::new(BTreeMap::new()),
             rate_limit: Mutex::new(rate_limit),
         }))
@@ -210,8 +287,48 @@ impl<N: Net> Sidecar<N> {
         &self.cfg.pod
     }
 
-    /// Serves the outbound listener until it fails.
+    pub fn namespace(&self) -> &str {
+        &self.cfg.namespace
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Runs `snapshot` from now on. Clusters whose config did not change keep their
+    /// runtime state as it is (the same `Arc`, so requests in flight see no change);
+    /// changed ones carry it over host by host (see `ClusterRt::carry`); removed ones
+    /// lose it. Requests in flight finish on the cluster config they started with.
+    pub fn apply(&self, mut snapshot: Snapshot) {
+        let mut clusters = self.clusters.lock().expect("clusters lock");
+        let old = self.snapshot();
+        for (name, c) in snapshot.clusters.iter_mut() {
+            if let Some(prev) = old.clusters.get(name)
+                && **prev == **c
+            {
+                *c = prev.clone();
+            }
+        }
+        let mut next = BTreeMap::new();
+        for (name, rt) in std::mem::take(&mut *clusters) {
+            let Some(cfg) = snapshot.clusters.get(&name) else { continue };
+            let rt = if Arc::ptr_eq(&rt.cfg, cfg) {
+                rt
+            } else {
+                rt.carry(cfg.clone(), |c| self.cluster_pool_new(c), &self.clock)
+            };
+            next.insert(name, rt);
+        }
+        *clusters = next;
+        *self.snapshot.lock().expect("snapshot lock") = Arc::new(snapshot);
+        self.ready.send_replace(true);
+    }
+
+    /// Serves the outbound listener, once a config is applied, until it fails.
     pub async fn run_outbound(self: Arc<Self>, listener: N::Listener) -> std::io::Result<()> {
+        let mut ready = self.ready.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = ready.wait_for(|r| *r).await;
         self.serve(listener, Direction::Outbound).await
     }
 
@@ -518,22 +635,14 @@ impl<N: Net> Sidecar<N> {
     }
 
     /// Runs `f` on the runtime state of `cluster`, creating it on first use (the outlier
-    /// interval timer starts then).
+    /// interval timer starts then) from the current snapshot's config of that cluster.
+    /// The state's config may be newer than `cluster` (a request that started before
+    /// [`Sidecar::apply`]): host indices then go through [`translate`].
     fn with_cluster<T>(&self, cluster: &Arc<Cluster>, f: impl FnOnce(&mut ClusterRt<N>) -> T) -> T {
-        let now = self.clock.now();
         let mut clusters = self.clusters.lock().expect("clusters lock");
         if !clusters.contains_key(&cluster.name) {
-            clusters.insert(
-                cluster.name.clone(),
-                ClusterRt {
-                    cfg: cluster.clone(),
-                    active: vec![0; cluster.endpoints.len()],
-                    balancer: Balancer::default(),
-                    detector: cluster.outlier.map(|o| Detector::new(o, cluster.endpoints.len(), now)),
-                    hash: None,
-                    pool: Arc::new(self.cluster_pool_new(cluster)),
-                },
-            );
+            let cfg = self.snapshot().clusters.get(&cluster.name).cloned().unwrap_or_else(|| cluster.clone());
+            clusters.insert(cluster.name.clone(), ClusterRt::new(self.cluster_pool_new(&cfg), cfg, &self.clock));
         }
         f(clusters.get_mut(&cluster.name).expect("inserted above"))
     }
@@ -572,6 +681,11 @@ impl<N: Net> Sidecar<N> {
                 }
                 None => candidates.extend(0..rt.cfg.endpoints.len()),
             }
+            // A request on an older config of the cluster picks among hosts it knows.
+            let stale = !Arc::ptr_eq(&rt.cfg, cluster);
+            if stale {
+                candidates.retain(|&i| translate(&rt.cfg, cluster, i).is_some());
+            }
             if candidates.is_empty() {
                 return None;
             }
@@ -594,16 +708,23 @@ impl<N: Net> Sidecar<N> {
                     HashTableRt::Ring(r) => r.pick(key),
                     HashTableRt::Maglev(m) => m.pick(key),
                 };
-                return Some(candidates[i]);
+                let picked = candidates[i];
+                return if stale { translate(&rt.cfg, cluster, picked) } else { Some(picked) };
             }
             let mut rng = self.rng.lock().expect("rng lock");
-            Some(rt.balancer.pick(rt.cfg.lb, &candidates, &rt.active, &mut *rng))
+            let picked = rt.balancer.pick(rt.cfg.lb, &candidates, &rt.active, &mut *rng);
+            if stale { translate(&rt.cfg, cluster, picked) } else { Some(picked) }
         })
     }
 
     /// Counts a request to `host` as active.
     fn commit_host(&self, cluster: &Arc<Cluster>, host: usize) {
-        self.with_cluster(cluster, |rt| rt.active[host] += 1);
+        self.with_cluster(cluster, |rt| {
+            let host = if Arc::ptr_eq(&rt.cfg, cluster) { Some(host) } else { translate(cluster, &rt.cfg, host) };
+            if let Some(h) = host {
+                rt.active[h] += 1;
+            }
+        });
     }
 
     /// Ends a request to `host`: no longer active; `status` (if any) feeds outlier
@@ -611,7 +732,11 @@ impl<N: Net> Sidecar<N> {
     fn release_host(&self, cluster: &Arc<Cluster>, host: usize, status: Option<u16>) {
         let now = self.clock.now();
         self.with_cluster(cluster, |rt| {
-            rt.active[host] -= 1;
+            let host = if Arc::ptr_eq(&rt.cfg, cluster) { Some(host) } else { translate(cluster, &rt.cfg, host) };
+            let Some(host) = host else { return };
+            // Saturating: a try committed on a config whose state was replaced (not
+            // carried) is not counted in this one.
+            rt.active[host] = rt.active[host].saturating_sub(1);
             if let (Some(d), Some(status)) = (rt.detector.as_mut(), status) {
                 let mut out = Vec::new();
                 d.advance(now, &mut out);

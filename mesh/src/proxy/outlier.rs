@@ -80,6 +80,16 @@ impl Detector {
         Detector { cfg, hosts: vec![host; n], next_tick: now + cfg.interval }
     }
 
+    /// This detector carried over to a new host list (an endpoint update):
+    /// `old_of_new[i]` is new host `i`'s index in this detector, `None` for a new host,
+    /// which starts fresh. Hosts keep their counters, ejections and backoff, as Envoy's
+    /// hosts do across an EDS update; the sweep timer goes on.
+    pub fn remap(&self, old_of_new: &[Option<usize>]) -> Detector {
+        let fresh = Host { state: HostState::Active { since: None }, c5xx: 0, cgw: 0, backoff: 0 };
+        let hosts = old_of_new.iter().map(|o| o.map_or_else(|| fresh.clone(), |j| self.hosts[j].clone())).collect();
+        Detector { cfg: self.cfg, hosts, next_tick: self.next_tick }
+    }
+
     pub fn is_ejected(&self, host: usize) -> bool {
         matches!(self.hosts[host].state, HostState::Ejected { .. })
     }
@@ -235,6 +245,28 @@ mod tests {
         let t = feed(&mut d, 3, 500, s(10.05));
         assert_eq!(t, [Transition::Ejected { host: 3, at: s(10.05), reason: Reason::Consecutive5xx, for_: s(5.0) }]);
         assert!(d.is_ejected(3));
+    }
+
+    #[test]
+    fn remap_keeps_the_state_of_hosts_that_stay_and_starts_new_ones_fresh() {
+        let mut d = Detector::new(cfg(), 3, Duration::ZERO);
+        for i in 0..5 {
+            feed(&mut d, 2, 500, s(0.1 + i as f64 * 0.01));
+        }
+        feed(&mut d, 1, 500, s(0.2));
+        assert!(d.is_ejected(2));
+        // Host 0 leaves; hosts 2 and 1 become 0 and 1; a new host joins as 2.
+        let mut r = d.remap(&[Some(2), Some(1), None]);
+        assert!(r.is_ejected(0), "the ejected host stays ejected");
+        assert!(!r.is_ejected(1) && !r.is_ejected(2));
+        for i in 0..3 {
+            assert!(feed(&mut r, 1, 500, s(0.3 + i as f64 * 0.01)).is_empty());
+        }
+        let t = feed(&mut r, 1, 500, s(0.4));
+        assert!(matches!(t[..], [Transition::Ejected { host: 1, .. }]), "host 1 kept its first 500: {t:?}");
+        let mut out = Vec::new();
+        r.advance(s(6.0), &mut out);
+        assert!(out.contains(&Transition::Readmitted { host: 0, at: s(6.0) }), "the sweep timer went on: {out:?}");
     }
 
     #[test]
