@@ -358,7 +358,7 @@ spec:
         let (version, view) = store.view_of("a-0").unwrap();
         assert_eq!(version, 2);
         let services: Vec<&str> = view.config.services.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(services, ["b", "c"], "c is where b's route leads; a and d are trimmed");
+        assert_eq!(services, ["b", "c", "a"], "c is where b's route leads, a is its own; d is trimmed");
         let pods: Vec<&str> = view.config.endpoints.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(pods, ["a-0", "b-0", "c-0"], "its own pod, and b-1 is not ready");
         assert_eq!(view.config.resources.len(), 1, "d's DestinationRule is trimmed");

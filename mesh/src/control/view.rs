@@ -11,7 +11,7 @@
 //! - endpoints of pods that are not ready (crashed, restarting, scaled in);
 //! - resource kinds meshsim does not simulate.
 //!
-//! Not trimmed: the proxy's own pod (its AuthorizationPolicies, EnvoyFilters and
+//! Not trimmed: the proxy's own pod and service (its AuthorizationPolicies, EnvoyFilters and
 //! PeerAuthentications select it by its labels) and every AuthorizationPolicy,
 //! EnvoyFilter and PeerAuthentication (a caller's auto-mTLS follows the mode of the
 //! endpoints it calls).
@@ -95,7 +95,7 @@ pub fn compute(
     own: &Pod,
 ) -> View {
     let scope = scope(compiled, registry, egress);
-    let services: Vec<Service> = scope.iter().filter_map(|h| registry.services.get(h).cloned()).collect();
+    let mut services: Vec<Service> = scope.iter().filter_map(|h| registry.services.get(h).cloned()).collect();
     let endpoints = registry
         .pods
         .values()
@@ -106,6 +106,11 @@ pub fn compute(
         })
         .cloned()
         .collect();
+    // Its own service too (its port is the one port-level PeerAuthentication names).
+    let mine = |s: &Service| s.name == own.service && s.namespace == own.namespace;
+    if !services.iter().any(mine) {
+        services.extend(registry.services.values().find(|s| mine(s)).cloned());
+    }
     let resources = resources
         .iter()
         .filter(|r| r.hosts().is_none_or(|hosts| hosts.iter().any(|h| scope.contains(h))))
