@@ -88,6 +88,15 @@ pub struct ControlPlane {
     events: Arc<dyn ControlEvents>,
 }
 
+/// A task that is aborted when this handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The body of a push frame (the view's JSON is encoded once per view).
 fn push_frame(version: u64, view: Option<&View>) -> Vec<u8> {
     let config = view.map_or("null", |v| v.json.as_str());
@@ -130,13 +139,15 @@ impl ControlPlane {
         }
         // Reading is not cancel-safe: a task reads whole frames and hands them over.
         let (tx, mut answers) = mpsc::channel::<ToControl>(16);
-        let reader = tokio::spawn(async move {
+        // Aborted when this connection ends or is dropped (istiod going away), so the
+        // stream closes and the proxy sees it at once.
+        let _reader = AbortOnDrop(tokio::spawn(async move {
             while let Ok(msg) = wire::read::<_, ToControl>(&mut rd).await {
                 if tx.send(msg).await.is_err() {
                     break;
                 }
             }
-        });
+        }));
         let mut changes = self.store.subscribe();
         changes.mark_unchanged();
         // The view the proxy last ACKed on this stream, and the pushes awaiting an answer.
@@ -192,7 +203,6 @@ impl ControlPlane {
                 }
             }
         }
-        reader.abort();
         self.event(&pod, acked.map_or(0, |(v, _)| v), ControlEventKind::Disconnected);
     }
 }
