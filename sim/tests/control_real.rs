@@ -130,6 +130,7 @@ fn sidecar(pod: &str, service: &str, app_port: u16, seed: u64) -> Arc<Sidecar<To
         seed,
         rate_limit: None,
         tls: None,
+        cost: None,
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     Sidecar::awaiting_config(cfg, TokioNet, clock, Arc::new(MemoryTelemetry::default())).expect("no rate limit")
