@@ -47,7 +47,7 @@ impl<N: Net> Sidecar<N> {
                 host: host.or(parts.uri.authority().map(|a| a.as_str())).unwrap_or(""),
                 headers: &parts.headers,
             };
-            let source = authz::Peer { principal: peer.principal(), ip: addr.ip() };
+            let source = authz::Peer { principal: peer.principal().map(str::to_string), ip: addr.ip() };
             if policies.decide(&source, &request) == authz::Decision::Deny {
                 return self.finish(
                     &ex,

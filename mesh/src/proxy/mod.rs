@@ -534,21 +534,30 @@ impl<N: Net> Sidecar<N> {
     fn finish(&self, ex: &Exchange, mut reply: Reply, flags: &[Flag], to: Target<'_>) -> Reply {
         let now = self.clock.now();
         let status = reply.status().as_u16();
-        // The principals are the mTLS connection's two ends: the verified peer and this
-        // sidecar's own identity.
-        let mtls_peer = to.peer.filter(|p| p.security == tls::ConnectionSecurity::MutualTls);
-        let peer_principal = mtls_peer.and_then(|p| p.identity.as_ref()).map(ToString::to_string);
-        let own_principal = mtls_peer.and(self.cfg.tls.as_ref()).map(|t| t.store().id().to_string());
-        let (reporter, peer, security, service) = match ex.dir {
+        // The principals are the two ends of the mTLS connection the request crossed (the
+        // downstream one inbound, the upstream one outbound): the verified peer and this
+        // sidecar's own identity; `unknown` over plaintext and for local replies.
+        let own = self.cfg.tls.as_ref().map(|t| t.id());
+        let (reporter, peer, security, service, principals) = match ex.dir {
             Direction::Outbound => {
                 let peer = reply.headers_mut().remove(PEER_METADATA);
                 let peer = self.metrics.lock().expect("metrics lock").peer(peer.as_ref().map(|v| v.as_bytes()));
-                (Reporter::Source, peer, Security::Unknown, to.service)
+                let upstream = reply.extensions_mut().remove::<tls::UpstreamPeer>();
+                let principals = match upstream {
+                    Some(tls::UpstreamPeer(server)) => [own.cloned(), Some(server)],
+                    None => [None, None],
+                };
+                (Reporter::Source, peer, Security::Unknown, to.service, principals)
             }
             Direction::Inbound => {
                 reply.headers_mut().insert(PEER_METADATA, self.metadata.clone());
+                let mtls_peer = to.peer.filter(|p| p.security == tls::ConnectionSecurity::MutualTls);
                 let security = if mtls_peer.is_some() { Security::MutualTls } else { Security::None };
-                (Reporter::Destination, ex.peer, security, self.cfg.service.as_str())
+                let principals = match mtls_peer {
+                    Some(p) => [p.identity.clone(), own.cloned()],
+                    None => [None, None],
+                };
+                (Reporter::Destination, ex.peer, security, self.cfg.service.as_str(), principals)
             }
         };
         let request_id = ex.request_id.to_str().ok();
@@ -577,7 +586,7 @@ impl<N: Net> Sidecar<N> {
             code: status,
             flags,
             security,
-            principals: [peer_principal.as_deref(), own_principal.as_deref()],
+            principals: [principals[0].as_deref(), principals[1].as_deref()],
             duration,
             request_bytes: ex.request_bytes,
             response_bytes: hyper::body::Body::size_hint(reply.body()).exact().unwrap_or(0),

@@ -93,6 +93,8 @@ type Sender = SendRequest<Full<Bytes>>;
 
 struct Conn {
     sender: Sender,
+    /// The server's verified identity on an mTLS connection.
+    peer: Option<Arc<str>>,
     requests: u32,
     created: Duration,
     idle_since: Duration,
@@ -288,11 +290,12 @@ impl<N: Net> Pool<N> {
             let addr = self.net.resolve(host, port).await.map_err(refused)?;
             let stream = self.net.connect(addr).await.map_err(refused)?;
             // The connection ends when either side closes; errors surface on requests.
-            let sender = match tls {
+            let (sender, peer) = match tls {
                 Some(t) => {
                     let stream = tls::connect(&t.connector, host, stream)
                         .await
                         .map_err(|f| UpstreamError::Connect(ConnectFailure::Tls(f)))?;
+                    let peer = tls::server_identity(&stream);
                     // One write per message: rustls makes a record of each vectored
                     // slice, and each record would be its own segment.
                     let (sender, conn) = http1::Builder::new()
@@ -301,21 +304,21 @@ impl<N: Net> Pool<N> {
                         .await
                         .map_err(|e| refused_h(&e))?;
                     tokio::spawn(conn);
-                    sender
+                    (sender, peer)
                 }
                 None => {
                     let (sender, conn) =
                         http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| refused_h(&e))?;
                     tokio::spawn(conn);
-                    sender
+                    (sender, None)
                 }
             };
-            Ok::<_, UpstreamError>(sender)
+            Ok::<_, UpstreamError>((sender, peer))
         };
         let result = match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(sender)) => {
+            Ok(Ok((sender, peer))) => {
                 let now = self.now();
-                return Ok(Conn { sender, requests: 0, created: now, idle_since: now });
+                return Ok(Conn { sender, peer, requests: 0, created: now, idle_since: now });
             }
             Ok(Err(e)) => e,
             Err(_) => UpstreamError::Connect(ConnectFailure::Timeout),
@@ -415,7 +418,10 @@ impl<N: Net> Pool<N> {
             conn.requests += 1;
             match conn.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
+                    let (mut parts, body) = resp.into_parts();
+                    if let Some(p) = &conn.peer {
+                        parts.extensions.insert(tls::UpstreamPeer(p.clone()));
+                    }
                     let body = body.collect().await.map(|b| b.to_bytes());
                     let Ok(body) = body else {
                         self.closed(&mut self.lock(), &key);

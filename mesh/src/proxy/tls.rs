@@ -76,18 +76,25 @@ impl ConnectionSecurity {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     pub security: ConnectionSecurity,
-    /// The verified SPIFFE ID of an mTLS peer.
-    pub identity: Option<SpiffeId>,
+    /// The verified SPIFFE ID of an mTLS peer (`spiffe://<td>/ns/<ns>/sa/<sa>`), rendered
+    /// once per connection: every request on it reports it.
+    pub identity: Option<Arc<str>>,
 }
 
 impl Peer {
     pub const PLAINTEXT: Peer = Peer { security: ConnectionSecurity::None, identity: None };
 
     /// AuthorizationPolicy's `source.principal`: the ID without `spiffe://`.
-    pub fn principal(&self) -> Option<String> {
-        self.identity.as_ref().map(SpiffeId::principal)
+    pub fn principal(&self) -> Option<&str> {
+        self.identity.as_deref().map(|id| id.strip_prefix("spiffe://").unwrap_or(id))
     }
 }
+
+/// The verified SPIFFE ID of the server at the other end of an upstream mTLS
+/// connection, carried in the extensions of each response that came over it (the source
+/// reporter's `destination_principal`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamPeer(pub Arc<str>);
 
 /// Why a TLS connection was refused, by whichever side found out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -243,8 +250,14 @@ fn verify_peer(
 }
 
 /// The verified SPIFFE ID of a certificate that passed [`verify_peer`].
-fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<SpiffeId> {
-    spiffe_uris(certs?.first()?).iter().find_map(|u| u.parse().ok())
+fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<Arc<str>> {
+    let id = spiffe_uris(certs?.first()?).iter().find_map(|u| u.parse::<SpiffeId>().ok())?;
+    Some(Arc::from(id.to_string()))
+}
+
+/// The verified identity of the server of an upstream mTLS connection.
+pub fn server_identity<S>(tls: &tokio_rustls::client::TlsStream<S>) -> Option<Arc<str>> {
+    peer_id(tls.get_ref().1.peer_certificates())
 }
 
 fn signature_schemes(store: &IdentityStore) -> Vec<SignatureScheme> {
@@ -344,6 +357,8 @@ pub struct SidecarTls {
     store: Arc<IdentityStore>,
     clock: Arc<dyn Clock>,
     acceptor: TlsAcceptor,
+    /// The store's SPIFFE ID, rendered once.
+    id: Arc<str>,
 }
 
 impl std::fmt::Debug for SidecarTls {
@@ -363,11 +378,17 @@ impl SidecarTls {
         server.alpn_protocols = ALPN_SERVER.iter().map(|p| p.to_vec()).collect();
         server.send_tls13_tickets = 0;
         server.session_storage = Arc::new(NoServerSessionStorage {});
-        Ok(SidecarTls { acceptor: TlsAcceptor::from(Arc::new(server)), store, clock })
+        let id = Arc::from(store.id().to_string());
+        Ok(SidecarTls { acceptor: TlsAcceptor::from(Arc::new(server)), store, clock, id })
     }
 
     pub fn store(&self) -> &Arc<IdentityStore> {
         &self.store
+    }
+
+    /// This sidecar's SPIFFE ID (`spiffe://…`).
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
     }
 
     /// Waits up to `wait` for this sidecar's first certificate (at once if it has one);
@@ -569,7 +590,7 @@ mod tests {
         assert_eq!(c, Ok(()));
         let peer = s.unwrap();
         assert_eq!(peer.security, ConnectionSecurity::MutualTls);
-        assert_eq!(peer.principal().as_deref(), Some("cluster.local/ns/default/sa/web"));
+        assert_eq!(peer.principal(), Some("cluster.local/ns/default/sa/web"));
     }
 
     #[tokio::test]
