@@ -189,7 +189,8 @@ fn seen(resp: Response<Bytes>, telemetry: &MemoryTelemetry) -> Seen {
         .map(|l| format!("{:?} {} {} {}", l.direction, l.proxy, l.status, l.flags))
         .collect();
     flags.sort();
-    let principal = telemetry.logs.lock().expect("logs").iter().find_map(|l| l.peer.as_ref()?.principal());
+    let principal =
+        telemetry.logs.lock().expect("logs").iter().find_map(|l| l.peer.as_ref()?.principal().map(str::to_string));
     Seen {
         status: resp.status().as_u16(),
         pod: header(POD_HEADER),

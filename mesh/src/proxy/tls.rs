@@ -636,7 +636,7 @@ mod tests {
         client.store().install(chain, key).unwrap();
         let (c, s) = exchange(&client, &[], &server).await;
         assert_eq!(c, Ok(()));
-        assert_eq!(s.unwrap().principal().as_deref(), Some("cluster.local/ns/default/sa/web"));
+        assert_eq!(s.unwrap().principal(), Some("cluster.local/ns/default/sa/web"));
     }
 
     #[tokio::test]
