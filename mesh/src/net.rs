@@ -33,6 +33,13 @@ pub trait Net: Clone + Send + Sync + 'static {
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
     /// Resolves a host name to one address for `port`.
     fn resolve(&self, host: &str, port: u16) -> impl Future<Output = io::Result<SocketAddr>> + Send;
+    /// Where a connection accepted on `local` from `peer` was originally going, when it
+    /// was redirected to this listener (what `SO_ORIGINAL_DST` tells an iptables-captured
+    /// socket). `None`: not captured, or the world cannot say. Default: `None`.
+    fn original_dst(&self, local: SocketAddr, peer: SocketAddr) -> Option<SocketAddr> {
+        let _ = (local, peer);
+        None
+    }
 }
 
 /// Time as the mesh sees it.
@@ -43,7 +50,8 @@ pub trait Clock: Send + Sync + 'static {
     fn unix_time(&self) -> Duration;
 }
 
-/// Real sockets through tokio.
+/// Real sockets through tokio. It captures nothing: [`Net::original_dst`] is `None`, as
+/// a real sidecar's would be without iptables' REDIRECT in front of it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TokioNet;
 

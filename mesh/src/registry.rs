@@ -3,6 +3,7 @@
 //! routing policy (see `snapshot`) nor pod lifecycles (the world that runs pods does).
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,9 +17,47 @@ pub struct Service {
     pub namespace: String,
     /// The service port apps call.
     pub port: u16,
+    /// What the port speaks (Kubernetes' `appProtocol`): the sidecar runs its HTTP stack
+    /// or its TCP proxy for it.
+    #[serde(default)]
+    pub protocol: AppProtocol,
+    /// The service's virtual IP (Kubernetes' ClusterIP): a TCP client connects to
+    /// `cluster_ip:port` and its sidecar learns the service from that original
+    /// destination. `None`: no virtual IP (HTTP clients name the service in `Host`).
+    #[serde(default)]
+    pub cluster_ip: Option<Ipv4Addr>,
+}
+
+/// The protocol of a service port (Istio's protocol selection, from `appProtocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    #[default]
+    Http,
+    Tcp,
+}
+
+impl AppProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppProtocol::Http => "http",
+            AppProtocol::Tcp => "tcp",
+        }
+    }
 }
 
 impl Service {
+    /// An HTTP service without a virtual IP.
+    pub fn http(name: &str, namespace: &str, port: u16) -> Service {
+        Service {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            port,
+            protocol: AppProtocol::Http,
+            cluster_ip: None,
+        }
+    }
+
     pub fn fqdn(&self) -> String {
         format!("{}.{}.{}", self.name, self.namespace, DOMAIN_SUFFIX)
     }

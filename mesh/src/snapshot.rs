@@ -6,6 +6,7 @@
 //! Not here: the runtime state of clusters (load, ejections) — see `proxy`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use crate::proxy::peer_authn;
 use crate::proxy::pool::{self, Limits};
 use crate::proxy::retry::{self, RetryPolicy};
 use crate::proxy::route_match::{self, RouteMatch};
-use crate::registry::{Registry, qualify};
+use crate::registry::{AppProtocol, Registry, qualify};
 
 /// Envoy's connect timeout as Istio's mesh config sets it.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -192,6 +193,12 @@ pub struct Snapshot {
     /// The PeerAuthentication mode of each sidecar's inbound side (pod name → mode on its
     /// service port; never `Unset`). Pods without a sidecar are absent.
     pub inbound_mtls: BTreeMap<String, MtlsMode>,
+    /// FQDNs of the TCP services (`appProtocol: tcp`): their sidecars proxy bytes, not
+    /// HTTP.
+    pub tcp_services: BTreeSet<String>,
+    /// `ClusterIP:port` of each TCP service → its FQDN: the outbound listener's filter
+    /// chain match on a captured connection's original destination.
+    pub tcp_vips: BTreeMap<SocketAddr, String>,
 }
 
 /// An EnvoyFilter's local rate limit and the workloads it selects.
@@ -300,6 +307,18 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                             format!(
                                 "host {:?} is not a service of the scenario: the rules for it have no effect",
                                 h.value
+                            ),
+                        );
+                        continue;
+                    }
+                    if !vs.http.is_empty() && registry.services[&host].protocol == AppProtocol::Tcp {
+                        c.warning(
+                            s.file,
+                            h,
+                            code::NOT_SIMULATED,
+                            "spec.http",
+                            format!(
+                                "{what}: {host} is a tcp service (app_protocol: tcp), so its `http` routes do not apply (Istio builds no HTTP route for a TCP port): connections go to the whole service"
                             ),
                         );
                         continue;
@@ -442,6 +461,12 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
         };
         snap.routes.insert(fqdn.clone(), routes);
         snap.ports.insert(fqdn.clone(), svc.port);
+        if svc.protocol == AppProtocol::Tcp {
+            snap.tcp_services.insert(fqdn.clone());
+            if let Some(ip) = svc.cluster_ip {
+                snap.tcp_vips.insert(SocketAddr::from((ip, svc.port)), fqdn.clone());
+            }
+        }
     }
     // Authorization: each pod's policies, chosen once here rather than per request.
     for pod in registry.pods.values() {

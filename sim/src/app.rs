@@ -2,6 +2,12 @@
 //! is a real hyper HTTP/1.1 server on loopback behind its sidecar; it waits a latency
 //! drawn from its distribution, answers an error at its configured rate (or as a fault
 //! says), and names itself in the `x-meshsim-pod` response header.
+//!
+//! The app of a TCP service is an echo server ([`App::serve_tcp`]): per connection it
+//! waits one latency from its distribution when the first bytes arrive, then writes back
+//! every byte it reads and closes its side when the client has closed its own. At its
+//! error rate (`error_rate_ppm`, or an `app_errors` fault's rate; the status does not
+//! apply) it drops the connection instead, unanswered.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -13,7 +19,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use mesh::net::Listener;
+use mesh::net::{Listener, Stream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, LogNormal};
@@ -119,6 +126,49 @@ impl App {
                 });
                 let _ = mesh::proxy::pool::server_builder().serve_connection(TokioIo::new(stream), svc).await;
             });
+        }
+    }
+}
+
+impl App {
+    /// One TCP connection: latency at the first bytes, then an echo until the client
+    /// closes (or a reset at the error rate).
+    async fn echo<S: Stream>(self: Arc<Self>, mut stream: S) {
+        let mut buf = vec![0u8; 16 * 1024];
+        let Ok(n) = stream.read(&mut buf).await else { return };
+        if n == 0 {
+            return;
+        }
+        let (delay, reset) = {
+            let mut rng = self.rng.lock().expect("app rng lock");
+            let delay = sample(&self.model.latency, &mut *rng);
+            let ppm = self.faults.app_errors(self.pod).map_or(self.model.error_rate_ppm, |(_, ppm)| ppm);
+            (delay, ppm > 0 && rng.random_range(0..1_000_000u32) < ppm)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if reset {
+            return;
+        }
+        let mut n = n;
+        loop {
+            if stream.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(k) => k,
+            };
+        }
+        let _ = stream.shutdown().await;
+    }
+
+    /// Serves TCP echo on `listener` (of either world) until the task is aborted.
+    pub async fn serve_tcp<L: Listener>(self: Arc<Self>, mut listener: L) -> std::io::Result<()> {
+        loop {
+            let (stream, _) = listener.accept().await?;
+            tokio::spawn(self.clone().echo(stream));
         }
     }
 }

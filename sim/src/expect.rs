@@ -39,7 +39,11 @@ pub fn was_sent(r: &Record) -> bool {
 }
 
 pub fn is_success(r: &Record) -> bool {
-    matches!(r.outcome, Outcome::Response { status, .. } if (200..300).contains(&status))
+    match r.outcome {
+        Outcome::Response { status, .. } => (200..300).contains(&status),
+        Outcome::Echoed { .. } => true,
+        Outcome::Error(_) => false,
+    }
 }
 
 /// The value at `percentile` (0–100] of `values` (sorted in place), nearest rank.
@@ -63,6 +67,7 @@ pub fn binomial_tolerance(p: f64, n: usize) -> f64 {
 fn counts(cf: &CountFilter, r: &Record) -> bool {
     let (st, pd, err) = match &r.outcome {
         Outcome::Response { status, pod } => (Some(*status), pod.as_deref(), None),
+        Outcome::Echoed { .. } => (None, None, None),
         Outcome::Error(e) => (None, None, Some(*e)),
     };
     cf.status.is_none_or(|s| st == Some(s))

@@ -79,7 +79,7 @@ impl MetricQuery {
         }
         if !is_metric_name(name) {
             return Err(format!(
-                "unknown metric {name:?}: meshsim records istio_requests_total and the _count, _sum and _bucket series of istio_request_duration_milliseconds, istio_request_bytes and istio_response_bytes"
+                "unknown metric {name:?}: meshsim records istio_requests_total, the _count, _sum and _bucket series of istio_request_duration_milliseconds, istio_request_bytes and istio_response_bytes, and istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total, istio_tcp_connections_opened_total and istio_tcp_connections_closed_total"
             ));
         }
         let mut rest = s[n..].trim_start();

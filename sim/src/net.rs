@@ -13,6 +13,12 @@
 //! through turmoil: turmoil delivers loopback messages one tick late, which would add a
 //! tick to every hop. [`Local`] connects such sockets in memory, with no delay, as a
 //! veth pair on one machine nearly does.
+//!
+//! Capture: an app's connection to a service's ClusterIP goes to its own sidecar's
+//! outbound listener instead ([`SimNet::connect_captured`]), and [`Local`] keeps the
+//! original destination keyed by the client's address, as conntrack does after
+//! iptables' REDIRECT; the sidecar asks for it once per accepted connection
+//! (`Net::original_dst`, which takes the entry out).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -248,6 +254,9 @@ pub struct Local {
     node_ips: OnceLock<Vec<IpAddr>>,
     /// The control plane's host IP and its index in the fault table.
     istiod: OnceLock<(IpAddr, usize)>,
+    /// Captured connections not yet accepted: client address → original destination.
+    /// Bounded by the ephemeral ports in use (a reused port overwrites its entry).
+    captured: Mutex<BTreeMap<SocketAddr, SocketAddr>>,
 }
 
 /// Buffer of one direction of an in-memory connection.
@@ -296,6 +305,15 @@ impl Local {
         Ok(rx)
     }
 
+    fn capture(&self, client: SocketAddr, original_dst: SocketAddr) {
+        self.captured.lock().expect("capture lock").insert(client, original_dst);
+    }
+
+    /// Takes the original destination of the captured connection from `client`.
+    fn original_dst(&self, client: SocketAddr) -> Option<SocketAddr> {
+        self.captured.lock().expect("capture lock").remove(&client)
+    }
+
     fn connect(&self, node: usize, addr: SocketAddr, local_port: u16) -> io::Result<DuplexStream> {
         let l = self.listeners.lock().expect("local lock");
         let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, format!("nothing listens on {addr}"));
@@ -322,6 +340,26 @@ pub struct SimNet {
 impl SimNet {
     pub fn new(pod: usize, node: usize, faults: Arc<Faults>, local: Arc<Local>) -> SimNet {
         SimNet { pod, node, faults, local }
+    }
+
+    /// A connection the pod's app opens to `original_dst` (a service's ClusterIP:port),
+    /// captured to its sidecar's outbound listener on `listener_port`: the sidecar learns
+    /// `original_dst` from [`Net::original_dst`].
+    pub fn connect_captured(&self, listener_port: u16, original_dst: SocketAddr) -> io::Result<SimStream> {
+        let port = self.faults.next_local_port();
+        let client = SocketAddr::new(self.local.node_ip(self.node), port);
+        self.local.capture(client, original_dst);
+        let stream = self.local.connect(self.node, SocketAddr::from(([127, 0, 0, 1], listener_port)), port);
+        let stream = stream.inspect_err(|_| {
+            self.local.original_dst(client);
+        })?;
+        let generation = self.faults.generation(self.pod);
+        Ok(SimStream {
+            inner: Inner::Local(stream),
+            link: Some((self.pod, self.pod)),
+            generation,
+            faults: self.faults.clone(),
+        })
     }
 }
 
@@ -459,6 +497,10 @@ impl Net for SimNet {
             Inner::Net(turmoil::net::TcpStream::connect(addr).await?)
         };
         Ok(SimStream { inner, link, generation, faults: self.faults.clone() })
+    }
+
+    fn original_dst(&self, _local: SocketAddr, peer: SocketAddr) -> Option<SocketAddr> {
+        self.local.original_dst(peer)
     }
 
     async fn resolve(&self, host: &str, port: u16) -> io::Result<SocketAddr> {

@@ -19,7 +19,10 @@ use mesh::proxy::tracing::{OwnedSpan, Span};
 pub enum Outcome {
     /// A response. `pod` = the serving pod named by the app's response header, if any.
     Response { status: u16, pod: Option<String> },
-    /// No response: `client_timeout`, `in_flight_limit`, `connect_error`, `reset`.
+    /// A TCP connection that got every byte it sent back, intact, and closed.
+    Echoed { bytes: u64 },
+    /// No response: `client_timeout`, `in_flight_limit`, `connect_error`, `reset`; for a
+    /// TCP connection also `closed_early` (fewer bytes came back) and `corrupted`.
     Error(&'static str),
 }
 

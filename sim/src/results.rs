@@ -27,6 +27,8 @@ pub struct Results {
     pub sim_elapsed_ms: u64,
     /// Node → pods placed on it.
     pub placement: BTreeMap<String, Vec<String>>,
+    /// Service FQDN → its ClusterIP, port and protocol.
+    pub services: BTreeMap<String, ServiceOut>,
     pub issued: usize,
     pub recorded: usize,
     pub workloads: Vec<WorkloadResults>,
@@ -41,6 +43,13 @@ pub struct Results {
     /// when an expectation compared against it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Box<Results>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceOut {
+    pub cluster_ip: Option<std::net::Ipv4Addr>,
+    pub port: u16,
+    pub app_protocol: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -219,6 +228,13 @@ fn build_unchecked(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
                             }
                         }
                     }
+                    Outcome::Echoed { .. } => {
+                        *res.statuses.entry("echoed".to_string()).or_default() += 1;
+                        if let Some(s) = s {
+                            s.requests += 1;
+                            s.success += 1;
+                        }
+                    }
                     Outcome::Error(e) => {
                         *res.errors.entry(e.to_string()).or_default() += 1;
                         if let Some(s) = s {
@@ -241,6 +257,15 @@ fn build_unchecked(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
         duration_ms: plan.duration.as_millis() as u64,
         sim_elapsed_ms: out.sim_elapsed.as_millis() as u64,
         placement,
+        services: plan
+            .registry
+            .services
+            .iter()
+            .map(|(fqdn, s)| {
+                let out = ServiceOut { cluster_ip: s.cluster_ip, port: s.port, app_protocol: s.protocol.as_str() };
+                (fqdn.clone(), out)
+            })
+            .collect(),
         issued: out.issued,
         recorded: out.records.len(),
         workloads,
@@ -261,6 +286,7 @@ fn build_unchecked(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
             .map(|(id, r)| {
                 let (status, error, pod) = match &r.outcome {
                     Outcome::Response { status, pod } => (Some(*status), None, pod.clone()),
+                    Outcome::Echoed { .. } => (None, None, None),
                     Outcome::Error(e) => (None, Some(*e), None),
                 };
                 RequestOut {

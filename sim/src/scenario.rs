@@ -5,6 +5,7 @@
 //! compiled. The plan is all the world needs; nothing here runs anything.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use mesh::control::StoredResource;
 use mesh::control::store::{ResourceKey, Store};
 use mesh::proxy::ratelimit::{Denominator, FractionalPercent, LocalRateLimit, LocalRateLimitConfig};
 use mesh::proxy::tls::ConnectionSecurity;
-use mesh::registry::{Pod, Registry, Service, qualify};
+use mesh::registry::{AppProtocol, Pod, Registry, Service, qualify};
 use mesh::snapshot::{self, Snapshot, Sourced};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -147,6 +148,8 @@ pub struct ServiceDef {
     pub name: Spanned<String>,
     pub namespace: Option<Spanned<String>>,
     pub port: Option<Spanned<u16>>,
+    /// What the port speaks (Kubernetes' `appProtocol`): `http` (the default) or `tcp`.
+    pub app_protocol: Option<Spanned<String>>,
     pub service_account: Option<String>,
     pub pods: Vec<PodGroupDef>,
     /// A local rate limit on every pod's inbound sidecar (Envoy's `local_ratelimit`).
@@ -254,6 +257,9 @@ pub struct WorkloadDef {
     pub max_in_flight: Option<Spanned<u32>>,
     /// Client-side timeout: the app gives up and records `client_timeout`.
     pub timeout: Option<Dur>,
+    /// To a TCP service: the bytes each connection sends (and expects echoed back);
+    /// default [`DEFAULT_TCP_BYTES`], at most [`MAX_TCP_BYTES`].
+    pub bytes: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +518,8 @@ pub struct PlannedPod {
     /// False for a pod only a later `scale` step starts: at first it neither runs nor
     /// has a published endpoint.
     pub running_at_start: bool,
+    /// What its service's port speaks: the app is an HTTP server or a TCP echo server.
+    pub protocol: AppProtocol,
 }
 
 impl PlannedPod {
@@ -546,6 +554,17 @@ pub struct Workload {
     pub stop: Duration,
     pub max_in_flight: u32,
     pub timeout: Duration,
+    /// A workload over a TCP service: each arrival is one connection.
+    pub tcp: Option<TcpWorkload>,
+}
+
+/// What one connection of a TCP workload does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpWorkload {
+    /// Bytes sent, and expected back.
+    pub bytes: u32,
+    /// The destination service's `ClusterIP:port`.
+    pub vip: SocketAddr,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -884,6 +903,17 @@ pub const RESERVED_REQUEST_HEADERS: &[&str] =
 pub const RESERVED_RESPONSE_HEADERS: &[&str] =
     &["x-meshsim-pod", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade"];
 pub const FIRST_PORT: u16 = 10_000;
+/// Bytes a TCP workload's connection sends when the scenario does not say.
+pub const DEFAULT_TCP_BYTES: u32 = 1024;
+/// The most bytes one TCP workload connection may send.
+pub const MAX_TCP_BYTES: u32 = 1 << 20;
+
+/// The ClusterIP of the service declared `index`-th (from 0): `10.96.0.0/16` as a
+/// Kubernetes service CIDR, skipping the network address (`10.96.0.1`, `10.96.0.2`, …).
+pub fn cluster_ip(index: usize) -> Ipv4Addr {
+    let n = u32::try_from(index + 1).expect("a scenario has few services");
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + n)
+}
 /// The control plane's host: faults may name it (`crash`, `partition`).
 pub const ISTIOD: &str = "istiod";
 pub const MAX_PODS: usize = 5_000;
@@ -1108,8 +1138,32 @@ impl Builder {
             {
                 self.err(p, &format!("{f}.port"), "port must be between 1 and 65535");
             }
-            registry.add_service(Service { name: s.name.value.clone(), namespace: namespace.clone(), port });
+            let protocol = match &s.app_protocol {
+                None => AppProtocol::Http,
+                Some(p) if p.value == "http" => AppProtocol::Http,
+                Some(p) if p.value == "tcp" => AppProtocol::Tcp,
+                Some(p) => {
+                    self.err(p, &format!("{f}.app_protocol"), format!("app_protocol {:?} is not one of http, tcp", p.value));
+                    AppProtocol::Http
+                }
+            };
+            registry.add_service(Service {
+                name: s.name.value.clone(),
+                namespace: namespace.clone(),
+                port,
+                protocol,
+                cluster_ip: Some(cluster_ip(si)),
+            });
             let mut mine = Vec::new();
+            if protocol == AppProtocol::Tcp
+                && let Some(r) = &s.rate_limit
+            {
+                self.err(
+                    r,
+                    &format!("{f}.rate_limit"),
+                    "the local rate limit is an HTTP filter (Envoy's local_ratelimit): a tcp service cannot have one",
+                );
+            }
             let rate_limit = s.rate_limit.as_ref().and_then(|r| self.rate_limit(r, &f));
             let mut groups = BTreeSet::new();
             if s.pods.is_empty() {
@@ -1127,6 +1181,9 @@ impl Builder {
                     self.err(&g.replicas, &format!("{gf}.replicas"), "replicas must be at least 1");
                 }
                 let app = self.app(&g.app, &gf);
+                if protocol == AppProtocol::Tcp {
+                    self.http_only_app_fields(&g.app, &gf);
+                }
                 let sidecar = mesh && g.sidecar.as_ref().is_none_or(|s| s.value);
                 let service_account = match (&g.service_account, &s.service_account) {
                     (Some(sa), _) => {
@@ -1188,6 +1245,7 @@ impl Builder {
                         sidecar,
                         bad_identity,
                         running_at_start: i < g.replicas.value,
+                        protocol,
                     });
                 }
                 deployments.insert(deployment, (group_pods, g.replicas.value));
@@ -1360,6 +1418,7 @@ impl Builder {
                     format!("{path:?} is not a request path (it starts with `/`; a query may follow `?`)"),
                 ));
             }
+            let tcp = self.tcp_workload(w, &f, registry.services.get(&to_fqdn));
             workloads.push(Workload {
                 name,
                 sources,
@@ -1374,6 +1433,7 @@ impl Builder {
                 stop: stop.min(duration),
                 max_in_flight: w.max_in_flight.as_ref().map(|m| m.value).unwrap_or(10_000),
                 timeout: dur(&w.timeout, Duration::from_secs(30)),
+                tcp,
             });
         }
 
@@ -2085,6 +2145,50 @@ impl Builder {
             ));
         }
         latency
+    }
+
+    /// A pod group of a TCP service: its app is an echo server, so the fields that shape
+    /// HTTP responses are errors (`error_rate_ppm` stays: a connection reset).
+    fn http_only_app_fields(&mut self, a: &AppDef, f: &str) {
+        let why = "applies to HTTP responses: the app of a tcp service echoes bytes (only latency and error_rate_ppm, a reset, apply)";
+        if let Some(x) = &a.error_status {
+            self.err(x, &format!("{f}.app.error_status"), why);
+        }
+        if let Some(x) = &a.fail_attempts {
+            self.err(x, &format!("{f}.app.fail_attempts"), why);
+        }
+        if let Some(x) = &a.response_headers {
+            self.err(x, &format!("{f}.app.response_headers"), why);
+        }
+    }
+
+    /// The TCP side of a workload: `Some` when it calls a TCP service (its HTTP-only
+    /// fields are then errors), and `bytes` is an error on an HTTP workload.
+    fn tcp_workload(&mut self, w: &WorkloadDef, f: &str, to: Option<&Service>) -> Option<TcpWorkload> {
+        let Some(svc) = to.filter(|s| s.protocol == AppProtocol::Tcp) else {
+            if let Some(b) = &w.bytes {
+                self.err(b, &format!("{f}.bytes"), "bytes applies to a workload over a tcp service (app_protocol: tcp)");
+            }
+            return None;
+        };
+        let why = |field: &str| format!("{field} is HTTP-only: {} is a tcp service, a workload opens connections to it", svc.name);
+        if let Some(m) = &w.method {
+            self.err(m, &format!("{f}.method"), why("method"));
+        }
+        if let Some(h) = &w.headers {
+            self.err(h, &format!("{f}.headers"), why("headers"));
+        }
+        if w.path.is_some() {
+            self.err(&w.to, &format!("{f}.path"), why("path"));
+        }
+        let bytes = w.bytes.as_ref().map_or(DEFAULT_TCP_BYTES, |b| b.value);
+        if let Some(b) = &w.bytes
+            && !(1..=MAX_TCP_BYTES).contains(&b.value)
+        {
+            self.err(b, &format!("{f}.bytes"), format!("bytes must be between 1 and {MAX_TCP_BYTES}"));
+        }
+        let vip = SocketAddr::from((svc.cluster_ip.expect("every scenario service has a ClusterIP"), svc.port));
+        Some(TcpWorkload { bytes, vip })
     }
 
     fn app(&mut self, a: &AppDef, f: &str) -> AppModel {

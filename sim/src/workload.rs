@@ -5,6 +5,15 @@
 //! outbound listener with the destination in the Host header, as a captured call does. A
 //! pod without a sidecar calls a destination pod directly (its inbound port, plaintext),
 //! taking the service's pods in turn by request id.
+//!
+//! A workload over a TCP service opens one connection per arrival: to the service's
+//! `ClusterIP:port`, captured to the source pod's sidecar (see
+//! `SimNet::connect_captured`), or straight to a pod without a sidecar. It sends its
+//! `bytes` (a pattern derived from the request id), half-closes, and reads until the
+//! server closes. The outcome is `Echoed` only if exactly the bytes sent came back;
+//! otherwise `connect_error`, `reset`, `closed_early` (a prefix, or nothing, came back)
+//! or `corrupted`; `client_timeout` past the workload's timeout. Its latency runs from
+//! the intended start to that close.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,7 +31,7 @@ use rand_distr::{Distribution, Exp};
 use crate::app::POD_HEADER;
 use crate::net::{Faults, Local, SimClock, SimNet};
 use crate::recorder::{Outcome, Record, Recorder};
-use crate::scenario::{Arrivals, Plan, Workload};
+use crate::scenario::{Arrivals, Plan, TcpWorkload, Workload};
 use crate::seed::sub_seed;
 
 /// Response headers a record does not keep: the same on (nearly) every response, or
@@ -131,6 +140,11 @@ impl Generator {
                 })
                 .collect(),
         );
+        let nets: Arc<Vec<SimNet>> = Arc::new(
+            (0..self.plan.pods.len())
+                .map(|p| SimNet::new(p, self.plan.pods[p].node, self.faults.clone(), self.local.clone()))
+                .collect(),
+        );
         for i in 0..self.requests.len() {
             let r = self.requests[i];
             let now = clock.now();
@@ -152,8 +166,24 @@ impl Generator {
             let me = self.clone();
             let pool = pools[r.source].clone();
             let direct = direct.clone();
+            let nets = nets.clone();
             tokio::spawn(async move {
                 let w = &me.plan.workloads[r.workload];
+                if let Some(t) = w.tcp {
+                    let via = if me.plan.pods[r.source].sidecar {
+                        Via::Captured(me.plan.pods[r.source].outbound_port, t)
+                    } else {
+                        let pods = &direct[r.workload];
+                        let (h, p) = &pods[r.id as usize % pods.len()];
+                        Via::Direct(h.clone(), *p)
+                    };
+                    let exchange = tcp_exchange(&nets[r.source], via, r.id, t.bytes);
+                    let outcome =
+                        tokio::time::timeout(w.timeout, exchange).await.unwrap_or(Outcome::Error("client_timeout"));
+                    me.in_flight[r.workload].fetch_sub(1, Ordering::SeqCst);
+                    me.recorder.record(r.id, ended(&r, clock.now(), outcome));
+                    return;
+                }
                 let port = me.plan.pods[r.source].outbound_port;
                 let mut req = Request::builder()
                     .method(w.method.clone())
@@ -203,6 +233,53 @@ impl Generator {
     }
 }
 
+/// Where a TCP workload's connection goes.
+enum Via {
+    /// To the service's ClusterIP:port, captured to the sidecar's outbound port.
+    Captured(u16, TcpWorkload),
+    /// Straight to a pod (host, port): a client without a sidecar.
+    Direct(String, u16),
+}
+
+/// The bytes connection `id` sends: a pattern that differs from one connection to the
+/// next, so a crossed stream shows.
+fn payload(id: u64, bytes: u32) -> Vec<u8> {
+    (0..bytes).map(|i| (id.wrapping_mul(31).wrapping_add(u64::from(i)) % 251) as u8).collect()
+}
+
+/// One TCP connection of a workload: send, half-close, read the echo to the end.
+async fn tcp_exchange(net: &SimNet, via: Via, id: u64, bytes: u32) -> Outcome {
+    use mesh::net::Net;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connect = async {
+        match via {
+            Via::Captured(port, t) => net.connect_captured(port, t.vip),
+            Via::Direct(host, port) => net.connect(net.resolve(&host, port).await?).await,
+        }
+    };
+    let stream = match tokio::time::timeout(Duration::from_secs(1), connect).await {
+        Ok(Ok(s)) => s,
+        _ => return Outcome::Error("connect_error"),
+    };
+    let sent = payload(id, bytes);
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let send = async {
+        wr.write_all(&sent).await?;
+        wr.shutdown().await
+    };
+    let recv = async {
+        let mut got = Vec::with_capacity(sent.len());
+        rd.read_to_end(&mut got).await.map(|_| got)
+    };
+    let (_, got) = tokio::join!(send, recv);
+    match got {
+        Ok(got) if got == sent => Outcome::Echoed { bytes: u64::from(bytes) },
+        Ok(got) if sent.starts_with(&got) => Outcome::Error("closed_early"),
+        Ok(_) => Outcome::Error("corrupted"),
+        Err(_) => Outcome::Error("reset"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +299,7 @@ mod tests {
             stop: Duration::from_secs(11),
             max_in_flight: 10,
             timeout: Duration::from_secs(1),
+            tcp: None,
         }
     }
 

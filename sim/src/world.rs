@@ -36,6 +36,7 @@ use mesh::proxy::control_client::{self, ClientConfig};
 use mesh::proxy::metrics::Series;
 use mesh::proxy::tls::SidecarTls;
 use mesh::proxy::{Sidecar, SidecarConfig};
+use mesh::registry::AppProtocol;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::mpsc;
@@ -135,9 +136,10 @@ impl Node {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(sub_seed(self.seed, "app", pod as u64))),
             recorder: Some(self.recorder.clone()),
         });
-        let (app_net, app_port) = (net.clone(), p.app_port);
+        let (app_net, app_port, tcp) = (net.clone(), p.app_port, p.protocol == AppProtocol::Tcp);
         let app_task = tokio::spawn(async move {
-            let _ = app.serve(bind(app_net, app_port).await).await;
+            let listener = bind(app_net, app_port).await;
+            let _ = if tcp { app.serve_tcp(listener).await } else { app.serve(listener).await };
         });
         if !p.sidecar {
             return vec![app_task];

@@ -191,7 +191,7 @@ async fn proxies_on_loopback_follow_pushes_nack_what_envoy_refuses_and_resync_af
     let port = |l: &<TokioNet as Net>::Listener| l.local_addr().expect("addr").port();
     let mut registry = Registry::default();
     for s in ["frontend", "backend"] {
-        registry.add_service(Service { name: s.into(), namespace: "default".into(), port: 80 });
+        registry.add_service(Service::http(s, "default", 80));
     }
     let pods = [
         ("frontend-0", "frontend", "v1", 1),

@@ -75,7 +75,7 @@ async fn bind<N: Net>(net: &N, ip: Ipv4Addr, port: u16) -> (N::Listener, u16) {
 
 fn registry(host: &str, inbound_port: u16) -> Registry {
     let mut registry = Registry::default();
-    registry.add_service(Service { name: "backend".into(), namespace: "default".into(), port: 80 });
+    registry.add_service(Service::http("backend", "default", 80));
     registry.add_pod(Pod {
         name: "backend-v1-0".into(),
         namespace: "default".into(),

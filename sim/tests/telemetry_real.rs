@@ -59,7 +59,7 @@ fn config(pod: &str, workload: &str, service: &str, app: &str, app_port: u16) ->
 
 fn snapshot(inbound_port: u16) -> Arc<Snapshot> {
     let mut registry = Registry::default();
-    registry.add_service(Service { name: "backend".into(), namespace: "default".into(), port: 80 });
+    registry.add_service(Service::http("backend", "default", 80));
     registry.add_pod(Pod {
         name: "backend-v1-0".into(),
         namespace: "default".into(),

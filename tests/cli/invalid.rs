@@ -95,6 +95,103 @@ fn the_bases_are_valid() {
     }
 }
 
+// ------------------------------------------------------------------ TCP services
+
+#[test]
+fn app_protocol_must_be_http_or_tcp() {
+    let y = edit(PLAIN, "    port: 8080\n", "    port: 8080\n    app_protocol: udp\n");
+    let (line, col) = pos(&y, "app_protocol: udp", "udp");
+    rejects(
+        "app-protocol-udp",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("services[1].app_protocol"),
+            rule: "is not one of http, tcp",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn http_only_workload_fields_towards_a_tcp_service_are_errors() {
+    let y = edit(PLAIN, "    port: 8080\n", "    port: 8080\n    app_protocol: tcp\n");
+    let y = edit(&y, "    rate: 100\n", "    rate: 100\n    method: POST\n");
+    let (line, col) = pos(&y, "method: POST", "POST");
+    rejects(
+        "tcp-method",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "MSIM0002", field: Some("workload[0].method"), rule: "is HTTP-only" },
+    )
+    .single();
+}
+
+#[test]
+fn bytes_on_a_workload_over_http_is_an_error() {
+    let y = edit(PLAIN, "    rate: 100\n", "    rate: 100\n    bytes: 100\n");
+    let (line, col) = pos(&y, "bytes: 100", "100");
+    rejects(
+        "http-bytes",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("workload[0].bytes"),
+            rule: "applies to a workload over a tcp service",
+        },
+    )
+    .single();
+}
+
+#[test]
+fn bytes_of_a_tcp_workload_are_bounded() {
+    let y = edit(PLAIN, "    port: 8080\n", "    port: 8080\n    app_protocol: tcp\n");
+    let y = edit(&y, "    rate: 100\n", "    rate: 100\n    bytes: 0\n");
+    let (line, col) = pos(&y, "bytes: 0", "0");
+    rejects(
+        "tcp-bytes-0",
+        &y,
+        &Expect { at: At::Exact(line, col), code: "MSIM0002", field: Some("workload[0].bytes"), rule: "between 1 and" },
+    )
+    .single();
+}
+
+#[test]
+fn a_tcp_service_cannot_have_a_rate_limit_or_http_app_fields() {
+    let y = edit(
+        PLAIN,
+        "    port: 8080\n",
+        "    port: 8080\n    app_protocol: tcp\n    rate_limit: {max_tokens: 1, fill_interval: 1s}\n",
+    );
+    let (line, col) = pos(&y, "rate_limit:", "{");
+    rejects(
+        "tcp-rate-limit",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("services[1].rate_limit"),
+            rule: "a tcp service cannot have one",
+        },
+    )
+    .single();
+    let y = edit(PLAIN, "    port: 8080\n", "    port: 8080\n    app_protocol: tcp\n");
+    let y = edit(&y, "        replicas: 2\n", "        replicas: 2\n        app: {error_status: 503}\n");
+    let (line, col) = pos(&y, "error_status: 503", "503");
+    rejects(
+        "tcp-error-status",
+        &y,
+        &Expect {
+            at: At::Exact(line, col),
+            code: "MSIM0002",
+            field: Some("services[1].pods[0].app.error_status"),
+            rule: "applies to HTTP responses",
+        },
+    )
+    .single();
+}
+
 // ------------------------------------------------------------------ malformed YAML
 
 #[test]

@@ -179,6 +179,8 @@ scenarios! {
     retry_per_try_timeout: "retry-per-try-timeout.yaml",
     rewrite: "rewrite.yaml",
     route_timeout: "route-timeout.yaml",
+    tcp: "tcp.yaml",
+    tcp_security: "tcp-security.yaml",
     telemetry: "telemetry.yaml",
     weighted_1_1_2: "weighted-1-1-2.yaml",
     weighted_lone_destination: "weighted-lone-destination.yaml",

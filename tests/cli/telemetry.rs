@@ -1,7 +1,8 @@
 //! The sidecars' telemetry against what the run recorded, on real scenarios: every
 //! metric count equals the outcomes the clients saw (source reporter) and the tries the
 //! destinations answered (destination reporter), every label set is MESH_SEMANTICS
-//! section 6's, and every request's trace tree is complete.
+//! section 6's (Istio's TCP set for TCP series), and every request's trace tree is
+//! complete.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -42,6 +43,34 @@ const SECTION_6_LABELS: [&str; 25] = [
     "connection_security_policy",
 ];
 
+/// Istio's TCP metric labels (istio/proxy `testdata/metric/tcp_*.yaml.tmpl`): section 6's
+/// without `response_code` and `grpc_response_status`, written out here.
+const TCP_LABELS: [&str; 23] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+];
+
 fn run(file: &str) -> (Arc<sim::scenario::Plan>, RunOutput) {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios").join(file);
     let plan = Arc::new(sim::scenario::load(&p).unwrap_or_else(|e| panic!("{file}: {e}")));
@@ -55,7 +84,7 @@ fn requests_by_code_and_flags(out: &RunOutput, reporter: &str) -> BTreeMap<(Stri
     let mut m = BTreeMap::new();
     for s in out.metrics.values().flatten().filter(|s: &&Series| s.labels["reporter"] == reporter) {
         *m.entry((s.labels["response_code"].clone(), s.labels["response_flags"].clone())).or_default() +=
-            s.istio_requests_total;
+            s.value("istio_requests_total", None).unwrap_or(0.0) as u64;
     }
     m
 }
@@ -181,4 +210,89 @@ fn every_request_has_a_complete_trace_tree_with_a_span_per_try() {
             }
         }
     }
+}
+
+/// A TCP counter summed over every pod's series of `reporter`.
+fn tcp_total(out: &RunOutput, reporter: &str, name: &str) -> u64 {
+    out.metrics
+        .values()
+        .flatten()
+        .filter(|s| s.is_tcp() && s.labels["reporter"] == reporter)
+        .map(|s| s.value(name, None).expect("a TCP counter") as u64)
+        .sum()
+}
+
+/// Bytes the connections that were echoed got back.
+fn echoed_bytes(records: &[Record]) -> u64 {
+    records
+        .iter()
+        .map(|r| match r.outcome {
+            Outcome::Echoed { bytes } => bytes,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn tcp_metrics_equal_the_recorded_connections_for_both_reporters() {
+    let (_, out) = run("tcp.yaml");
+    let n = out.records.len() as u64;
+    assert!(n >= 100 && out.records.iter().all(|r| matches!(r.outcome, Outcome::Echoed { .. })));
+    let bytes = echoed_bytes(&out.records);
+    for reporter in ["source", "destination"] {
+        let got = [
+            "istio_tcp_connections_opened_total",
+            "istio_tcp_connections_closed_total",
+            "istio_tcp_received_bytes_total",
+            "istio_tcp_sent_bytes_total",
+        ]
+        .map(|m| tcp_total(&out, reporter, m));
+        assert_eq!(got, [n, n, bytes, bytes], "{reporter}: opened, closed, received, sent");
+    }
+    let http = out.metrics.values().flatten().filter(|s| !s.is_tcp()).count();
+    assert_eq!(http, 0, "a TCP service makes no HTTP series");
+}
+
+#[test]
+fn tcp_connections_denied_or_refused_still_open_and_close_once_and_carry_no_echo() {
+    let (plan, out) = run("tcp-security.yaml");
+    // Every connection from a pod with a sidecar passes its sidecar once, echoed or not;
+    // the plaintext ones into STRICT are dropped before any sidecar counts them.
+    let meshed = out.records.iter().filter(|r| plan.pods[r.source].sidecar).count() as u64;
+    let echoed = out.records.iter().filter(|r| matches!(r.outcome, Outcome::Echoed { .. })).count();
+    assert!(meshed > 0 && echoed > 0 && (echoed as u64) < meshed, "{echoed} of {meshed}");
+    for reporter in ["source", "destination"] {
+        let opened = tcp_total(&out, reporter, "istio_tcp_connections_opened_total");
+        let closed = tcp_total(&out, reporter, "istio_tcp_connections_closed_total");
+        assert_eq!((opened, closed), (meshed, meshed), "{reporter}");
+        let sent = tcp_total(&out, reporter, "istio_tcp_sent_bytes_total");
+        assert_eq!(sent, echoed_bytes(&out.records), "{reporter}: only echoed connections carry bytes back");
+    }
+}
+
+#[test]
+fn tcp_series_carry_exactly_istios_tcp_labels_and_name_both_workloads() {
+    let (plan, out) = run("tcp.yaml");
+    let mut want = TCP_LABELS.to_vec();
+    want.sort_unstable();
+    let mut series = 0;
+    for (pod, ss) in &out.metrics {
+        for s in ss {
+            series += 1;
+            assert_eq!(s.labels.keys().copied().collect::<Vec<_>>(), want, "{pod}: {:?}", s.labels);
+            assert_eq!(s.labels["request_protocol"], "tcp");
+            let (mine, peer) = match s.labels["reporter"].as_str() {
+                "source" => ("source_workload", "destination_workload"),
+                "destination" => ("destination_workload", "source_workload"),
+                other => panic!("reporter {other}"),
+            };
+            let me = plan.pods.iter().find(|p| p.name == *pod).expect("a pod of the plan");
+            assert_eq!(s.labels[mine], me.workload(), "{pod} reports itself");
+            assert_ne!(s.labels[peer], "unknown", "{pod}: the in-band metadata exchange ran: {:?}", s.labels);
+            for p in ["source_principal", "destination_principal"] {
+                assert!(s.labels[p].starts_with("spiffe://cluster.local/ns/default/sa/"), "{pod}: {p} {:?}", s.labels);
+            }
+        }
+    }
+    assert_eq!(series, 4, "source and destination series of the client towards v1 and v2");
 }

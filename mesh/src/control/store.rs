@@ -277,7 +277,7 @@ mod tests {
     fn registry() -> Registry {
         let mut r = Registry::default();
         for s in ["a", "b", "c", "d"] {
-            r.add_service(Service { name: s.into(), namespace: "default".into(), port: 80 });
+            r.add_service(Service::http(s, "default", 80));
         }
         for (i, (svc, n)) in [("a", 0), ("b", 0), ("b", 1), ("c", 0), ("d", 0)].into_iter().enumerate() {
             r.add_pod(Pod {

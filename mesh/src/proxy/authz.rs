@@ -180,8 +180,9 @@ enum Matcher {
     Path(Vec<StrMatch>),
     /// A request header's values, comma-joined as Envoy sees several.
     Header(HeaderName, Vec<StrMatch>),
-    /// An attribute meshsim never has (JWT principal and claims, destination IP, SNI).
-    Absent,
+    /// An attribute meshsim never has (JWT principal and claims, destination IP, SNI);
+    /// `http_only`: one only an HTTP request has (JWT principal and claims).
+    Absent { http_only: bool },
 }
 
 struct Ctx<'a> {
@@ -223,7 +224,21 @@ impl Matcher {
                 let joined = values.collect::<Vec<_>>().join(",");
                 v.iter().any(|m| m.matches(&joined))
             }
-            Matcher::Absent => false,
+            Matcher::Absent { .. } => false,
+        }
+    }
+
+    /// Whether the attribute exists only on HTTP requests, so a TCP connection cannot
+    /// be matched against it (Istio's builder for TCP filter chains).
+    fn http_only(&self) -> bool {
+        match self {
+            Matcher::Host(_) | Matcher::Method(_) | Matcher::Path(_) | Matcher::Header(..) => true,
+            Matcher::Absent { http_only } => *http_only,
+            Matcher::Principal(_)
+            | Matcher::Namespace(_)
+            | Matcher::ServiceAccount(_)
+            | Matcher::SourceIp(_)
+            | Matcher::Port(_) => false,
         }
     }
 }
@@ -249,6 +264,15 @@ impl All {
     fn holds(&self, cx: &Ctx<'_>) -> bool {
         self.0.iter().all(|f| f.holds(cx))
     }
+
+    /// Holds on a TCP connection with its HTTP-only fields taken out.
+    fn holds_without_http(&self, cx: &Ctx<'_>) -> bool {
+        self.0.iter().filter(|f| !f.matcher.http_only()).all(|f| f.holds(cx))
+    }
+
+    fn uses_http(&self) -> bool {
+        self.0.iter().any(|f| f.matcher.http_only())
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -265,6 +289,23 @@ impl Rule {
         (self.from.is_empty() || self.from.iter().any(|s| s.holds(cx)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.holds(cx)))
             && self.when.holds(cx)
+    }
+
+    fn uses_http(&self) -> bool {
+        self.from.iter().chain(&self.to).any(All::uses_http) || self.when.uses_http()
+    }
+
+    /// A DENY rule on a TCP connection: its HTTP-only fields are taken out, so they
+    /// count as matching (a broader deny).
+    fn matches_tcp_deny(&self, cx: &Ctx<'_>) -> bool {
+        (self.from.is_empty() || self.from.iter().any(|s| s.holds_without_http(cx)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.holds_without_http(cx)))
+            && self.when.holds_without_http(cx)
+    }
+
+    /// An ALLOW rule on a TCP connection: a rule with an HTTP-only field is dropped.
+    fn matches_tcp_allow(&self, cx: &Ctx<'_>) -> bool {
+        !self.uses_http() && self.matches(cx)
     }
 }
 
@@ -337,6 +378,24 @@ impl Workload {
             Decision::Deny
         }
     }
+
+    /// The decision for a TCP connection (MESH_SEMANTICS 5, TCP ports): HTTP-only fields
+    /// (hosts, methods, paths, request principals, request headers and claims) cannot be
+    /// evaluated, so an ALLOW rule using one is dropped and a DENY rule treats them as
+    /// matching. Deny ⇒ the connection is closed.
+    pub fn decide_tcp(&self, peer: &Peer) -> Decision {
+        let headers = HeaderMap::new();
+        let req = Request { method: "", path: "", host: "", headers: &headers };
+        let cx = Ctx { peer, req: &req, port: self.port };
+        if self.deny.iter().any(|p| p.rules.iter().any(|r| r.matches_tcp_deny(&cx))) {
+            return Decision::Deny;
+        }
+        if self.allow.is_empty() || self.allow.iter().any(|p| p.rules.iter().any(|r| r.matches_tcp_allow(&cx))) {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        }
+    }
 }
 
 // ---------------------------------------------------------------- validation + compilation
@@ -349,8 +408,9 @@ enum Key {
     SourceNamespace,
     SourcePrincipal,
     DestinationPort,
-    /// Known to Istio, never present in meshsim; the text says why.
-    Absent(&'static str),
+    /// Known to Istio, never present in meshsim; the text says why; whether only HTTP
+    /// requests have it.
+    Absent(&'static str, bool),
 }
 
 /// Whether `key` has the form `a[b]` (Istio's `validateMapKey`).
@@ -377,16 +437,16 @@ fn parse_key(key: &str) -> Result<Key, String> {
         "source.namespace" => Key::SourceNamespace,
         "source.principal" => Key::SourcePrincipal,
         "destination.port" => Key::DestinationPort,
-        "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => Key::Absent(NO_JWT),
+        "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => Key::Absent(NO_JWT, true),
         k if k.starts_with("request.auth.claims") => {
             map_key(k)?;
-            Key::Absent(NO_JWT)
+            Key::Absent(NO_JWT, true)
         }
-        "destination.ip" => Key::Absent("meshsim does not give a sidecar its destination IP"),
-        "connection.sni" => Key::Absent("meshsim does not pass the TLS server name to policies"),
+        "destination.ip" => Key::Absent("meshsim does not give a sidecar its destination IP", false),
+        "connection.sni" => Key::Absent("meshsim does not pass the TLS server name to policies", false),
         k if k.starts_with("experimental.envoy.filters.") => {
             map_key(k)?;
-            Key::Absent("meshsim runs no Envoy filter metadata")
+            Key::Absent("meshsim runs no Envoy filter metadata", false)
         }
         "destination.namespace" => return Err(format!("attribute {key} is replaced by the metadata.namespace")),
         k if k.starts_with("destination.labels") => {
@@ -696,7 +756,7 @@ impl Checker<'_> {
                 let effect = if negated { "it always matches" } else { "it never matches" };
                 self.warning(&values[0], &f, format!("{NO_JWT}: {effect}"));
             }
-            push(Matcher::Absent, negated, !values.is_empty());
+            push(Matcher::Absent { http_only: true }, negated, !values.is_empty());
         }
         for (values, name, key, negated) in [
             (&s.namespaces, "Namespaces", "namespaces", false),
@@ -813,7 +873,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        if let Key::Absent(why) = &key {
+        if let Key::Absent(why, _) = &key {
             self.warning(k, &format!("{at}.key"), format!("{why}: `values` never match, `notValues` always match"));
         }
         if matches!(key, Key::RemoteIp) {
@@ -874,7 +934,7 @@ impl Checker<'_> {
                     }
                     Matcher::Port(ports)
                 }
-                Key::Absent(_) => Matcher::Absent,
+                Key::Absent(_, http_only) => Matcher::Absent { http_only: *http_only },
             };
             if self.out[errs_before..].iter().any(|f| f.level == crate::config::Level::Error) {
                 return None;
@@ -974,6 +1034,40 @@ mod tests {
     /// Decisions of `reqs` under one ALLOW policy with `rule` (one rules[] entry, YAML).
     fn allow_rule(rule: &str) -> Workload {
         workload(&[policy(&format!("  rules:\n  - {rule}\n"))])
+    }
+
+    fn tcp(w: &Workload, principal: Option<&str>) -> Decision {
+        w.decide_tcp(&Peer { principal: principal.map(str::to_string), ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)) })
+    }
+
+    #[test]
+    fn tcp_allow_rule_with_an_http_only_field_is_dropped() {
+        let client = Some("cluster.local/ns/default/sa/client");
+        let w = allow_rule("{from: [{source: {principals: [\"cluster.local/ns/default/sa/client\"]}}], to: [{operation: {methods: [GET]}}]}");
+        assert_eq!(get("/").from("cluster.local/ns/default/sa/client").decide(&w), Allow, "HTTP evaluates it");
+        assert_eq!(tcp(&w, client), Deny, "TCP drops the rule: nothing allows");
+        let w = allow_rule("{from: [{source: {principals: [\"cluster.local/ns/default/sa/client\"]}}]}");
+        assert_eq!((tcp(&w, client), tcp(&w, Some("cluster.local/ns/default/sa/x")), tcp(&w, None)), (Allow, Deny, Deny));
+        let w = allow_rule("{when: [{key: \"request.headers[x-user]\", values: [a]}]}");
+        assert_eq!(tcp(&w, client), Deny, "a request.* condition is HTTP-only too");
+        let w = allow_rule("{to: [{operation: {ports: [\"8080\"]}}]}");
+        assert_eq!(tcp(&w, None), Allow, "ports are not HTTP-only");
+    }
+
+    #[test]
+    fn tcp_deny_rule_treats_http_only_fields_as_matching() {
+        let deny = policy("  action: DENY\n  rules:\n  - to: [{operation: {paths: [/admin]}}]\n");
+        let w = workload(&[deny]);
+        assert_eq!(get("/data").decide(&w), Allow, "HTTP: only /admin is denied");
+        assert_eq!(tcp(&w, None), Deny, "TCP: the path cannot be checked, so the rule matches");
+        let deny = policy(
+            "  action: DENY\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/default/sa/bad\"]}}]\n    to: [{operation: {methods: [POST]}}]\n",
+        );
+        let w = workload(&[deny]);
+        assert_eq!(tcp(&w, Some("cluster.local/ns/default/sa/bad")), Deny);
+        assert_eq!(tcp(&w, Some("cluster.local/ns/default/sa/good")), Allow, "the non-HTTP fields still apply");
+        let nothing = policy("  {}\n");
+        assert_eq!(tcp(&workload(&[nothing]), None), Deny, "allow-nothing closes TCP connections");
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Istio's standard metrics as one sidecar keeps them (MESH_SEMANTICS section 6):
 //! `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes`
-//! and `istio_response_bytes`, with Istio's label set, reported as `source` (outbound)
-//! or `destination` (inbound); the workload metadata the two sidecars of a request
-//! exchange (`x-envoy-peer-metadata`) so both reporters know both workloads; and the
-//! Prometheus text exposition (`/stats/prometheus`).
+//! and `istio_response_bytes` for HTTP; `istio_tcp_sent_bytes_total`,
+//! `istio_tcp_received_bytes_total`, `istio_tcp_connections_opened_total` and
+//! `istio_tcp_connections_closed_total` for TCP ([`TCP_LABELS`]); with Istio's label set,
+//! reported as `source` (outbound) or `destination` (inbound); the workload metadata the
+//! two sidecars of a request exchange (`x-envoy-peer-metadata`; for TCP the in-band
+//! exchange of `tcp`) so both reporters know both workloads; and the Prometheus text
+//! exposition (`/stats/prometheus`).
 //!
 //! State lives in ordered maps keyed by small integers (peers and services are interned),
 //! so recording a request is a couple of map look-ups and no allocation once a series
@@ -50,6 +53,38 @@ pub const LABELS: [&str; 25] = [
     "connection_security_policy",
 ];
 
+/// The labels of the TCP metrics: [`LABELS`] without `response_code` and
+/// `grpc_response_status`, with `request_protocol="tcp"`. As istio/proxy's own expected
+/// series say (`testdata/metric/tcp_client_sent_bytes.yaml.tmpl` and
+/// `tcp_server_sent_bytes.yaml.tmpl`: reporter, source_* incl. principal, destination_*
+/// incl. service name/namespace, request_protocol "tcp", response_flags "-",
+/// connection_security_policy — and no response code).
+pub const TCP_LABELS: [&str; 23] = [
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+];
+
 /// Envoy's default histogram bucket bounds (upper, inclusive), used for every histogram;
 /// a last `+Inf` bucket follows.
 pub const BUCKETS: [f64; 19] = [
@@ -67,7 +102,13 @@ pub const PEER_METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-meta
 
 /// The metric names [`Series`] answers to (histograms by their `_count`, `_sum` and
 /// `_bucket` series).
-pub const COUNTERS: [&str; 1] = ["istio_requests_total"];
+pub const COUNTERS: [&str; 5] = [
+    "istio_requests_total",
+    "istio_tcp_sent_bytes_total",
+    "istio_tcp_received_bytes_total",
+    "istio_tcp_connections_opened_total",
+    "istio_tcp_connections_closed_total",
+];
 pub const HISTOGRAMS: [&str; 3] =
     ["istio_request_duration_milliseconds", "istio_request_bytes", "istio_response_bytes"];
 
@@ -318,12 +359,55 @@ struct HttpKey {
     principals: [u32; 2],
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct HttpValues {
-    requests: u64,
-    duration_ms: Hist,
-    request_bytes: Hist,
-    response_bytes: Hist,
+/// The values of one HTTP series.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HttpValues {
+    pub istio_requests_total: u64,
+    pub istio_request_duration_milliseconds: Hist,
+    pub istio_request_bytes: Hist,
+    pub istio_response_bytes: Hist,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TcpKey {
+    reporter: Reporter,
+    peer: u32,
+    service: u32,
+    flags: FlagSet,
+    security: Security,
+    principals: [u32; 2],
+}
+
+/// The values of one TCP series. `received`: bytes from the client toward the server;
+/// `sent`: bytes from the server toward the client (for both reporters).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TcpValues {
+    pub istio_tcp_sent_bytes_total: u64,
+    pub istio_tcp_received_bytes_total: u64,
+    pub istio_tcp_connections_opened_total: u64,
+    pub istio_tcp_connections_closed_total: u64,
+}
+
+/// One TCP connection as a sidecar reports it: its labels.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpConnection<'a> {
+    pub reporter: Reporter,
+    pub peer: PeerId,
+    /// The destination service's FQDN (empty: unknown).
+    pub service: &'a str,
+    pub flags: &'a [Flag],
+    pub security: Security,
+    /// `source_principal` and `destination_principal` (`None`: unknown).
+    pub principals: [Option<&'a str>; 2],
+}
+
+/// What happened on a TCP connection since it was last reported.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpDelta {
+    pub opened: u64,
+    pub closed: u64,
+    pub sent: u64,
+    pub received: u64,
 }
 
 /// One finished HTTP request as a sidecar reports it.
@@ -367,29 +451,51 @@ pub struct Metrics {
     /// Interned principals; index 0 is `unknown`.
     principals: Vec<String>,
     http: BTreeMap<HttpKey, HttpValues>,
+    tcp: BTreeMap<TcpKey, TcpValues>,
 }
 
-/// One series of a sidecar: its labels (every name of [`LABELS`]) and values.
+/// One series of a sidecar: its labels (every name of [`LABELS`] for HTTP, of
+/// [`TCP_LABELS`] for TCP) and values.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Series {
     pub labels: BTreeMap<&'static str, String>,
-    pub istio_requests_total: u64,
-    pub istio_request_duration_milliseconds: Hist,
-    pub istio_request_bytes: Hist,
-    pub istio_response_bytes: Hist,
+    #[serde(flatten)]
+    pub values: Values,
+}
+
+/// The values of a series: HTTP's or TCP's metrics.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Values {
+    Http(HttpValues),
+    Tcp(TcpValues),
 }
 
 impl Series {
     /// The value of `name`: a counter, or a histogram's `_count` / `_sum` / `_bucket`
-    /// (`le` = the bucket's upper bound, `+Inf` for the last). `None`: no such metric.
+    /// (`le` = the bucket's upper bound, `+Inf` for the last). `None`: no such metric
+    /// (or one of the other protocol).
     pub fn value(&self, name: &str, le: Option<&str>) -> Option<f64> {
+        let h = match &self.values {
+            Values::Tcp(t) => {
+                let v = match name {
+                    "istio_tcp_sent_bytes_total" => t.istio_tcp_sent_bytes_total,
+                    "istio_tcp_received_bytes_total" => t.istio_tcp_received_bytes_total,
+                    "istio_tcp_connections_opened_total" => t.istio_tcp_connections_opened_total,
+                    "istio_tcp_connections_closed_total" => t.istio_tcp_connections_closed_total,
+                    _ => return None,
+                };
+                return Some(v as f64);
+            }
+            Values::Http(h) => h,
+        };
         if name == "istio_requests_total" {
-            return Some(self.istio_requests_total as f64);
+            return Some(h.istio_requests_total as f64);
         }
         let hists = [
-            ("istio_request_duration_milliseconds", &self.istio_request_duration_milliseconds),
-            ("istio_request_bytes", &self.istio_request_bytes),
-            ("istio_response_bytes", &self.istio_response_bytes),
+            ("istio_request_duration_milliseconds", &h.istio_request_duration_milliseconds),
+            ("istio_request_bytes", &h.istio_request_bytes),
+            ("istio_response_bytes", &h.istio_response_bytes),
         ];
         let (part, h) = hists.iter().find_map(|(base, h)| name.strip_prefix(base).map(|p| (p, *h)))?;
         match part {
@@ -406,12 +512,29 @@ impl Series {
         }
     }
 
-    /// Adds `o`'s values (same labels: another instance of the same pod).
+    /// Adds `o`'s values (same labels: another instance of the same pod; same labels
+    /// mean the same protocol).
     pub fn add(&mut self, o: &Series) {
-        self.istio_requests_total += o.istio_requests_total;
-        self.istio_request_duration_milliseconds.add(&o.istio_request_duration_milliseconds);
-        self.istio_request_bytes.add(&o.istio_request_bytes);
-        self.istio_response_bytes.add(&o.istio_response_bytes);
+        match (&mut self.values, &o.values) {
+            (Values::Http(a), Values::Http(b)) => {
+                a.istio_requests_total += b.istio_requests_total;
+                a.istio_request_duration_milliseconds.add(&b.istio_request_duration_milliseconds);
+                a.istio_request_bytes.add(&b.istio_request_bytes);
+                a.istio_response_bytes.add(&b.istio_response_bytes);
+            }
+            (Values::Tcp(a), Values::Tcp(b)) => {
+                a.istio_tcp_sent_bytes_total += b.istio_tcp_sent_bytes_total;
+                a.istio_tcp_received_bytes_total += b.istio_tcp_received_bytes_total;
+                a.istio_tcp_connections_opened_total += b.istio_tcp_connections_opened_total;
+                a.istio_tcp_connections_closed_total += b.istio_tcp_connections_closed_total;
+            }
+            _ => panic!("bug: series with the same labels have different protocols"),
+        }
+    }
+
+    /// Whether this is a TCP series.
+    pub fn is_tcp(&self) -> bool {
+        matches!(self.values, Values::Tcp(_))
     }
 }
 
@@ -433,6 +556,7 @@ impl Metrics {
             service_index: BTreeMap::new(),
             principals: vec![UNKNOWN.to_string()],
             http: BTreeMap::new(),
+            tcp: BTreeMap::new(),
         }
     }
 
@@ -491,13 +615,45 @@ impl Metrics {
             security: r.security,
         };
         let v = self.http.entry(key).or_default();
-        v.requests += 1;
-        v.duration_ms.record(r.duration.as_nanos() as u64);
-        v.request_bytes.record(r.request_bytes.saturating_mul(1_000_000));
-        v.response_bytes.record(r.response_bytes.saturating_mul(1_000_000));
+        v.istio_requests_total += 1;
+        v.istio_request_duration_milliseconds.record(r.duration.as_nanos() as u64);
+        v.istio_request_bytes.record(r.request_bytes.saturating_mul(1_000_000));
+        v.istio_response_bytes.record(r.response_bytes.saturating_mul(1_000_000));
+    }
+
+    /// Adds `d` to the series of connection `c`.
+    pub fn record_tcp(&mut self, c: &TcpConnection<'_>, d: TcpDelta) {
+        let principals = [self.principal(c.principals[0]), self.principal(c.principals[1])];
+        let key = TcpKey {
+            reporter: c.reporter,
+            peer: c.peer.0,
+            service: self.service(c.service),
+            flags: FlagSet::of(c.flags),
+            security: c.security,
+            principals,
+        };
+        let v = self.tcp.entry(key).or_default();
+        v.istio_tcp_connections_opened_total += d.opened;
+        v.istio_tcp_connections_closed_total += d.closed;
+        v.istio_tcp_sent_bytes_total += d.sent;
+        v.istio_tcp_received_bytes_total += d.received;
     }
 
     fn labels(&self, k: &HttpKey) -> BTreeMap<&'static str, String> {
+        let tcp = TcpKey {
+            reporter: k.reporter,
+            peer: k.peer,
+            service: k.service,
+            flags: k.flags,
+            security: k.security,
+            principals: k.principals,
+        };
+        self.labels_of(&tcp, Some(k.code))
+    }
+
+    /// The labels of a series: HTTP's ([`LABELS`]) with a `code`, TCP's ([`TCP_LABELS`])
+    /// without.
+    fn labels_of(&self, k: &TcpKey, code: Option<u16>) -> BTreeMap<&'static str, String> {
         let peer = &self.peers[k.peer as usize];
         let (src, dst) = match k.reporter {
             Reporter::Source => (&self.me, peer),
@@ -505,6 +661,7 @@ impl Metrics {
         };
         let svc = &self.services[k.service as usize];
         let flags = local_reply::flags_string(&k.flags.to_flags()).into_owned();
+        let code = code.map(|c| c.to_string());
         let values: [&str; 25] = [
             k.reporter.as_str(),
             &src.name,
@@ -526,27 +683,25 @@ impl Metrics {
             &dst.cluster,
             &dst.canonical_service,
             &dst.canonical_revision,
-            "http",
-            &k.code.to_string(),
+            if code.is_some() { "http" } else { "tcp" },
+            code.as_deref().unwrap_or_default(),
             "",
             &flags,
             k.security.as_str(),
         ];
-        LABELS.iter().copied().zip(values.iter().map(|v| v.to_string())).collect()
+        let all = LABELS.iter().copied().zip(values.iter().map(|v| v.to_string()));
+        match code {
+            Some(_) => all.collect(),
+            None => all.filter(|(l, _)| TCP_LABELS.contains(l)).collect(),
+        }
     }
 
-    /// Every series, in key order.
+    /// Every series, in key order: HTTP's, then TCP's.
     pub fn series(&self) -> Vec<Series> {
-        self.http
-            .iter()
-            .map(|(k, v)| Series {
-                labels: self.labels(k),
-                istio_requests_total: v.requests,
-                istio_request_duration_milliseconds: v.duration_ms.clone(),
-                istio_request_bytes: v.request_bytes.clone(),
-                istio_response_bytes: v.response_bytes.clone(),
-            })
-            .collect()
+        let http = self.http.iter().map(|(k, v)| Series { labels: self.labels(k), values: Values::Http(v.clone()) });
+        let tcp =
+            self.tcp.iter().map(|(k, v)| Series { labels: self.labels_of(k, None), values: Values::Tcp(v.clone()) });
+        http.chain(tcp).collect()
     }
 }
 
@@ -570,36 +725,70 @@ struct Exposition(Vec<Series>);
 impl prometheus_client::collector::Collector for Exposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let labels = |s: &Series| -> Vec<(&'static str, String)> {
-            LABELS.iter().map(|l| (*l, s.labels.get(l).cloned().unwrap_or_default())).collect()
+            let names: &[&'static str] = if s.is_tcp() { &TCP_LABELS } else { &LABELS };
+            names.iter().map(|l| (*l, s.labels.get(l).cloned().unwrap_or_default())).collect()
         };
-        if !self.0.is_empty() {
-            // The encoder appends `_total` to counters.
-            let mut m = encoder.encode_descriptor(
-                "istio_requests",
-                "Requests handled by an Istio proxy.",
-                None,
-                MetricType::Counter,
-            )?;
-            for s in &self.0 {
-                let l = labels(s);
-                prometheus_client::metrics::counter::ConstCounter::new(s.istio_requests_total)
-                    .encode(m.encode_family(&l)?)?;
+        let http: Vec<(&Series, &HttpValues)> = self
+            .0
+            .iter()
+            .filter_map(|s| match &s.values {
+                Values::Http(h) => Some((s, h)),
+                Values::Tcp(_) => None,
+            })
+            .collect();
+        let tcp: Vec<(&Series, &TcpValues)> = self
+            .0
+            .iter()
+            .filter_map(|s| match &s.values {
+                Values::Tcp(t) => Some((s, t)),
+                Values::Http(_) => None,
+            })
+            .collect();
+        type Counter = fn(&HttpValues) -> u64;
+        type TcpCounter = fn(&TcpValues) -> u64;
+        // The encoder appends `_total` to counters.
+        let counters: [(&str, &str, Counter); 1] =
+            [("istio_requests", "Requests handled by an Istio proxy.", |h| h.istio_requests_total)];
+        for (name, help, pick) in counters {
+            if http.is_empty() {
+                continue;
+            }
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (s, h) in &http {
+                prometheus_client::metrics::counter::ConstCounter::new(pick(h)).encode(m.encode_family(&labels(s))?)?;
             }
         }
-        type Pick = fn(&Series) -> &Hist;
+        let tcp_counters: [(&str, &str, TcpCounter); 4] = [
+            ("istio_tcp_sent_bytes", "Bytes sent from the server toward the client.", |t| t.istio_tcp_sent_bytes_total),
+            ("istio_tcp_received_bytes", "Bytes received from the client toward the server.", |t| {
+                t.istio_tcp_received_bytes_total
+            }),
+            ("istio_tcp_connections_opened", "TCP connections opened.", |t| t.istio_tcp_connections_opened_total),
+            ("istio_tcp_connections_closed", "TCP connections closed.", |t| t.istio_tcp_connections_closed_total),
+        ];
+        for (name, help, pick) in tcp_counters {
+            if tcp.is_empty() {
+                continue;
+            }
+            let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (s, t) in &tcp {
+                prometheus_client::metrics::counter::ConstCounter::new(pick(t)).encode(m.encode_family(&labels(s))?)?;
+            }
+        }
+        type Pick = fn(&HttpValues) -> &Hist;
         let hists: [(&str, &str, Pick); 3] = [
-            ("istio_request_duration_milliseconds", "Request duration.", |s| &s.istio_request_duration_milliseconds),
-            ("istio_request_bytes", "Request body sizes.", |s| &s.istio_request_bytes),
-            ("istio_response_bytes", "Response body sizes.", |s| &s.istio_response_bytes),
+            ("istio_request_duration_milliseconds", "Request duration.", |h| &h.istio_request_duration_milliseconds),
+            ("istio_request_bytes", "Request body sizes.", |h| &h.istio_request_bytes),
+            ("istio_response_bytes", "Response body sizes.", |h| &h.istio_response_bytes),
         ];
         for (name, help, pick) in hists {
-            if self.0.is_empty() {
+            if http.is_empty() {
                 continue;
             }
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-            for s in &self.0 {
+            for (s, hv) in &http {
                 let l = labels(s);
-                let h = pick(s);
+                let h = pick(hv);
                 m.encode_family(&l)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
                     h.sum(),
                     h.count,
@@ -688,8 +877,8 @@ mod tests {
         let count = |src: &str, dst: &str| {
             s.iter()
                 .filter(|x| x.labels["source_principal"] == src && x.labels["destination_principal"] == dst)
-                .map(|x| x.istio_requests_total)
-                .sum::<u64>()
+                .map(|x| x.value("istio_requests_total", None).unwrap())
+                .sum::<f64>() as u64
         };
         assert_eq!(s.len(), 3);
         assert_eq!((count(a, own), count(b, own), count(UNKNOWN, UNKNOWN)), (2, 1, 1));
@@ -717,7 +906,7 @@ mod tests {
         }
         let by_code = |c: &str| s.iter().find(|x| x.labels["response_code"] == c).unwrap();
         let ok = by_code("200");
-        assert_eq!(ok.istio_requests_total, 2);
+        assert_eq!(ok.value("istio_requests_total", None), Some(2.0));
         assert_eq!(ok.labels["source_workload"], "frontend-v1");
         assert_eq!(ok.labels["destination_workload"], "reviews-v1");
         assert_eq!(ok.labels["destination_version"], "v1");
@@ -729,7 +918,7 @@ mod tests {
         assert_eq!(uo.labels["response_code"], "503");
         assert_eq!(uo.labels["response_flags"], "UO");
         assert_eq!(uo.labels["destination_workload"], UNKNOWN);
-        assert_eq!(uo.istio_response_bytes.sum(), 2.0);
+        assert_eq!(uo.value("istio_response_bytes_sum", None), Some(2.0));
     }
 
     #[test]
@@ -745,6 +934,52 @@ mod tests {
         assert_eq!(s.labels["destination_workload"], "reviews-v1");
         assert_eq!(s.labels["connection_security_policy"], "none");
         assert_eq!(s.labels["response_flags"], "RL");
+    }
+
+    #[test]
+    fn tcp_series_have_istios_tcp_labels_and_four_counters() {
+        let me = Workload::from_pod("client-v1", "default", &labels(&[("app", "client")]));
+        let mut m = Metrics::new(me);
+        let p = m.peer(Some(b"workload=db-v1;namespace=default;app=db"));
+        let c = TcpConnection {
+            reporter: Reporter::Source,
+            peer: p,
+            service: "db.default.svc.cluster.local",
+            flags: &[],
+            security: Security::Unknown,
+            principals: [Some("spiffe://cluster.local/ns/default/sa/client"), None],
+        };
+        m.record_tcp(&c, TcpDelta { opened: 1, ..TcpDelta::default() });
+        m.record_tcp(&c, TcpDelta { opened: 0, closed: 1, sent: 7, received: 5 });
+        m.record_tcp(&TcpConnection { flags: &[Flag::UpstreamConnectionFailure], peer: PeerId::UNKNOWN, ..c }, TcpDelta {
+            opened: 1,
+            closed: 1,
+            sent: 0,
+            received: 0,
+        });
+        let s = m.series();
+        assert_eq!(s.len(), 2);
+        let ok = s.iter().find(|x| x.labels["response_flags"] == "-").unwrap();
+        assert!(ok.is_tcp());
+        let mut want = TCP_LABELS.to_vec();
+        want.sort_unstable();
+        assert_eq!(ok.labels.keys().copied().collect::<Vec<_>>(), want);
+        assert_eq!(ok.labels["request_protocol"], "tcp");
+        assert_eq!(ok.labels["destination_workload"], "db-v1");
+        assert_eq!(ok.labels["response_flags"], "-");
+        let values: Vec<Option<f64>> = COUNTERS[1..].iter().map(|n| ok.value(n, None)).collect();
+        assert_eq!(values, [Some(7.0), Some(5.0), Some(1.0), Some(1.0)]);
+        assert_eq!(ok.value("istio_requests_total", None), None, "a TCP series has no HTTP metric");
+        assert!(s.iter().any(|x| x.labels["response_flags"] == "UF" && x.labels["destination_workload"] == UNKNOWN));
+        let text = encode_prometheus(&s).unwrap();
+        assert!(text.contains("# TYPE istio_tcp_sent_bytes_total counter"), "{text}");
+        assert!(!text.contains("istio_requests_total"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_received_bytes_total{") && l.contains("response_flags=\"-\""))
+            .unwrap();
+        assert!(line.contains("request_protocol=\"tcp\"") && !line.contains("response_code"), "{line}");
+        assert!(line.ends_with("} 5"), "{line}");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod pool;
 pub mod ratelimit;
 pub mod retry;
 pub mod route_match;
+pub mod tcp;
 pub mod telemetry;
 pub mod tls;
 pub mod tracing;
@@ -375,10 +376,36 @@ impl<N: Net> Sidecar<N> {
             let me = self.clone();
             tokio::spawn(async move {
                 match dir {
-                    Direction::Outbound => me.serve_http(stream, dir, addr, local, Peer::PLAINTEXT).await,
+                    Direction::Outbound => match me.captured_tcp(local, addr) {
+                        Some(fqdn) => me.tcp_outbound(stream, fqdn).await,
+                        None => me.serve_http(stream, dir, addr, local, Peer::PLAINTEXT).await,
+                    },
                     Direction::Inbound => me.serve_inbound(stream, addr, local).await,
                 }
             });
+        }
+    }
+
+    /// The TCP service a connection accepted on the outbound listener `local` from `peer`
+    /// was captured for: its original destination is that service's `ClusterIP:port`.
+    fn captured_tcp(&self, local: std::net::SocketAddr, peer: std::net::SocketAddr) -> Option<String> {
+        let dst = self.net.original_dst(local, peer)?;
+        self.snapshot().tcp_vips.get(&dst).cloned()
+    }
+
+    /// One inbound connection past PeerAuthentication: the TCP proxy when the pod's
+    /// service is a TCP service, else HTTP.
+    async fn serve_inbound_as<S: crate::net::Stream>(
+        self: Arc<Self>,
+        stream: S,
+        addr: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+        peer: Peer,
+    ) {
+        if self.snapshot().tcp_services.contains(&self.cfg.service) {
+            self.tcp_inbound(stream, addr, peer).await
+        } else {
+            self.serve_http(stream, Direction::Inbound, addr, local, peer).await
         }
     }
 
@@ -393,7 +420,7 @@ impl<N: Net> Sidecar<N> {
     ) {
         let mode = self.snapshot().inbound_mtls.get(&self.cfg.pod).copied().unwrap_or(MtlsMode::Permissive);
         if mode == MtlsMode::Disable {
-            return self.serve_http(stream, Direction::Inbound, addr, local, Peer::PLAINTEXT).await;
+            return self.serve_inbound_as(stream, addr, local, Peer::PLAINTEXT).await;
         }
         let Ok((stream, is_tls)) = tls::sniff(stream).await else { return };
         let refuse = |reason: &str| {
@@ -416,14 +443,14 @@ impl<N: Net> Sidecar<N> {
                         if let Some(c) = &self.cfg.cost {
                             tokio::time::sleep(c.tls_handshake()).await;
                         }
-                        self.serve_http(stream, Direction::Inbound, addr, local, peer).await
+                        self.serve_inbound_as(stream, addr, local, peer).await
                     }
                     Err(f) => refuse(f.as_str()),
                 }
             }
             (None, true) => refuse("no_tls_identity"),
             (_, false) if mode == MtlsMode::Strict => refuse("plaintext_in_strict"),
-            (_, false) => self.serve_http(stream, Direction::Inbound, addr, local, Peer::PLAINTEXT).await,
+            (_, false) => self.serve_inbound_as(stream, addr, local, Peer::PLAINTEXT).await,
         }
     }
 
