@@ -20,10 +20,10 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use mesh::net::{Listener, Stream};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, LogNormal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::net::Faults;
 use crate::recorder::{Receipt, Recorder};

@@ -1143,7 +1143,11 @@ impl Builder {
                 Some(p) if p.value == "http" => AppProtocol::Http,
                 Some(p) if p.value == "tcp" => AppProtocol::Tcp,
                 Some(p) => {
-                    self.err(p, &format!("{f}.app_protocol"), format!("app_protocol {:?} is not one of http, tcp", p.value));
+                    self.err(
+                        p,
+                        &format!("{f}.app_protocol"),
+                        format!("app_protocol {:?} is not one of http, tcp", p.value),
+                    );
                     AppProtocol::Http
                 }
             };
@@ -2167,11 +2171,17 @@ impl Builder {
     fn tcp_workload(&mut self, w: &WorkloadDef, f: &str, to: Option<&Service>) -> Option<TcpWorkload> {
         let Some(svc) = to.filter(|s| s.protocol == AppProtocol::Tcp) else {
             if let Some(b) = &w.bytes {
-                self.err(b, &format!("{f}.bytes"), "bytes applies to a workload over a tcp service (app_protocol: tcp)");
+                self.err(
+                    b,
+                    &format!("{f}.bytes"),
+                    "bytes applies to a workload over a tcp service (app_protocol: tcp)",
+                );
             }
             return None;
         };
-        let why = |field: &str| format!("{field} is HTTP-only: {} is a tcp service, a workload opens connections to it", svc.name);
+        let why = |field: &str| {
+            format!("{field} is HTTP-only: {} is a tcp service, a workload opens connections to it", svc.name)
+        };
         if let Some(m) = &w.method {
             self.err(m, &format!("{f}.method"), why("method"));
         }

@@ -183,7 +183,9 @@ fn tcp_connections_through_two_real_sidecars_are_echoed_and_counted_on_prometheu
 
         let text = scrape(server_admin).await;
         let closed = line(&text, "istio_tcp_connections_closed_total");
-        for want in ["reporter=\"destination\"", "destination_workload=\"db-v1\"", "connection_security_policy=\"none\""] {
+        for want in
+            ["reporter=\"destination\"", "destination_workload=\"db-v1\"", "connection_security_policy=\"none\""]
+        {
             assert!(closed.contains(want), "{want} in {closed}");
         }
         assert!(closed.ends_with("} 2"), "{closed}");

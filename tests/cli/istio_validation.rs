@@ -746,6 +746,23 @@ fn not_simulated_field_is_a_warning_naming_it() {
     );
 }
 
+#[test]
+fn http_routes_to_a_tcp_service_are_a_warning_and_ignored() {
+    let y = edit(BASE, "    port: 9080\n", "    port: 9080\n    app_protocol: tcp\n");
+    let (line, col) = pos(&y, "hosts: [reviews]", "reviews");
+    warned(
+        "vs-http-on-tcp",
+        &y,
+        &Want {
+            code: "MSIM0001",
+            resource: VS,
+            field: "spec.http",
+            message: "VirtualService default/reviews: reviews.default.svc.cluster.local is a tcp service (app_protocol: tcp), so its `http` routes do not apply (Istio builds no HTTP route for a TCP port): connections go to the whole service",
+            at: At::Exact(line, col),
+        },
+    );
+}
+
 // ------------------------------------------------------------------ istio_files
 
 /// The base's Istio resources as a file of their own (Kubernetes documents).

@@ -182,7 +182,9 @@ enum Matcher {
     Header(HeaderName, Vec<StrMatch>),
     /// An attribute meshsim never has (JWT principal and claims, destination IP, SNI);
     /// `http_only`: one only an HTTP request has (JWT principal and claims).
-    Absent { http_only: bool },
+    Absent {
+        http_only: bool,
+    },
 }
 
 struct Ctx<'a> {
@@ -1043,11 +1045,16 @@ mod tests {
     #[test]
     fn tcp_allow_rule_with_an_http_only_field_is_dropped() {
         let client = Some("cluster.local/ns/default/sa/client");
-        let w = allow_rule("{from: [{source: {principals: [\"cluster.local/ns/default/sa/client\"]}}], to: [{operation: {methods: [GET]}}]}");
+        let w = allow_rule(
+            "{from: [{source: {principals: [\"cluster.local/ns/default/sa/client\"]}}], to: [{operation: {methods: [GET]}}]}",
+        );
         assert_eq!(get("/").from("cluster.local/ns/default/sa/client").decide(&w), Allow, "HTTP evaluates it");
         assert_eq!(tcp(&w, client), Deny, "TCP drops the rule: nothing allows");
         let w = allow_rule("{from: [{source: {principals: [\"cluster.local/ns/default/sa/client\"]}}]}");
-        assert_eq!((tcp(&w, client), tcp(&w, Some("cluster.local/ns/default/sa/x")), tcp(&w, None)), (Allow, Deny, Deny));
+        assert_eq!(
+            (tcp(&w, client), tcp(&w, Some("cluster.local/ns/default/sa/x")), tcp(&w, None)),
+            (Allow, Deny, Deny)
+        );
         let w = allow_rule("{when: [{key: \"request.headers[x-user]\", values: [a]}]}");
         assert_eq!(tcp(&w, client), Deny, "a request.* condition is HTTP-only too");
         let w = allow_rule("{to: [{operation: {ports: [\"8080\"]}}]}");

@@ -467,7 +467,8 @@ pub struct Series {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Values {
-    Http(HttpValues),
+    /// Boxed: HTTP's histograms make it far larger than TCP's counters.
+    Http(Box<HttpValues>),
     Tcp(TcpValues),
 }
 
@@ -698,7 +699,8 @@ impl Metrics {
 
     /// Every series, in key order: HTTP's, then TCP's.
     pub fn series(&self) -> Vec<Series> {
-        let http = self.http.iter().map(|(k, v)| Series { labels: self.labels(k), values: Values::Http(v.clone()) });
+        let http =
+            self.http.iter().map(|(k, v)| Series { labels: self.labels(k), values: Values::Http(Box::new(v.clone())) });
         let tcp =
             self.tcp.iter().map(|(k, v)| Series { labels: self.labels_of(k, None), values: Values::Tcp(v.clone()) });
         http.chain(tcp).collect()
@@ -732,7 +734,7 @@ impl prometheus_client::collector::Collector for Exposition {
             .0
             .iter()
             .filter_map(|s| match &s.values {
-                Values::Http(h) => Some((s, h)),
+                Values::Http(h) => Some((s, &**h)),
                 Values::Tcp(_) => None,
             })
             .collect();
@@ -951,12 +953,10 @@ mod tests {
         };
         m.record_tcp(&c, TcpDelta { opened: 1, ..TcpDelta::default() });
         m.record_tcp(&c, TcpDelta { opened: 0, closed: 1, sent: 7, received: 5 });
-        m.record_tcp(&TcpConnection { flags: &[Flag::UpstreamConnectionFailure], peer: PeerId::UNKNOWN, ..c }, TcpDelta {
-            opened: 1,
-            closed: 1,
-            sent: 0,
-            received: 0,
-        });
+        m.record_tcp(
+            &TcpConnection { flags: &[Flag::UpstreamConnectionFailure], peer: PeerId::UNKNOWN, ..c },
+            TcpDelta { opened: 1, closed: 1, sent: 0, received: 0 },
+        );
         let s = m.series();
         assert_eq!(s.len(), 2);
         let ok = s.iter().find(|x| x.labels["response_flags"] == "-").unwrap();

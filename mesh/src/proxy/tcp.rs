@@ -35,12 +35,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::Sidecar;
 use super::authz;
 use super::local_reply::Flag;
 use super::metrics::{PeerId, Reporter, Security, TcpConnection, TcpDelta};
 use super::telemetry::Direction;
 use super::tls::{self, ConnectionSecurity, Peer};
-use super::Sidecar;
 use crate::net::{Net, Stream};
 use crate::snapshot::cluster_name;
 
@@ -158,7 +158,9 @@ impl<N: Net> Sidecar<N> {
             security: Security::Unknown,
             principals: [None, None],
         };
-        let failed = |flags: &'static [Flag]| self.record_tcp(&conn(flags), TcpDelta { opened: 1, closed: 1, sent: 0, received: 0 });
+        let failed = |flags: &'static [Flag]| {
+            self.record_tcp(&conn(flags), TcpDelta { opened: 1, closed: 1, sent: 0, received: 0 })
+        };
         let port = snapshot.ports.get(&fqdn).copied().unwrap_or(0);
         let Some(cluster) = snapshot.clusters.get(&cluster_name(port, None, &fqdn)).cloned() else {
             return failed(&[Flag::NoRoute]);
@@ -179,7 +181,7 @@ impl<N: Net> Sidecar<N> {
                 Some(t) => {
                     let connector = t.connector(&cluster.peer_identities).map_err(|_| ())?;
                     let stream = tls::connect(&connector, &ep.host, stream).await.map_err(|_| ())?;
-                    let server = tls::server_identity(&stream).map(|s| s.to_string());
+                    let server = tls::server_identity(&stream);
                     let stream: Box<dyn Stream> = Box::new(stream);
                     Ok::<_, ()>((stream, server))
                 }
@@ -197,7 +199,7 @@ impl<N: Net> Sidecar<N> {
             }
         };
         let mtls = tls.is_some();
-        let own = tls.as_ref().map(|t| t.store().id().to_string());
+        let own = tls.as_ref().map(|t| t.id().clone());
         let principals = [own.as_deref(), server.as_deref()];
         let labels = |peer: PeerId| TcpConnection {
             peer,
@@ -229,8 +231,8 @@ impl<N: Net> Sidecar<N> {
     pub(super) async fn tcp_inbound<S: Stream>(self: Arc<Self>, mut downstream: S, addr: SocketAddr, peer: Peer) {
         self.spend(Direction::Inbound).await;
         let mtls = peer.security == ConnectionSecurity::MutualTls;
-        let peer_principal = peer.identity.as_ref().map(ToString::to_string);
-        let own = self.cfg.tls.as_ref().filter(|_| mtls).map(|t| t.store().id().to_string());
+        let peer_principal = peer.identity.clone();
+        let own = self.cfg.tls.as_ref().filter(|_| mtls).map(|t| t.id().clone());
         let labels = |id: PeerId, flags: &'static [Flag]| TcpConnection {
             reporter: Reporter::Destination,
             peer: id,
@@ -252,7 +254,7 @@ impl<N: Net> Sidecar<N> {
             PeerId::UNKNOWN
         };
         let once = TcpDelta { opened: 1, closed: 1, sent: 0, received: 0 };
-        let source = authz::Peer { principal: peer.principal(), ip: addr.ip() };
+        let source = authz::Peer { principal: peer.principal().map(str::to_string), ip: addr.ip() };
         let policies = self.snapshot().authz.get(&self.cfg.pod).cloned();
         if policies.is_some_and(|w| w.decide_tcp(&source) == authz::Decision::Deny) {
             return self.record_tcp(&labels(id, &[]), once);

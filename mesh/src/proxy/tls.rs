@@ -437,11 +437,6 @@ pub async fn connect<S: Stream>(
     connector.connect(name, stream).await.map_err(|e| TlsFailure::of_io(&e).unwrap_or(TlsFailure::Handshake))
 }
 
-/// The verified SPIFFE ID the server of a client connection presented.
-pub fn server_identity<S>(tls: &tokio_rustls::client::TlsStream<S>) -> Option<SpiffeId> {
-    peer_id(tls.get_ref().1.peer_certificates())
-}
-
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
