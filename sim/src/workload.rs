@@ -9,8 +9,8 @@
 //! A workload over a TCP service opens one connection per arrival: to the service's
 //! `ClusterIP:port`, captured to the source pod's sidecar (see
 //! `SimNet::connect_captured`), or straight to a pod without a sidecar. It sends its
-//! `bytes` (a pattern derived from the request id), half-closes, and reads until the
-//! server closes. The outcome is `Echoed` only if exactly the bytes sent came back;
+//! `bytes` (printable ASCII, a pattern derived from the request id), half-closes, and
+//! reads until the server closes. The outcome is `Echoed` only if exactly the bytes sent came back;
 //! otherwise `connect_error`, `reset`, `closed_early` (a prefix, or nothing, came back)
 //! or `corrupted`; `client_timeout` past the workload's timeout. Its latency runs from
 //! the intended start to that close.
@@ -241,10 +241,11 @@ enum Via {
     Direct(String, u16),
 }
 
-/// The bytes connection `id` sends: a pattern that differs from one connection to the
-/// next, so a crossed stream shows.
+/// The bytes connection `id` sends: printable ASCII in a pattern that differs from one
+/// connection to the next, so a crossed stream shows. Never a first byte 0x16: a
+/// PERMISSIVE sidecar would take the connection for TLS (its sniffer reads one byte).
 fn payload(id: u64, bytes: u32) -> Vec<u8> {
-    (0..bytes).map(|i| (id.wrapping_mul(31).wrapping_add(u64::from(i)) % 251) as u8).collect()
+    (0..bytes).map(|i| b' ' + (id.wrapping_mul(31).wrapping_add(u64::from(i)) % 95) as u8).collect()
 }
 
 /// One TCP connection of a workload: send, half-close, read the echo to the end.

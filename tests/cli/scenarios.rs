@@ -180,6 +180,7 @@ scenarios! {
     rewrite: "rewrite.yaml",
     route_timeout: "route-timeout.yaml",
     tcp: "tcp.yaml",
+    tcp_failures: "tcp-failures.yaml",
     tcp_security: "tcp-security.yaml",
     telemetry: "telemetry.yaml",
     weighted_1_1_2: "weighted-1-1-2.yaml",
