@@ -199,6 +199,42 @@ pub struct Snapshot {
     /// `ClusterIP:port` of each TCP service → its FQDN: the outbound listener's filter
     /// chain match on a captured connection's original destination.
     pub tcp_vips: BTreeMap<SocketAddr, String>,
+    /// A TCP service's VirtualService `tcp` routes, in order (first match wins; none
+    /// matching, or none at all: the service's own cluster).
+    pub tcp_routes: BTreeMap<String, Vec<TcpRouteRule>>,
+}
+
+/// One VirtualService `tcp` route, compiled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TcpRouteRule {
+    /// Any entry; none = every connection.
+    pub matches: Vec<L4Match>,
+    /// Weighted clusters (weight-0 entries dropped; a lone one gets all).
+    pub clusters: Vec<(String, u32)>,
+}
+
+/// One `match` entry of a TCP route: every field given must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L4Match {
+    pub port: Option<u16>,
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
+}
+
+impl L4Match {
+    /// Whether a connection to service port `port` from a workload with `labels` in
+    /// `namespace` matches.
+    pub fn matches(&self, port: u16, labels: &BTreeMap<String, String>, namespace: &str) -> bool {
+        self.port.is_none_or(|p| p == port)
+            && self.source_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.source_namespace.as_deref().is_none_or(|n| n == namespace)
+    }
+}
+
+impl TcpRouteRule {
+    pub fn matches(&self, port: u16, labels: &BTreeMap<String, String>, namespace: &str) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(port, labels, namespace))
+    }
 }
 
 /// An EnvoyFilter's local rate limit and the workloads it selects.
@@ -294,7 +330,6 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                     continue;
                 }
                 c.not_simulated(s.file, "spec.tls", &vs.tls);
-                c.not_simulated(s.file, "spec.tcp", &vs.tcp);
                 c.not_simulated(s.file, "spec.exportTo", &vs.export_to);
                 for h in &vs.hosts {
                     let host = qualify(&h.value, r.namespace());
@@ -311,7 +346,19 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                         );
                         continue;
                     }
-                    if !vs.http.is_empty() && registry.services[&host].protocol == AppProtocol::Tcp {
+                    let tcp_host = registry.services[&host].protocol == AppProtocol::Tcp;
+                    if !vs.tcp.is_empty() && !tcp_host {
+                        c.warning(
+                            s.file,
+                            h,
+                            code::NOT_SIMULATED,
+                            "spec.tcp",
+                            format!(
+                                "{what}: {host} is an http service, so its `tcp` routes do not apply (meshsim services have one port): they are ignored"
+                            ),
+                        );
+                    }
+                    if !vs.http.is_empty() && tcp_host {
                         c.warning(
                             s.file,
                             h,
@@ -321,7 +368,9 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
                                 "{what}: {host} is a tcp service (app_protocol: tcp), so its `http` routes do not apply (Istio builds no HTTP route for a TCP port): connections go to the whole service"
                             ),
                         );
-                        continue;
+                        if vs.tcp.is_empty() {
+                            continue;
+                        }
                     }
                     if let Some((f, prev, _)) = vss.get(&host) {
                         c.warning(
@@ -461,6 +510,15 @@ pub fn compile(registry: &Registry, resources: &[Sourced<'_>]) -> (Snapshot, Fin
         };
         snap.routes.insert(fqdn.clone(), routes);
         snap.ports.insert(fqdn.clone(), svc.port);
+        if svc.protocol == AppProtocol::Tcp
+            && let Some((file, r, vs)) = vss.get(fqdn)
+            && !vs.tcp.is_empty()
+        {
+            let from = c.findings.0.len();
+            let rules = c.tcp_routes(file, r, vs, &drs);
+            c.tag(from, Some(format!("VirtualService {}/{}", r.namespace(), r.name())));
+            snap.tcp_routes.insert(fqdn.clone(), rules);
+        }
         if svc.protocol == AppProtocol::Tcp {
             snap.tcp_services.insert(fqdn.clone());
             if let Some(ip) = svc.cluster_ip {
@@ -983,6 +1041,97 @@ impl Compiler<'_> {
             }
         }
         Some(cluster_name(port, d.subset.as_ref().map(|s| s.value.as_str()), &host))
+    }
+
+    /// A TCP service's `tcp` routes: matches (port, source labels and namespace) and
+    /// weighted destinations, validated as Istio does the HTTP ones' weights and hosts.
+    fn tcp_routes(
+        &mut self,
+        file: &str,
+        r: &Resource,
+        vs: &VirtualServiceSpec,
+        drs: &BTreeMap<String, (&str, &Resource, &DestinationRuleSpec)>,
+    ) -> Vec<TcpRouteRule> {
+        let mut out = Vec::new();
+        for (i, tcp) in vs.tcp.iter().enumerate() {
+            let at = format!("spec.tcp[{i}]");
+            let mut matches = Vec::new();
+            for (j, m) in tcp.match_.iter().enumerate() {
+                let mat = format!("{at}.match[{j}]");
+                self.not_simulated(file, &format!("{mat}.destinationSubnets"), &m.value.destination_subnets);
+                self.not_simulated(file, &format!("{mat}.gateways"), &m.value.gateways);
+                let port = m.value.port.as_ref().and_then(|p| {
+                    let ok = u16::try_from(p.value).ok().filter(|&p| p > 0);
+                    if ok.is_none() {
+                        self.error(
+                            file,
+                            p,
+                            code::SCHEMA,
+                            &format!("{mat}.port"),
+                            format!("port number {} must be in the range 1..65535", p.value),
+                        );
+                    }
+                    ok
+                });
+                matches.push(L4Match {
+                    port,
+                    source_labels: m.value.source_labels.clone(),
+                    source_namespace: m.value.source_namespace.clone(),
+                });
+            }
+            if tcp.route.is_empty() {
+                self.findings.push(Finding::error(
+                    Pos::of(file, &r.kind),
+                    code::SCHEMA,
+                    at.clone(),
+                    "TCP route is required",
+                ));
+            }
+            let mut clusters = Vec::new();
+            let mut total: i64 = 0;
+            for (j, d) in tcp.route.iter().enumerate() {
+                let dat = format!("{at}.route[{j}]");
+                let weight = d.weight.as_ref().map(|w| w.value).unwrap_or(0);
+                if let Some(w) = &d.weight
+                    && w.value < 0
+                {
+                    self.error(file, w, code::SCHEMA, &format!("{dat}.weight"), format!("weight {} < 0", w.value));
+                }
+                total = total.saturating_add(weight.max(0));
+                let host = qualify(&d.destination.host.value, r.namespace());
+                if self.registry.services.get(&host).is_some_and(|s| s.protocol != AppProtocol::Tcp) {
+                    self.error(
+                        file,
+                        &d.destination.host,
+                        code::NOT_SIMULATED,
+                        &format!("{dat}.destination.host"),
+                        format!("{host} is an http service: meshsim proxies a tcp route's connections only to a tcp service (app_protocol: tcp)"),
+                    );
+                }
+                if let Some(cluster) =
+                    self.destination(file, &format!("{dat}.destination"), r.namespace(), &d.destination, drs, "host")
+                {
+                    clusters.push((cluster, weight.clamp(0, i64::from(u32::MAX)) as u32));
+                }
+            }
+            if tcp.route.len() > 1 && total == 0 {
+                let pos =
+                    tcp.route[0].weight.as_ref().map(|w| Pos::of(file, w)).unwrap_or_else(|| Pos::of(file, &r.kind));
+                self.findings.push(Finding::error(
+                    pos,
+                    code::SCHEMA,
+                    format!("{at}.route"),
+                    "total destination weight = 0",
+                ));
+            }
+            if clusters.len() == 1 {
+                clusters[0].1 = 1;
+            } else {
+                clusters.retain(|c| c.1 > 0);
+            }
+            out.push(TcpRouteRule { matches, clusters });
+        }
+        out
     }
 
     fn routes(

@@ -763,6 +763,104 @@ fn http_routes_to_a_tcp_service_are_a_warning_and_ignored() {
     );
 }
 
+/// A valid TCP service with `tcp` routes splitting its connections over two subsets.
+const TCP_BASE: &str = "\
+name: tcp-validation
+duration: 1s
+services:
+  - name: client
+    pods: [{name: v1}]
+  - name: db
+    port: 5432
+    app_protocol: tcp
+    pods:
+      - {name: v1, labels: {version: v1}}
+      - {name: v2, labels: {version: v2}}
+istio:
+  - apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: db}
+    spec:
+      host: db
+      subsets:
+        - {name: v1, labels: {version: v1}}
+        - {name: v2, labels: {version: v2}}
+  - apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: db}
+    spec:
+      hosts: [db]
+      tcp:
+        - match: [{port: 5432, sourceLabels: {app: client}}]
+          route:
+            - destination: {host: db, subset: v1}
+              weight: 80
+            - destination: {host: db, subset: v2}
+              weight: 20
+";
+
+#[test]
+fn the_tcp_base_is_valid() {
+    let (ran, found) = validate("tcp-base", TCP_BASE);
+    assert_eq!(ran.code, Some(0), "{}", ran.dump());
+    assert!(found.is_empty() && ran.stderr.is_empty(), "the TCP base must have no findings\n{}", ran.dump());
+}
+
+#[test]
+fn a_tcp_route_to_an_http_service_is_an_error() {
+    let y = edit(TCP_BASE, "{host: db, subset: v2}", "{host: client}");
+    let (line, col) = pos(&y, "{host: client}", "client");
+    rejected(
+        "tcp-route-to-http",
+        &y,
+        &Want {
+            code: "MSIM0001",
+            resource: "VirtualService default/db",
+            field: "spec.tcp[0].route[1].destination.host",
+            message: "client.default.svc.cluster.local is an http service: meshsim proxies a tcp route's connections only to a tcp service (app_protocol: tcp)",
+            at: At::Exact(line, col),
+        },
+    );
+}
+
+#[test]
+fn tcp_route_weights_summing_to_zero_are_an_error() {
+    let y = edit(&edit(TCP_BASE, "weight: 80", "weight: 0"), "weight: 20", "weight: 0");
+    let (line, col) = pos(&y, "weight: 0", "0");
+    rejected(
+        "tcp-weight-zero",
+        &y,
+        &Want {
+            code: "IST0106",
+            resource: "VirtualService default/db",
+            field: "spec.tcp[0].route",
+            message: "total destination weight = 0",
+            at: At::Exact(line, col),
+        },
+    );
+}
+
+#[test]
+fn tcp_routes_on_an_http_service_are_a_warning_and_ignored() {
+    let y = edit(
+        BASE,
+        "      hosts: [reviews]\n",
+        "      hosts: [reviews]\n      tcp:\n        - route:\n            - destination: {host: reviews}\n",
+    );
+    let (line, col) = pos(&y, "hosts: [reviews]", "reviews");
+    warned(
+        "tcp-routes-on-http",
+        &y,
+        &Want {
+            code: "MSIM0001",
+            resource: VS,
+            field: "spec.tcp",
+            message: "VirtualService default/reviews: reviews.default.svc.cluster.local is an http service, so its `tcp` routes do not apply (meshsim services have one port): they are ignored",
+            at: At::Exact(line, col),
+        },
+    );
+}
+
 // ------------------------------------------------------------------ istio_files
 
 /// The base's Istio resources as a file of their own (Kubernetes documents).

@@ -181,6 +181,7 @@ scenarios! {
     route_timeout: "route-timeout.yaml",
     tcp: "tcp.yaml",
     tcp_failures: "tcp-failures.yaml",
+    tcp_routes: "tcp-routes.yaml",
     tcp_security: "tcp-security.yaml",
     telemetry: "telemetry.yaml",
     weighted_1_1_2: "weighted-1-1-2.yaml",

@@ -153,8 +153,43 @@ pub struct VirtualServiceSpec {
     #[serde(default)]
     pub http: Vec<HttpRoute>,
     pub tls: NotSimulated,
-    pub tcp: NotSimulated,
+    /// Routes of a TCP service's connections (by port and source), to weighted
+    /// destinations.
+    #[serde(default)]
+    pub tcp: Vec<TcpRoute>,
     pub export_to: NotSimulated,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TcpRoute {
+    #[serde(rename = "match", default)]
+    pub match_: Vec<Spanned<L4MatchAttributes>>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// Istio's `L4MatchAttributes`: what a TCP route matches a connection on.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct L4MatchAttributes {
+    pub destination_subnets: NotSimulated,
+    /// The service port the connection is addressed to.
+    pub port: Option<Spanned<u32>>,
+    /// Labels the client workload must all have.
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    pub gateways: NotSimulated,
+    /// The client workload's namespace.
+    pub source_namespace: Option<String>,
+}
+
+/// A weighted destination of a TCP route.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteDestination {
+    pub destination: Destination,
+    pub weight: Option<Spanned<i64>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

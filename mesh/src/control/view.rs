@@ -7,7 +7,8 @@
 //!   and DestinationRules of their hosts. The scope is the service's egress hosts (what
 //!   an Istio `Sidecar` resource's `egress.hosts` lists; without one, every service),
 //!   closed over where their routes lead: a VirtualService's route and mirror
-//!   destinations join the scope, so their clusters exist;
+//!   destinations (and its `tcp` routes' destinations) join the scope, so their clusters
+//!   exist;
 //! - endpoints of pods that are not ready (crashed, restarting, scaled in);
 //! - resource kinds meshsim does not simulate.
 //!
@@ -69,6 +70,13 @@ fn scope(compiled: &Snapshot, registry: &Registry, egress: Option<&BTreeSet<Stri
     while let Some(host) = todo.pop() {
         if !registry.services.contains_key(&host) || !seen.insert(host.clone()) {
             continue;
+        }
+        for rule in compiled.tcp_routes.get(&host).into_iter().flatten() {
+            for (c, _) in &rule.clusters {
+                if let Some(c) = compiled.clusters.get(c) {
+                    todo.push(c.service.clone());
+                }
+            }
         }
         for route in compiled.routes.get(&host).into_iter().flatten() {
             let mut clusters: Vec<&str> = route.mirror.iter().map(|m| m.cluster.as_str()).collect();

@@ -4,11 +4,13 @@
 //!
 //! Outbound (a connection the app made to the service's `ClusterIP:port`, captured to
 //! the outbound listener; the world tells its original destination, see
-//! `Net::original_dst`): pick an endpoint of the service's cluster with its load
-//! balancer and outlier state, connect to that pod's sidecar (mTLS exactly as the HTTP
+//! `Net::original_dst`): the first VirtualService `tcp` route matching the connection
+//! (port, source labels, source namespace) picks a weighted cluster — none: the
+//! service's own —, then an endpoint of it with its load balancer and outlier state, connect to that pod's sidecar (mTLS exactly as the HTTP
 //! path originates it), then copy bytes both ways until both sides have closed (a
-//! half-close is passed on). No cluster ⇒ `NR`, no healthy endpoint ⇒ `UH`, connect
-//! failure ⇒ `UF`: the downstream connection is closed.
+//! half-close is passed on). No service port ⇒ `NR`, a route's cluster missing ⇒ `NC`,
+//! no healthy endpoint ⇒ `UH`, connect failure ⇒ `UF`: the downstream connection is
+//! closed.
 //!
 //! Inbound (after PeerAuthentication, see `Sidecar::serve_inbound`): AuthorizationPolicy's
 //! TCP semantics (`authz::Workload::decide_tcp`; deny ⇒ the connection is closed), then
@@ -161,9 +163,27 @@ impl<N: Net> Sidecar<N> {
         let failed = |flags: &'static [Flag]| {
             self.record_tcp(&conn(flags), TcpDelta { opened: 1, closed: 1, sent: 0, received: 0 })
         };
-        let port = snapshot.ports.get(&fqdn).copied().unwrap_or(0);
-        let Some(cluster) = snapshot.clusters.get(&cluster_name(port, None, &fqdn)).cloned() else {
+        let Some(&port) = snapshot.ports.get(&fqdn) else {
             return failed(&[Flag::NoRoute]);
+        };
+        // The first `tcp` route matching the connection picks a weighted cluster; without
+        // one, the service's own cluster.
+        let route = snapshot
+            .tcp_routes
+            .get(&fqdn)
+            .and_then(|rules| rules.iter().find(|r| r.matches(port, &self.cfg.labels, &self.cfg.namespace)));
+        let name = match route {
+            Some(rule) => {
+                let weights: Vec<u32> = rule.clusters.iter().map(|(_, w)| *w).collect();
+                match super::weighted::pick(&weights, self.draw()) {
+                    Some(i) => rule.clusters[i].0.clone(),
+                    None => return failed(&[Flag::NoCluster]),
+                }
+            }
+            None => cluster_name(port, None, &fqdn),
+        };
+        let Some(cluster) = snapshot.clusters.get(&name).cloned() else {
+            return failed(&[Flag::NoCluster]);
         };
         let Some(host) = self.choose_host(&cluster, None) else {
             return failed(&[Flag::NoHealthyUpstream]);
