@@ -8,6 +8,10 @@
 //! breaker) → balance (outlier-aware candidates; LB policy or consistent hash) → pool
 //! (circuit breakers, connect over the `Net` seam) → the peer's sidecar.
 //!
+//! A connection the app made to a TCP service's ClusterIP (its original destination,
+//! `Net::original_dst`) takes the TCP proxy instead (see `tcp`), as does every inbound
+//! connection of a pod serving a TCP service.
+//!
 //! An inbound listener runs the pod's PeerAuthentication mode (see `tls`: mTLS, plaintext
 //! or both, sniffed on the same port), applies AuthorizationPolicy, then the local rate
 //! limit, and forwards to the local app (see `inbound`). An admin listener serves the
