@@ -180,6 +180,7 @@ scenarios! {
     rewrite: "rewrite.yaml",
     route_timeout: "route-timeout.yaml",
     tcp: "tcp.yaml",
+    tcp_circuit_breaker: "tcp-circuit-breaker.yaml",
     tcp_failures: "tcp-failures.yaml",
     tcp_routes: "tcp-routes.yaml",
     tcp_security: "tcp-security.yaml",

@@ -160,7 +160,35 @@ impl Drop for RetryPermit<'_> {
     }
 }
 
+/// One TCP-proxied upstream connection, counted against the cluster's `maxConnections`
+/// (as Envoy's `tcp_proxy` counts its connections in the cluster's pool) until dropped.
+pub struct TcpSlot<N: Net> {
+    pool: Arc<Pool<N>>,
+    key: (String, u16),
+}
+
+impl<N: Net> Drop for TcpSlot<N> {
+    fn drop(&mut self) {
+        let mut s = self.pool.lock();
+        self.pool.closed(&mut s, &self.key);
+    }
+}
+
 impl<N: Net> Pool<N> {
+    /// A slot for one TCP connection to `key`; `None` when the cluster's connections are
+    /// at `maxConnections` (Envoy's `upstream_cx_overflow`: the connection is closed,
+    /// flag `UO`). A freed slot may go to an HTTP request waiting for a connection.
+    pub fn try_tcp_connection(self: &Arc<Self>, key: (String, u16)) -> Option<TcpSlot<N>> {
+        let mut s = self.lock();
+        if s.open >= self.limits.max_connections {
+            return None;
+        }
+        s.open += 1;
+        s.hosts.entry(key.clone()).or_default().open += 1;
+        drop(s);
+        Some(TcpSlot { pool: self.clone(), key })
+    }
+
     /// A pool without limits and without idle expiry (an app's client, the inbound side).
     pub fn new(net: N) -> Self {
         Pool { net, limits: Limits::default(), clock: None, tls: None, state: Mutex::new(State::default()) }

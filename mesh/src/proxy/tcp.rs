@@ -9,8 +9,8 @@
 //! service's own —, then an endpoint of it with its load balancer and outlier state, connect to that pod's sidecar (mTLS exactly as the HTTP
 //! path originates it), then copy bytes both ways until both sides have closed (a
 //! half-close is passed on). No service port ⇒ `NR`, a route's cluster missing ⇒ `NC`,
-//! no healthy endpoint ⇒ `UH`, connect failure ⇒ `UF`: the downstream connection is
-//! closed.
+//! no healthy endpoint ⇒ `UH`, the cluster at `maxConnections` ⇒ `UO`, connect failure
+//! ⇒ `UF`: the downstream connection is closed.
 //!
 //! Inbound (after PeerAuthentication, see `Sidecar::serve_inbound`): AuthorizationPolicy's
 //! TCP semantics (`authz::Workload::decide_tcp`; deny ⇒ the connection is closed), then
@@ -27,8 +27,8 @@
 //!
 //! Each side reports Istio's four TCP metrics: opened once the peer is known (or the
 //! connection failed), bytes and closed at the close. Not here: HTTP (`outbound`,
-//! `inbound`), connection pooling (a TCP connection is its own upstream connection; the
-//! cluster's connection limits do not apply to it).
+//! `inbound`), connection pooling (a TCP connection is its own upstream connection,
+//! counted against the cluster's `maxConnections` only).
 
 use std::io;
 use std::net::SocketAddr;
@@ -188,8 +188,11 @@ impl<N: Net> Sidecar<N> {
         let Some(host) = self.choose_host(&cluster, None) else {
             return failed(&[Flag::NoHealthyUpstream]);
         };
-        self.commit_host(&cluster, host);
         let ep = &cluster.endpoints[host];
+        let Some(_slot) = self.cluster_pool(&cluster).try_tcp_connection((ep.host.clone(), ep.port)) else {
+            return failed(&[Flag::UpstreamOverflow]);
+        };
+        self.commit_host(&cluster, host);
         let tls = self.cfg.tls.clone().filter(|_| ep.mtls);
         let connect = async {
             if let Some(t) = &tls {
