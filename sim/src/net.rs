@@ -530,6 +530,17 @@ mod tests {
     }
 
     #[test]
+    fn a_captured_connections_original_destination_is_told_once() {
+        let local = Local::default();
+        let client: SocketAddr = "192.168.0.1:49152".parse().unwrap();
+        let vip: SocketAddr = "10.96.0.1:5432".parse().unwrap();
+        local.capture(client, vip);
+        assert_eq!(local.original_dst("192.168.0.1:49153".parse().unwrap()), None, "another client: not captured");
+        assert_eq!(local.original_dst(client), Some(vip));
+        assert_eq!(local.original_dst(client), None, "the accept takes the entry, as it leaves the table bounded");
+    }
+
+    #[test]
     fn overlapping_app_errors_end_one_at_a_time() {
         let f = Faults::new(1, BTreeMap::new());
         f.set_app_errors(0, 0, Some((500, 1_000_000)));

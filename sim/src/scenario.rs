@@ -2443,6 +2443,14 @@ fn is_dns_label(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cluster_ips_count_up_from_10_96_0_1() {
+        use std::net::Ipv4Addr;
+        assert_eq!(super::cluster_ip(0), Ipv4Addr::new(10, 96, 0, 1));
+        assert_eq!(super::cluster_ip(254), Ipv4Addr::new(10, 96, 0, 255));
+        assert_eq!(super::cluster_ip(255), Ipv4Addr::new(10, 96, 1, 0));
+    }
+
     use super::*;
 
     fn finding(code: &'static str, resource: &str) -> Finding {
