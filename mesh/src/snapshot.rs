@@ -622,6 +622,15 @@ impl Compiler<'_> {
     fn warning<T>(&mut self, file: &str, at: &Spanned<T>, code: &'static str, field: &str, msg: String) {
         self.findings.push(Finding::warning(Pos::of(file, at), code, field, msg));
     }
+    /// The `weight` of route destination `at` (absent: 0); a negative one is the
+    /// webhook's error.
+    fn route_weight(&mut self, file: &str, at: &str, weight: Option<&Spanned<i64>>) -> i64 {
+        let Some(w) = weight else { return 0 };
+        if w.value < 0 {
+            self.error(file, w, code::SCHEMA, &format!("{at}.weight"), format!("weight {} < 0", w.value));
+        }
+        w.value
+    }
     fn not_simulated(&mut self, file: &str, field: &str, value: &NotSimulated) {
         if let Some(v) = value {
             self.warning(
@@ -1091,12 +1100,7 @@ impl Compiler<'_> {
             let mut total: i64 = 0;
             for (j, d) in tcp.route.iter().enumerate() {
                 let dat = format!("{at}.route[{j}]");
-                let weight = d.weight.as_ref().map(|w| w.value).unwrap_or(0);
-                if let Some(w) = &d.weight
-                    && w.value < 0
-                {
-                    self.error(file, w, code::SCHEMA, &format!("{dat}.weight"), format!("weight {} < 0", w.value));
-                }
+                let weight = self.route_weight(file, &dat, d.weight.as_ref());
                 total = total.saturating_add(weight.max(0));
                 let host = qualify(&d.destination.host.value, r.namespace());
                 if self.registry.services.get(&host).is_some_and(|s| s.protocol != AppProtocol::Tcp) {
@@ -1267,12 +1271,7 @@ impl Compiler<'_> {
                 let mut total: i64 = 0;
                 for (j, d) in http.route.iter().enumerate() {
                     let dat = format!("{at}.route[{j}]");
-                    let weight = d.weight.as_ref().map(|w| w.value).unwrap_or(0);
-                    if let Some(w) = &d.weight
-                        && w.value < 0
-                    {
-                        self.error(file, w, code::SCHEMA, &format!("{dat}.weight"), format!("weight {} < 0", w.value));
-                    }
+                    let weight = self.route_weight(file, &dat, d.weight.as_ref());
                     total = total.saturating_add(weight.max(0));
                     let (rq, rs) = self.header_ops(file, &dat, &d.destination.host, d.headers.as_ref());
                     if let Some(cluster) = self.destination(

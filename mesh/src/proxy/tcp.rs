@@ -6,9 +6,10 @@
 //! the outbound listener; the world tells its original destination, see
 //! `Net::original_dst`): the first VirtualService `tcp` route matching the connection
 //! (port, source labels, source namespace) picks a weighted cluster — none: the
-//! service's own —, then an endpoint of it with its load balancer and outlier state, connect to that pod's sidecar (mTLS exactly as the HTTP
-//! path originates it), then copy bytes both ways until both sides have closed (a
-//! half-close is passed on). No service port ⇒ `NR`, a route's cluster missing ⇒ `NC`,
+//! service's own —, then an endpoint of it with its load balancer and outlier state;
+//! the sidecar connects to that pod's sidecar (mTLS exactly as the HTTP path originates
+//! it), then copies bytes both ways until both sides have closed (a half-close is passed
+//! on). No service port ⇒ `NR`, a route's cluster missing ⇒ `NC`,
 //! no healthy endpoint ⇒ `UH`, the cluster at `maxConnections` ⇒ `UO`, connect failure
 //! ⇒ `UF`: the downstream connection is closed.
 //!
