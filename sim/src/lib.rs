@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod expect;
 pub mod metric_query;
 pub mod net;
+pub mod pod;
 pub mod recorder;
 pub mod results;
 pub mod scenario;

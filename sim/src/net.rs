@@ -33,6 +33,8 @@ use mesh::net::{Clock, Listener, Net};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::sync::mpsc;
 
+use crate::pod::PodNet;
+
 /// Shared pod-level fault state. Cheap to consult when no fault is active.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -342,9 +344,7 @@ impl SimNet {
         SimNet { pod, node, faults, local }
     }
 
-    /// A connection the pod's app opens to `original_dst` (a service's ClusterIP:port),
-    /// captured to its sidecar's outbound listener on `listener_port`: the sidecar learns
-    /// `original_dst` from [`Net::original_dst`].
+    /// [`PodNet::connect_captured`], in memory: the capture never leaves the node.
     pub fn connect_captured(&self, listener_port: u16, original_dst: SocketAddr) -> io::Result<SimStream> {
         let port = self.faults.next_local_port();
         let client = SocketAddr::new(self.local.node_ip(self.node), port);
@@ -458,6 +458,12 @@ impl Listener for SimListener {
     }
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.net.local_addr()
+    }
+}
+
+impl PodNet for SimNet {
+    async fn connect_captured(&self, listener_port: u16, original_dst: SocketAddr) -> io::Result<SimStream> {
+        SimNet::connect_captured(self, listener_port, original_dst)
     }
 }
 

@@ -22,14 +22,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, header};
 use http_body_util::Full;
-use mesh::net::Clock;
 use mesh::proxy::pool::{Pool, UpstreamError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp};
 
 use crate::app::POD_HEADER;
-use crate::net::{Faults, Local, SimClock, SimNet};
+use crate::net::Faults;
+use crate::pod::{PodNet, Seam};
 use crate::recorder::{Outcome, Record, Recorder};
 use crate::scenario::{Arrivals, Plan, TcpWorkload, Workload};
 use crate::seed::sub_seed;
@@ -109,26 +109,26 @@ fn ended(r: &Planned, now: Duration, outcome: Outcome) -> Record {
     }
 }
 
-/// What a node's generator needs.
-pub struct Generator {
+/// What a generator needs: the requests it issues (in intended-time order), and the
+/// world's seam its source pods' apps send through.
+pub struct Generator<S: Seam> {
     pub plan: Arc<Plan>,
     pub requests: Vec<Planned>,
+    pub seam: Arc<S>,
     pub faults: Arc<Faults>,
-    pub local: Arc<Local>,
     pub recorder: Arc<Recorder>,
     /// In-flight count per workload (shared by every node's generator).
     pub in_flight: Arc<Vec<AtomicU32>>,
 }
 
-impl Generator {
-    pub async fn run(self: Arc<Self>) {
-        crate::net::scenario_start().await;
-        let clock = SimClock::new();
-        let pools: Vec<Arc<Pool<SimNet>>> = (0..self.plan.pods.len())
-            .map(|p| {
-                Arc::new(Pool::new(SimNet::new(p, self.plan.pods[p].node, self.faults.clone(), self.local.clone())))
-            })
-            .collect();
+impl<S: Seam> Generator<S> {
+    /// Issues every request at its intended time on the scenario's clock, once `start`
+    /// (the scenario's clock starting) has completed.
+    pub async fn run(self: Arc<Self>, start: impl std::future::Future<Output = ()>) {
+        start.await;
+        let clock = self.seam.clock();
+        let pools: Vec<Arc<Pool<S::Net>>> =
+            (0..self.plan.pods.len()).map(|p| Arc::new(Pool::new(self.seam.net(p)))).collect();
         // Per workload: the destination pods a pod without a sidecar calls, (host, port).
         let direct: Arc<Vec<Vec<(String, u16)>>> = Arc::new(
             self.plan
@@ -140,11 +140,7 @@ impl Generator {
                 })
                 .collect(),
         );
-        let nets: Arc<Vec<SimNet>> = Arc::new(
-            (0..self.plan.pods.len())
-                .map(|p| SimNet::new(p, self.plan.pods[p].node, self.faults.clone(), self.local.clone()))
-                .collect(),
-        );
+        let nets: Arc<Vec<S::Net>> = Arc::new((0..self.plan.pods.len()).map(|p| self.seam.net(p)).collect());
         for i in 0..self.requests.len() {
             let r = self.requests[i];
             let now = clock.now();
@@ -167,6 +163,7 @@ impl Generator {
             let pool = pools[r.source].clone();
             let direct = direct.clone();
             let nets = nets.clone();
+            let clock = clock.clone();
             tokio::spawn(async move {
                 let w = &me.plan.workloads[r.workload];
                 if let Some(t) = w.tcp {
@@ -249,12 +246,11 @@ fn payload(id: u64, bytes: u32) -> Vec<u8> {
 }
 
 /// One TCP connection of a workload: send, half-close, read the echo to the end.
-async fn tcp_exchange(net: &SimNet, via: Via, id: u64, bytes: u32) -> Outcome {
-    use mesh::net::Net;
+async fn tcp_exchange<N: PodNet>(net: &N, via: Via, id: u64, bytes: u32) -> Outcome {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let connect = async {
         match via {
-            Via::Captured(port, t) => net.connect_captured(port, t.vip),
+            Via::Captured(port, t) => net.connect_captured(port, t.vip).await,
             Via::Direct(host, port) => net.connect(net.resolve(&host, port).await?).await,
         }
     };

@@ -25,28 +25,21 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use mesh::ca::agent::{Agent, AgentConfig, IdentitySink, REQUEST_TIMEOUT};
 use mesh::ca::authority::DEFAULT_TTL;
-use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
+use mesh::ca::service::{CA_PORT, CaServer};
 use mesh::ca::{Authority, CaOptions};
 use mesh::control::{self, ControlEvent, ControlEventKind, ControlEvents, ControlPlane, Store};
-use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net, SystemClock};
-use mesh::proxy::control_client::{self, ClientConfig};
 use mesh::proxy::metrics::Series;
-use mesh::proxy::tls::SidecarTls;
-use mesh::proxy::{Sidecar, SidecarConfig};
-use mesh::registry::AppProtocol;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use mesh::proxy::{ProcessingCost, Sidecar};
+use rustls::crypto::CryptoProvider;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::app::App;
-use crate::bad_identity::{BadIdentity, Issuers, Material};
 use crate::cost::SidecarCost;
 use crate::crypto::seeded_provider;
 use crate::net::{BOOT, Faults, Local, SimClock, SimNet};
+use crate::pod::{Pods, Seam, bad_identities, identity, token};
 use crate::recorder::{Event, Record, Recorder};
 use crate::scenario::{ConfigChange, ConfigStep, FaultKind, ISTIOD, Plan, RootStep, TERMINATION_DRAIN};
 use crate::seed::sub_seed;
@@ -105,123 +98,52 @@ enum Command {
 
 struct Node {
     pods: Vec<usize>,
-    /// The material of each pod with a bad identity (`None`: no certificate).
-    bad: Arc<BTreeMap<usize, Option<Material>>>,
     plan: Arc<Plan>,
-    seed: u64,
-    faults: Arc<Faults>,
-    local: Arc<Local>,
-    recorder: Arc<Recorder>,
-    generator: Arc<Generator>,
+    /// What every pod shares, and how this world's pods reach the network.
+    pods_: Arc<Pods>,
+    seam: Arc<SimSeam>,
+    generator: Arc<Generator<SimSeam>>,
     commands: Mutex<Option<mpsc::UnboundedReceiver<Command>>>,
-    ca: Arc<CaServer>,
     /// Every sidecar started on any node, with its pod (metrics are read at the end).
     started: Arc<Mutex<Vec<Arc<Sidecar<SimNet>>>>>,
 }
 
-/// A pod's bootstrap credential (its service-account token), from the run's seed.
-fn token(seed: u64, pod: usize) -> String {
-    format!("sa-token-{:016x}", sub_seed(seed, "sa_token", pod as u64))
+/// The simulator's seam: turmoil sockets with the pod-level fault table, simulated time,
+/// seeded TLS randomness and the proxy cost model.
+pub struct SimSeam {
+    plan: Arc<Plan>,
+    seed: u64,
+    faults: Arc<Faults>,
+    local: Arc<Local>,
+}
+
+impl Seam for SimSeam {
+    type Net = SimNet;
+    fn net(&self, pod: usize) -> SimNet {
+        SimNet::new(pod, self.plan.pods[pod].node, self.faults.clone(), self.local.clone())
+    }
+    fn clock(&self) -> Arc<dyn Clock> {
+        Arc::new(SimClock::new())
+    }
+    fn tls_provider(&self, pod: usize) -> Arc<CryptoProvider> {
+        seeded_provider(sub_seed(self.seed, "tls", pod as u64))
+    }
+    fn cost(&self, pod: usize) -> Option<Arc<dyn ProcessingCost>> {
+        Some(Arc::new(SidecarCost::new(self.plan.proxy_cost.clone(), sub_seed(self.seed, "proxy_cost", pod as u64))))
+    }
+    fn bind_failed(&self, _pod: usize, port: u16, error: std::io::Error) {
+        panic!("bug: pod port {port} is not free when its pod starts: {error}")
+    }
 }
 
 impl Node {
     fn start_pod(&self, pod: usize, sidecars: &mut BTreeMap<usize, Arc<Sidecar<SimNet>>>) -> Vec<JoinHandle<()>> {
-        let p = &self.plan.pods[pod];
-        let net = SimNet::new(pod, p.node, self.faults.clone(), self.local.clone());
-        let app = Arc::new(App {
-            pod,
-            name: p.name.clone(),
-            model: p.app.clone(),
-            faults: self.faults.clone(),
-            rng: Mutex::new(ChaCha8Rng::seed_from_u64(sub_seed(self.seed, "app", pod as u64))),
-            recorder: Some(self.recorder.clone()),
-        });
-        let (app_net, app_port, tcp) = (net.clone(), p.app_port, p.protocol == AppProtocol::Tcp);
-        let app_task = tokio::spawn(async move {
-            let listener = bind(app_net, app_port).await;
-            let _ = if tcp { app.serve_tcp(listener).await } else { app.serve(listener).await };
-        });
-        if !p.sidecar {
-            return vec![app_task];
+        let running = self.pods_.start(&self.seam, pod);
+        if let Some(sidecar) = running.sidecar {
+            self.started.lock().expect("started lock").push(sidecar.clone());
+            sidecars.insert(pod, sidecar);
         }
-        let clock = Arc::new(SimClock::new());
-        // A (re)started sidecar has no certificate until its agent gets one.
-        let store = Arc::new(IdentityStore::new(
-            self.identity(pod),
-            DEFAULT_TRUST_DOMAIN,
-            seeded_provider(sub_seed(self.seed, "tls", pod as u64)),
-        ));
-        let tls = SidecarTls::new(store.clone(), clock.clone()).expect("the TLS config builds");
-        let sidecar = Sidecar::awaiting_config(
-            SidecarConfig {
-                pod: p.name.clone(),
-                workload: p.workload().to_string(),
-                namespace: p.namespace.clone(),
-                service: format!("{}.{}.{}", p.service, p.namespace, mesh::registry::DOMAIN_SUFFIX),
-                labels: p.labels.clone(),
-                app_port: p.app_port,
-                seed: sub_seed(self.seed, "sidecar", pod as u64),
-                rate_limit: p.rate_limit.clone(),
-                tls: Some(Arc::new(tls)),
-                cost: Some(Arc::new(SidecarCost::new(
-                    self.plan.proxy_cost.clone(),
-                    sub_seed(self.seed, "proxy_cost", pod as u64),
-                ))),
-            },
-            net.clone(),
-            clock,
-            self.recorder.clone(),
-        )
-        .expect("the rate limit was validated with the scenario");
-        self.started.lock().expect("started lock").push(sidecar.clone());
-        sidecars.insert(pod, sidecar.clone());
-        let (n2, n3) = (net.clone(), net.clone());
-        let (in_port, out_port) = (p.inbound_port, p.outbound_port);
-        let (s1, s2) = (sidecar.clone(), sidecar.clone());
-        let client = ClientConfig {
-            host: ISTIOD.to_string(),
-            port: control::PORT,
-            seed: sub_seed(self.seed, "control_client", pod as u64),
-        };
-        let mut tasks = vec![
-            app_task,
-            tokio::spawn(control_client::run(s2, client)),
-            tokio::spawn(async move {
-                let _ = s1.run_inbound(bind(n2, in_port).await).await;
-            }),
-            tokio::spawn(async move {
-                let _ = sidecar.run_outbound(bind(n3, out_port).await).await;
-            }),
-        ];
-        if let Some(material) = self.bad.get(&pod) {
-            let sink: &dyn IdentitySink = &*store;
-            sink.set_trust_bundle(self.ca.trust_bundle()).expect("the mesh roots are valid anchors");
-            if let Some((chain, key)) = material {
-                sink.install(chain.clone(), key.clone()).expect("a bad identity's material installs");
-            }
-            return tasks;
-        }
-        let agent = Agent::new(
-            AgentConfig {
-                pod: p.name.clone(),
-                id: self.identity(pod),
-                token: token(self.seed, pod),
-                ca: CaAddress { host: ISTIOD.to_string(), port: CA_PORT, timeout: REQUEST_TIMEOUT },
-                ttl: self.plan.ca.workload_cert_ttl,
-                seed: sub_seed(self.seed, "cert_agent", pod as u64),
-            },
-            net,
-            Arc::new(SimClock::new()),
-            store,
-            self.recorder.clone(),
-            self.ca.roots_changed(),
-        );
-        tasks.push(tokio::spawn(agent.run()));
-        tasks
-    }
-
-    fn identity(&self, pod: usize) -> SpiffeId {
-        identity(&self.plan, pod)
+        running.tasks
     }
 
     async fn run(self: Arc<Self>) -> turmoil::Result {
@@ -247,7 +169,7 @@ impl Node {
                 }
             }
         });
-        tokio::spawn(self.generator.clone().run());
+        tokio::spawn(self.generator.clone().run(crate::net::scenario_start()));
         let Some(mut rx) = self.commands.lock().expect("commands lock").take() else {
             return Ok(());
         };
@@ -288,29 +210,6 @@ async fn bind(net: SimNet, port: u16) -> <SimNet as Net>::Listener {
         Ok(l) => l,
         Err(e) => panic!("bug: pod port {port} is not free when its pod starts: {e}"),
     }
-}
-
-/// The material of each sidecar pod with a bad identity, made at the epoch; the mesh CA
-/// trusts the federated mesh's root when a pod belongs to it.
-fn bad_identities(plan: &Plan, seed: u64, mesh: &mut Authority) -> BTreeMap<usize, Option<Material>> {
-    let now = Duration::from_secs(EPOCH_SECS);
-    let mut issuers = Issuers::new(seed, now);
-    let mut out = BTreeMap::new();
-    for (i, p) in plan.pods.iter().enumerate() {
-        let Some(bad) = p.bad_identity.filter(|_| p.sidecar) else { continue };
-        let key_seed = sub_seed(seed, "bad_identity_key", i as u64);
-        out.insert(i, issuers.issue(mesh, &identity(plan, i), bad, key_seed, now));
-    }
-    if plan.pods.iter().any(|p| p.bad_identity == Some(BadIdentity::WrongTrustDomain)) {
-        mesh.federate(issuers.federated_root());
-    }
-    out
-}
-
-fn identity(plan: &Plan, pod: usize) -> SpiffeId {
-    let p = &plan.pods[pod];
-    let sa = &plan.registry.pods[&p.name].service_account;
-    SpiffeId::new(&p.namespace, sa)
 }
 
 /// What the control-plane host runs: the control plane and the CA.
@@ -429,7 +328,7 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let options =
         CaOptions { default_ttl: DEFAULT_TTL, max_ttl: plan.ca.max_workload_cert_ttl, ..CaOptions::default() };
     let mut authority = Authority::self_signed(options, sub_seed(seed, "ca", 0), Duration::from_secs(EPOCH_SECS));
-    let bad = Arc::new(bad_identities(&plan, seed, &mut authority));
+    let bad = Arc::new(bad_identities(&plan, seed, &mut authority, Duration::from_secs(EPOCH_SECS)));
     let ca = CaServer::new(authority);
     for i in 0..plan.pods.len() {
         ca.credentials().insert(token(seed, i), identity(&plan, i));
@@ -460,30 +359,35 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
 
     let in_flight = Arc::new((0..plan.workloads.len()).map(|_| AtomicU32::new(0)).collect::<Vec<_>>());
     let started = Arc::new(Mutex::new(Vec::new()));
+    let seam = Arc::new(SimSeam { plan: plan.clone(), seed, faults: faults.clone(), local: local.clone() });
+    let pods = Arc::new(Pods {
+        plan: plan.clone(),
+        seed,
+        faults: faults.clone(),
+        recorder: recorder.clone(),
+        bad,
+        ca: ca.clone(),
+    });
     let mut senders = Vec::new();
     for (n, name) in plan.nodes.iter().enumerate() {
-        let pods: Vec<usize> = (0..plan.pods.len()).filter(|&p| plan.pods[p].node == n).collect();
-        let mine: Vec<Planned> = requests.iter().copied().filter(|r| plan.pods[r.source].node == n).collect();
+        let mine: Vec<usize> = (0..plan.pods.len()).filter(|&p| plan.pods[p].node == n).collect();
+        let requests: Vec<Planned> = requests.iter().copied().filter(|r| plan.pods[r.source].node == n).collect();
         let (tx, rx) = mpsc::unbounded_channel();
         senders.push(tx);
         let node = Arc::new(Node {
-            pods,
-            bad: bad.clone(),
+            pods: mine,
             plan: plan.clone(),
-            seed,
-            faults: faults.clone(),
-            local: local.clone(),
-            recorder: recorder.clone(),
+            pods_: pods.clone(),
+            seam: seam.clone(),
             generator: Arc::new(Generator {
                 plan: plan.clone(),
-                requests: mine,
+                requests,
+                seam: seam.clone(),
                 faults: faults.clone(),
-                local: local.clone(),
                 recorder: recorder.clone(),
                 in_flight: in_flight.clone(),
             }),
             commands: Mutex::new(Some(rx)),
-            ca: ca.clone(),
             started: started.clone(),
         });
         sim.host(name.as_str(), move || node.clone().run());
