@@ -6,6 +6,7 @@ pub mod app;
 pub mod bad_identity;
 pub mod cost;
 pub mod crypto;
+pub mod driver;
 pub mod expect;
 pub mod metric_query;
 pub mod net;

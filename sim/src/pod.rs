@@ -18,9 +18,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh::ca::Authority;
 use mesh::ca::agent::{Agent, AgentConfig, IdentitySink, REQUEST_TIMEOUT};
 use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
-use mesh::ca::Authority;
 use mesh::control;
 use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net};
@@ -102,7 +102,12 @@ pub fn identity(plan: &Plan, pod: usize) -> SpiffeId {
 
 /// The material of each sidecar pod with a bad identity, made at Unix time `now`; the
 /// mesh CA trusts the federated mesh's root when a pod belongs to it.
-pub fn bad_identities(plan: &Plan, seed: u64, mesh: &mut Authority, now: Duration) -> BTreeMap<usize, Option<Material>> {
+pub fn bad_identities(
+    plan: &Plan,
+    seed: u64,
+    mesh: &mut Authority,
+    now: Duration,
+) -> BTreeMap<usize, Option<Material>> {
     let mut issuers = Issuers::new(seed, now);
     let mut out = BTreeMap::new();
     for (i, p) in plan.pods.iter().enumerate() {

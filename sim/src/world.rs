@@ -28,7 +28,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use mesh::ca::authority::DEFAULT_TTL;
 use mesh::ca::service::{CA_PORT, CaServer};
 use mesh::ca::{Authority, CaOptions};
-use mesh::control::{self, ControlEvent, ControlEventKind, ControlEvents, ControlPlane, Store};
+use mesh::control::{self, ControlPlane, Store};
 use mesh::net::{Clock, Net, SystemClock};
 use mesh::proxy::metrics::Series;
 use mesh::proxy::{ProcessingCost, Sidecar};
@@ -38,10 +38,11 @@ use tokio::task::JoinHandle;
 
 use crate::cost::SidecarCost;
 use crate::crypto::seeded_provider;
+use crate::driver::{Command, Context, Driver, Effects};
 use crate::net::{BOOT, Faults, Local, SimClock, SimNet};
 use crate::pod::{Pods, Seam, bad_identities, identity, token};
 use crate::recorder::{Event, Record, Recorder};
-use crate::scenario::{ConfigChange, ConfigStep, FaultKind, ISTIOD, Plan, RootStep, TERMINATION_DRAIN};
+use crate::scenario::{ISTIOD, Plan};
 use crate::seed::sub_seed;
 use crate::workload::{Generator, Planned, schedule};
 
@@ -86,14 +87,6 @@ impl std::fmt::Display for RunError {
             ),
         }
     }
-}
-
-/// What a node does to one of its pods. The driver sends a pod's commands in order and only
-/// on a change (see [`Faults::crash`]), so they alternate; the node still treats a crash of
-/// a pod that is down, or a restart of one that is up, as nothing to do.
-enum Command {
-    Crash(usize),
-    Restart(usize),
 }
 
 struct Node {
@@ -291,14 +284,6 @@ fn istiod(
     tx
 }
 
-/// A fault boundary on the driver's timeline.
-#[derive(Clone, Copy, Debug)]
-struct Action {
-    at: Duration,
-    fault: usize,
-    start: bool,
-}
-
 /// Runs `plan` with `seed` to completion, after its no-mesh baseline (same seed) when
 /// it has one.
 pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
@@ -400,70 +385,17 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     ips.push(sim.lookup(ISTIOD));
     local.set_node_ips(ips);
 
-    let mut actions: Vec<Action> = Vec::new();
-    for (i, f) in plan.faults.iter().enumerate() {
-        actions.push(Action { at: f.at, fault: i, start: true });
-        if let Some(until) = f.until {
-            actions.push(Action { at: until, fault: i, start: false });
-        }
-    }
-    actions.sort_by_key(|a| (a.at, !a.start, a.fault));
-    let mut next = 0;
-    let mut next_step = 0;
-    // Readiness changes the registry has yet to learn: (due, order) → (pod, ready).
-    let mut readiness: BTreeMap<(Duration, usize), (usize, bool)> = BTreeMap::new();
-    let mut learned = 0usize;
-    let mut changed = Vec::new();
-    // Pods scaled down, to stop once drained: (due, pod).
-    let mut draining: BTreeMap<(Duration, usize), ()> = BTreeMap::new();
+    let mut driver = Driver::new(&plan);
     loop {
         let elapsed = sim.elapsed();
         let now = elapsed.saturating_sub(BOOT);
-        while elapsed >= BOOT && next < actions.len() && actions[next].at <= now {
-            apply(&plan, &sim, &faults, &recorder, &senders, &ca, actions[next], now, &mut changed);
-            next += 1;
-        }
-        for (pod, ready) in changed.drain(..) {
-            learned += 1;
-            readiness.insert((now + plan.readiness_delay, learned), (pod, ready));
-        }
-        while elapsed >= BOOT && next_step < plan.config_steps.len() && plan.config_steps[next_step].at <= now {
-            let step = &plan.config_steps[next_step];
-            if let ConfigChange::Scale { deployment, replicas, start, stop } = &step.change {
-                let verb = if stop.is_empty() { "start" } else { "stop" };
-                let pods = if stop.is_empty() { start } else { stop };
-                let detail = format!("{deployment} to {replicas} replicas: {verb} {}", names(&plan, pods));
-                recorder.event(now, "scale", detail);
-                for &p in start {
-                    let _ = senders[plan.pods[p].node].send(Command::Restart(p));
-                    changed.push((p, true));
-                }
-                // A pod being deleted leaves the endpoints at once; it stops after draining.
-                for &p in stop {
-                    publish(&store, &recorder, &plan.pods[p].name, false, now);
-                    draining.insert((now + TERMINATION_DRAIN, p), ());
-                }
-            } else {
-                apply_step(&store, &recorder, step, now);
-            }
-            next_step += 1;
-        }
-        for (pod, ready) in changed.drain(..) {
-            learned += 1;
-            readiness.insert((now + plan.readiness_delay, learned), (pod, ready));
-        }
-        while let Some(e) = draining.first_entry()
-            && e.key().0 <= now
-        {
-            let (_, pod) = *e.key();
-            e.remove();
-            let _ = senders[plan.pods[pod].node].send(Command::Crash(pod));
-        }
-        while let Some(e) = readiness.first_entry()
-            && e.key().0 <= now
-        {
-            let (pod, ready) = e.remove();
-            publish(&store, &recorder, &plan.pods[pod].name, ready, now);
+        if elapsed >= BOOT {
+            let effects = SimEffects { plan: &plan, sim: &sim, nodes: &senders };
+            driver.advance(
+                now,
+                &Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca },
+                &effects,
+            );
         }
         if (now >= plan.duration && recorder.is_complete()) || now >= hard_stop {
             break;
@@ -493,152 +425,27 @@ fn pod_metrics(sidecars: &[Arc<Sidecar<SimNet>>]) -> BTreeMap<String, Vec<Series
     pods.into_iter().map(|(pod, series)| (pod, series.into_values().collect())).collect()
 }
 
-/// Publishes (`ready`) or withdraws the endpoint of `pod` in the registry; a change is a
-/// new version, recorded.
-fn publish(store: &Store, recorder: &Recorder, pod: &str, ready: bool, now: Duration) {
-    if let Some(acc) = store.set_ready(pod, ready) {
-        let what = if ready { "published" } else { "withdrawn" };
-        recorder.control_event(ControlEvent {
-            at: now,
-            proxy: String::new(),
-            version: acc.version,
-            kind: ControlEventKind::Changed { what: format!("endpoint of {pod} {what}") },
-        });
+/// The driver's effects in the simulator: commands go to the nodes' hosts, link latency
+/// is turmoil's.
+struct SimEffects<'a> {
+    plan: &'a Plan,
+    sim: &'a turmoil::Sim<'a>,
+    nodes: &'a [mpsc::UnboundedSender<Command>],
+}
+
+impl Effects for SimEffects<'_> {
+    fn command(&self, node: usize, command: Command) {
+        // A node's receiver lives as long as the simulation.
+        let _ = self.nodes[node].send(command);
     }
-}
-
-/// Applies a config step to the store (as `kubectl apply` / `delete` would to the API
-/// server); the control plane pushes what follows.
-fn apply_step(store: &Store, recorder: &Recorder, step: &ConfigStep, now: Duration) {
-    let (result, what) = match &step.change {
-        ConfigChange::Apply(rs) => {
-            let keys: Vec<String> = rs.iter().map(|r| r.key().to_string()).collect();
-            (store.apply(rs.clone()), format!("apply {}", keys.join(", ")))
-        }
-        ConfigChange::Delete(keys) => {
-            let names: Vec<String> = keys.iter().map(|(k, _)| k.to_string()).collect();
-            (store.delete(keys), format!("delete {}", names.join(", ")))
-        }
-        ConfigChange::Scale { .. } => unreachable!("the driver runs scale steps itself"),
-    };
-    match result {
-        Ok(acc) => recorder.control_event(ControlEvent {
-            at: now,
-            proxy: String::new(),
-            version: acc.version,
-            kind: ControlEventKind::Changed { what },
-        }),
-        Err(findings) => {
-            let why: Vec<String> = findings.0.iter().map(|f| f.to_string()).collect();
-            recorder.event(now, "config_rejected", format!("{what}: {}", why.join("; ")));
-        }
-    }
-}
-
-fn names(plan: &Plan, pods: &[usize]) -> String {
-    pods.iter().map(|&p| plan.pods.get(p).map_or(ISTIOD, |x| x.name.as_str())).collect::<Vec<_>>().join(",")
-}
-
-/// Starts or ends a fault. Pods that go down or come back are added to `changed` (the
-/// registry learns it after the readiness delay).
-#[allow(clippy::too_many_arguments)]
-fn apply(
-    plan: &Plan,
-    sim: &turmoil::Sim<'_>,
-    faults: &Faults,
-    recorder: &Recorder,
-    nodes: &[mpsc::UnboundedSender<Command>],
-    ca: &CaServer,
-    a: Action,
-    now: Duration,
-    changed: &mut Vec<(usize, bool)>,
-) {
-    let f = &plan.faults[a.fault];
-    let verb = if a.start { "start" } else { "end" };
-    match &f.kind {
-        FaultKind::AppErrors { pods, status, rate_ppm } => {
-            for &p in pods {
-                faults.set_app_errors(p, a.fault, a.start.then_some((*status, *rate_ppm)));
+    fn link_latency(&self, from: usize, to: usize, latency: Option<Duration>) {
+        let (a, b) = (self.plan.nodes[from].as_str(), self.plan.nodes[to].as_str());
+        match latency {
+            Some(l) => self.sim.set_link_latency(a, b, l),
+            None => {
+                self.sim.set_link_latency(a, b, self.plan.latency_min);
+                self.sim.set_link_max_message_latency(a, b, self.plan.latency_max);
             }
-            recorder.event(
-                now,
-                &format!("fault_{verb}"),
-                format!("app_errors {} status {status} rate {rate_ppm} ppm", names(plan, pods)),
-            );
-        }
-        FaultKind::Partition { from, to } => {
-            if a.start {
-                faults.partition(from, to);
-            } else {
-                faults.heal(from, to);
-            }
-            recorder.event(
-                now,
-                &format!("fault_{verb}"),
-                format!("partition [{}] <-> [{}]", names(plan, from), names(plan, to)),
-            );
-        }
-        FaultKind::LinkLatency { from, to, latency } => {
-            for &x in from {
-                for &y in to {
-                    if x == y {
-                        continue;
-                    }
-                    let (a_, b_) = (plan.nodes[x].as_str(), plan.nodes[y].as_str());
-                    if a.start {
-                        sim.set_link_latency(a_, b_, *latency);
-                    } else {
-                        sim.set_link_latency(a_, b_, plan.latency_min);
-                        sim.set_link_max_message_latency(a_, b_, plan.latency_max);
-                    }
-                }
-            }
-            let nodes_ = |v: &[usize]| v.iter().map(|&n| plan.nodes[n].as_str()).collect::<Vec<_>>().join(",");
-            recorder.event(
-                now,
-                &format!("fault_{verb}"),
-                format!("link_latency [{}] <-> [{}] {latency:?}", nodes_(from), nodes_(to)),
-            );
-        }
-        FaultKind::Crash { pods } => {
-            // Crash windows of one pod may overlap or touch: the pod is down while any
-            // is active, so only the first start stops it and only the last end restarts it.
-            for &p in pods {
-                let cmd = if a.start {
-                    faults.crash(p).then_some(Command::Crash(p))
-                } else {
-                    faults.recover(p).then_some(Command::Restart(p))
-                };
-                if let Some(cmd) = cmd {
-                    // The node's receiver lives as long as the simulation.
-                    let _ = nodes[plan.pods.get(p).map_or(plan.nodes.len(), |x| x.node)].send(cmd);
-                    if p < plan.pods.len() {
-                        changed.push((p, !a.start));
-                    }
-                }
-            }
-            recorder.event(now, &format!("fault_{verb}"), format!("crash {}", names(plan, pods)));
-        }
-        FaultKind::CaOutage => {
-            ca.set_up(!a.start);
-            recorder.event(now, &format!("fault_{verb}"), format!("ca_outage {ISTIOD}"));
-        }
-        FaultKind::CaRoot(step) => {
-            let unix = Duration::from_secs(EPOCH_SECS) + now;
-            ca.rotate(|auth| match step {
-                RootStep::AddRoot => auth.add_root(unix),
-                RootStep::SignWithNewRoot => auth.sign_with_new_root(),
-                RootStep::RemoveOldRoots => {
-                    auth.remove_old_roots();
-                    Ok(())
-                }
-            })
-            .expect("the scenario's root rotation steps were validated in order");
-            recorder.event(
-                now,
-                "ca_root",
-                format!("{} (trust bundle: {} root(s))", step.name(), ca.trust_bundle().len()),
-            );
         }
     }
 }
