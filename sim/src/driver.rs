@@ -9,15 +9,22 @@
 //! Not here: how a world runs its pods (`crate::pod`) or reaches the network.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use mesh::ca::authority::DEFAULT_TTL;
 use mesh::ca::service::CaServer;
+use mesh::ca::{Authority, CaOptions};
 use mesh::control::{ControlEvent, ControlEventKind, ControlEvents, Store};
 
+use crate::bad_identity::Material;
 use crate::net::Faults;
+use crate::pod::{bad_identities, identity, token};
 use crate::recorder::Recorder;
+use crate::seed::sub_seed;
+use crate::workload::{Planned, schedule};
 use crate::scenario::{ConfigChange, ConfigStep, FaultKind, ISTIOD, Plan, RootStep, TERMINATION_DRAIN};
-use crate::world::EPOCH_SECS;
+use crate::world::{DRAIN_SLACK, EPOCH_SECS};
 
 /// What a node does to one of its pods. The driver sends a pod's commands in order and only
 /// on a change (see [`Faults::crash`]), so they alternate; the node still treats a crash of
@@ -33,6 +40,60 @@ struct Action {
     at: Duration,
     fault: usize,
     start: bool,
+}
+
+/// What a run starts from, in any world.
+pub struct Prepared {
+    /// Every request of the run, in intended-time order.
+    pub requests: Vec<Planned>,
+    pub recorder: Arc<Recorder>,
+    /// The fault table: one entry per pod, then istiod's.
+    pub faults: Arc<Faults>,
+    pub ca: Arc<CaServer>,
+    /// The material of each pod with a bad identity.
+    pub bad: Arc<BTreeMap<usize, Option<Material>>>,
+    /// The control plane's store, as the API server holds it at the start.
+    pub store: Arc<Store>,
+    /// When the run stops at the latest (the scenario's clock): its duration, the longest
+    /// workload timeout and the drain slack.
+    pub hard_stop: Duration,
+}
+
+/// Prepares a run of `plan` with `seed` whose CA starts at Unix time `unix_now`: the
+/// schedule, the recorder, the fault table, the CA (every pod's bootstrap credential
+/// known to it), bad identities, and the store.
+pub fn prepare(plan: &Plan, seed: u64, unix_now: Duration) -> Prepared {
+    let requests = schedule(plan, seed);
+    let recorder = Arc::new(Recorder::new(requests.len(), plan.needs_receipts()));
+    let mut port_owner = BTreeMap::new();
+    for (i, p) in plan.pods.iter().enumerate() {
+        for port in [p.app_port, p.inbound_port, p.outbound_port] {
+            port_owner.insert(port, i);
+        }
+    }
+    // The fault table's last entry is istiod.
+    let faults = Faults::new(plan.pods.len() + 1, port_owner);
+    let options =
+        CaOptions { default_ttl: DEFAULT_TTL, max_ttl: plan.ca.max_workload_cert_ttl, ..CaOptions::default() };
+    let mut authority = Authority::self_signed(options, sub_seed(seed, "ca", 0), unix_now);
+    let bad = Arc::new(bad_identities(plan, seed, &mut authority, unix_now));
+    let ca = CaServer::new(authority);
+    for i in 0..plan.pods.len() {
+        ca.credentials().insert(token(seed, i), identity(plan, i));
+    }
+    let store = Arc::new(
+        Store::new(
+            plan.registry.clone(),
+            plan.resources.clone(),
+            plan.egress.clone(),
+            crate::scenario::suppressed(&plan.suppress),
+        )
+        .expect("the scenario's config was validated when it loaded")
+        .without_endpoints(plan.pods.iter().filter(|p| !p.running_at_start).map(|p| p.name.as_str())),
+    );
+    let max_timeout = plan.workloads.iter().map(|w| w.timeout).max().unwrap_or_default();
+    let hard_stop = plan.duration + max_timeout + DRAIN_SLACK;
+    Prepared { requests, recorder, faults, ca, bad, store, hard_stop }
 }
 
 /// What the driver acts on, shared with the world.

@@ -11,6 +11,7 @@ pub mod expect;
 pub mod metric_query;
 pub mod net;
 pub mod pod;
+pub mod real;
 pub mod recorder;
 pub mod results;
 pub mod scenario;

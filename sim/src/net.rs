@@ -120,7 +120,7 @@ impl Faults {
     }
 
     /// If `a` and `b` are partitioned, registers `waker` and returns true.
-    fn blocked(&self, a: usize, b: usize, waker: &Waker) -> bool {
+    pub(crate) fn blocked(&self, a: usize, b: usize, waker: &Waker) -> bool {
         if self.partitions_active.load(Ordering::SeqCst) == 0 {
             return false;
         }
@@ -189,7 +189,7 @@ impl Faults {
         49152 + (self.local_ports.fetch_add(1, Ordering::SeqCst) % 16384) as u16
     }
 
-    fn generation(&self, pod: usize) -> u64 {
+    pub(crate) fn generation(&self, pod: usize) -> u64 {
         self.generations[pod].load(Ordering::SeqCst)
     }
 }

@@ -25,6 +25,7 @@ use mesh::control;
 use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net};
 use mesh::proxy::control_client::{self, ClientConfig};
+use mesh::proxy::metrics::Series;
 use mesh::proxy::tls::SidecarTls;
 use mesh::proxy::{ProcessingCost, Sidecar, SidecarConfig};
 use mesh::registry::AppProtocol;
@@ -35,6 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::bad_identity::{BadIdentity, Issuers, Material};
+use crate::driver::Command;
 use crate::net::Faults;
 use crate::recorder::Recorder;
 use crate::scenario::{ISTIOD, Plan};
@@ -82,10 +84,100 @@ pub struct Pods {
     pub ca: Arc<CaServer>,
 }
 
-/// A started pod: its tasks (aborted when it crashes) and its sidecar, if it has one.
+/// A started pod: its tasks (aborted when it crashes), its sidecar if it has one, and the
+/// identity store its certificate agent fills (when it runs one).
 pub struct RunningPod<N: Net> {
     pub tasks: Vec<JoinHandle<()>>,
     pub sidecar: Option<Arc<Sidecar<N>>>,
+    pub agent_store: Option<Arc<IdentityStore>>,
+}
+
+/// The pods one place runs (a simulated node, or a real world's process), started,
+/// crashed and restarted on the driver's commands.
+pub struct PodSet<S: Seam> {
+    pods: Arc<Pods>,
+    seam: Arc<S>,
+    /// Tasks of running pods, and the aborted tasks of crashed ones.
+    tasks: BTreeMap<usize, Vec<JoinHandle<()>>>,
+    aborted: BTreeMap<usize, Vec<JoinHandle<()>>>,
+    /// The sidecars of running pods.
+    pub sidecars: Arc<Mutex<BTreeMap<usize, Arc<Sidecar<S::Net>>>>>,
+    /// Every sidecar ever started, restarts included (metrics are read at the end).
+    started: Arc<Mutex<Vec<Arc<Sidecar<S::Net>>>>>,
+    /// The identity stores of running pods whose agent asks the CA for a certificate.
+    pub agent_stores: BTreeMap<usize, Arc<IdentityStore>>,
+}
+
+impl<S: Seam> PodSet<S> {
+    pub fn new(pods: Arc<Pods>, seam: Arc<S>, started: Arc<Mutex<Vec<Arc<Sidecar<S::Net>>>>>) -> PodSet<S> {
+        PodSet {
+            pods,
+            seam,
+            tasks: BTreeMap::new(),
+            aborted: BTreeMap::new(),
+            sidecars: Arc::new(Mutex::new(BTreeMap::new())),
+            started,
+            agent_stores: BTreeMap::new(),
+        }
+    }
+
+    /// Starts pod `pod` (which is not running).
+    pub fn start(&mut self, pod: usize) {
+        let running = self.pods.start(&self.seam, pod);
+        if let Some(sidecar) = running.sidecar {
+            self.started.lock().expect("started lock").push(sidecar.clone());
+            self.sidecars.lock().expect("sidecars lock").insert(pod, sidecar);
+        }
+        if let Some(store) = running.agent_store {
+            self.agent_stores.insert(pod, store);
+        }
+        assert!(self.tasks.insert(pod, running.tasks).is_none(), "pod {pod} started twice");
+    }
+
+    /// Carries out `command`. The driver sends a pod's commands in order and only on a
+    /// change, so they alternate; a crash of a pod that is down, or a restart of one that
+    /// is up, is nothing to do.
+    pub async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Crash(pod) => {
+                let Some(running) = self.tasks.remove(&pod) else { return };
+                for t in &running {
+                    t.abort();
+                }
+                self.aborted.entry(pod).or_default().extend(running);
+                self.sidecars.lock().expect("sidecars lock").remove(&pod);
+                self.agent_stores.remove(&pod);
+            }
+            Command::Restart(pod) => {
+                if self.tasks.contains_key(&pod) {
+                    return;
+                }
+                // An aborted task drops its listeners, freeing their ports, only when the
+                // runtime next polls it: wait for that before binding them again.
+                for t in self.aborted.remove(&pod).unwrap_or_default() {
+                    let _ = t.await;
+                }
+                self.start(pod);
+            }
+        }
+    }
+}
+
+/// Each pod's series, the instances of a restarted pod summed per label set.
+pub fn pod_metrics<N: Net>(sidecars: &[Arc<Sidecar<N>>]) -> BTreeMap<String, Vec<Series>> {
+    let mut pods: BTreeMap<String, BTreeMap<BTreeMap<&'static str, String>, Series>> = BTreeMap::new();
+    for s in sidecars {
+        let mine = pods.entry(s.pod().to_string()).or_default();
+        for series in s.metrics() {
+            match mine.get_mut(&series.labels) {
+                Some(x) => x.add(&series),
+                None => {
+                    mine.insert(series.labels.clone(), series);
+                }
+            }
+        }
+    }
+    pods.into_iter().map(|(pod, series)| (pod, series.into_values().collect())).collect()
 }
 
 /// A pod's bootstrap credential (its service-account token), from the run's seed.
@@ -143,7 +235,7 @@ impl Pods {
             let _ = if tcp { app.serve_tcp(listener).await } else { app.serve(listener).await };
         });
         if !p.sidecar {
-            return RunningPod { tasks: vec![app_task], sidecar: None };
+            return RunningPod { tasks: vec![app_task], sidecar: None, agent_store: None };
         }
         let clock = seam.clock();
         // A (re)started sidecar has no certificate until its agent gets one.
@@ -195,7 +287,7 @@ impl Pods {
             if let Some((chain, key)) = material {
                 sink.install(chain.clone(), key.clone()).expect("a bad identity's material installs");
             }
-            return RunningPod { tasks, sidecar: Some(sidecar) };
+            return RunningPod { tasks, sidecar: Some(sidecar), agent_store: None };
         }
         let agent = Agent::new(
             AgentConfig {
@@ -208,12 +300,12 @@ impl Pods {
             },
             net,
             clock,
-            store,
+            store.clone(),
             self.recorder.clone(),
             self.ca.roots_changed(),
         );
         tasks.push(tokio::spawn(agent.run()));
-        RunningPod { tasks, sidecar: Some(sidecar) }
+        RunningPod { tasks, sidecar: Some(sidecar), agent_store: Some(store) }
     }
 }
 

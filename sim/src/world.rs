@@ -25,9 +25,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use mesh::ca::authority::DEFAULT_TTL;
 use mesh::ca::service::{CA_PORT, CaServer};
-use mesh::ca::{Authority, CaOptions};
 use mesh::control::{self, ControlPlane, Store};
 use mesh::net::{Clock, Net, SystemClock};
 use mesh::proxy::metrics::Series;
@@ -38,13 +36,13 @@ use tokio::task::JoinHandle;
 
 use crate::cost::SidecarCost;
 use crate::crypto::seeded_provider;
-use crate::driver::{Command, Context, Driver, Effects};
+use crate::driver::{Command, Context, Driver, Effects, Prepared, prepare};
 use crate::net::{BOOT, Faults, Local, SimClock, SimNet};
-use crate::pod::{Pods, Seam, bad_identities, identity, token};
+use crate::pod::{PodSet, Pods, Seam, pod_metrics};
 use crate::recorder::{Event, Record, Recorder};
 use crate::scenario::{ISTIOD, Plan};
 use crate::seed::sub_seed;
-use crate::workload::{Generator, Planned, schedule};
+use crate::workload::{Generator, Planned};
 
 /// How far past its duration a run may go to let in-flight requests finish.
 pub const DRAIN_SLACK: Duration = Duration::from_secs(5);
@@ -71,6 +69,9 @@ pub struct RunOutput {
 pub enum RunError {
     /// turmoil reported an error (a host's software failed).
     Sim(String),
+    /// A real world could not be set up or booted (an address in use, a boot that did not
+    /// finish): an operating error, not the mesh's.
+    Setup(String),
     /// Requests without an outcome: the "nothing lost" invariant broke.
     Lost { missing: Vec<u64> },
 }
@@ -79,6 +80,7 @@ impl std::fmt::Display for RunError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RunError::Sim(e) => write!(f, "simulation failed: {e}"),
+            RunError::Setup(e) => write!(f, "real mode: {e}"),
             RunError::Lost { missing } => write!(
                 f,
                 "{} request(s) have no recorded outcome (first ids: {:?}): every issued request must end in exactly one outcome",
@@ -130,29 +132,15 @@ impl Seam for SimSeam {
 }
 
 impl Node {
-    fn start_pod(&self, pod: usize, sidecars: &mut BTreeMap<usize, Arc<Sidecar<SimNet>>>) -> Vec<JoinHandle<()>> {
-        let running = self.pods_.start(&self.seam, pod);
-        if let Some(sidecar) = running.sidecar {
-            self.started.lock().expect("started lock").push(sidecar.clone());
-            sidecars.insert(pod, sidecar);
-        }
-        running.tasks
-    }
-
     async fn run(self: Arc<Self>) -> turmoil::Result {
-        let mut sidecars = BTreeMap::new();
-        // Tasks of running pods, and the aborted tasks of crashed ones.
-        let mut tasks: BTreeMap<usize, Vec<JoinHandle<()>>> = BTreeMap::new();
-        let mut aborted: BTreeMap<usize, Vec<JoinHandle<()>>> = BTreeMap::new();
+        let mut set = PodSet::new(self.pods_.clone(), self.seam.clone(), self.started.clone());
         // Pods that only a scale step starts wait for its restart command.
         for &pod in self.pods.iter().filter(|&&p| self.plan.pods[p].running_at_start) {
-            let t = self.start_pod(pod, &mut sidecars);
-            tasks.insert(pod, t);
+            set.start(pod);
         }
-        let sidecars = Arc::new(Mutex::new(sidecars));
         // Envoy's outlier sweep runs on a timer: replay due sweeps every 100 ms so
         // readmissions are recorded even without traffic.
-        let sweeper = sidecars.clone();
+        let sweeper = set.sidecars.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -167,30 +155,7 @@ impl Node {
             return Ok(());
         };
         while let Some(cmd) = rx.recv().await {
-            match cmd {
-                Command::Crash(pod) => {
-                    let Some(running) = tasks.remove(&pod) else { continue };
-                    for t in &running {
-                        t.abort();
-                    }
-                    aborted.entry(pod).or_default().extend(running);
-                    sidecars.lock().expect("sidecars lock").remove(&pod);
-                }
-                Command::Restart(pod) => {
-                    if tasks.contains_key(&pod) {
-                        continue;
-                    }
-                    // An aborted task drops its listeners, freeing their ports, only when the
-                    // runtime next polls it: wait for that before binding them again.
-                    for t in aborted.remove(&pod).unwrap_or_default() {
-                        let _ = t.await;
-                    }
-                    let mut map = sidecars.lock().expect("sidecars lock").clone();
-                    let t = self.start_pod(pod, &mut map);
-                    *sidecars.lock().expect("sidecars lock") = map;
-                    tasks.insert(pod, t);
-                }
-            }
+            set.handle(cmd).await;
         }
         std::future::pending().await
     }
@@ -298,39 +263,11 @@ pub fn run(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
 
 fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let wall = SystemClock::new();
-    let requests = schedule(&plan, seed);
+    let Prepared { requests, recorder, faults, ca, bad, store, hard_stop } =
+        prepare(&plan, seed, Duration::from_secs(EPOCH_SECS));
     let issued = requests.len();
-    let recorder = Arc::new(Recorder::new(issued, plan.needs_receipts()));
-    let mut port_owner = BTreeMap::new();
-    for (i, p) in plan.pods.iter().enumerate() {
-        for port in [p.app_port, p.inbound_port, p.outbound_port] {
-            port_owner.insert(port, i);
-        }
-    }
-    // The fault table's last entry is istiod.
     let istiod_index = plan.pods.len();
-    let faults = Faults::new(plan.pods.len() + 1, port_owner);
-    let options =
-        CaOptions { default_ttl: DEFAULT_TTL, max_ttl: plan.ca.max_workload_cert_ttl, ..CaOptions::default() };
-    let mut authority = Authority::self_signed(options, sub_seed(seed, "ca", 0), Duration::from_secs(EPOCH_SECS));
-    let bad = Arc::new(bad_identities(&plan, seed, &mut authority, Duration::from_secs(EPOCH_SECS)));
-    let ca = CaServer::new(authority);
-    for i in 0..plan.pods.len() {
-        ca.credentials().insert(token(seed, i), identity(&plan, i));
-    }
     let local = Arc::new(Local::default());
-    let store = Arc::new(
-        Store::new(
-            plan.registry.clone(),
-            plan.resources.clone(),
-            plan.egress.clone(),
-            crate::scenario::suppressed(&plan.suppress),
-        )
-        .expect("the scenario's config was validated when it loaded")
-        .without_endpoints(plan.pods.iter().filter(|p| !p.running_at_start).map(|p| p.name.as_str())),
-    );
-    let max_timeout = plan.workloads.iter().map(|w| w.timeout).max().unwrap_or_default();
-    let hard_stop = plan.duration + max_timeout + DRAIN_SLACK;
 
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
@@ -406,23 +343,6 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
     let metrics = pod_metrics(&started.lock().expect("started lock"));
     Ok(RunOutput { records, events, issued, metrics, sim_elapsed, wall: wall.now(), baseline: None })
-}
-
-/// Each pod's series, the instances of a restarted pod summed per label set.
-fn pod_metrics(sidecars: &[Arc<Sidecar<SimNet>>]) -> BTreeMap<String, Vec<Series>> {
-    let mut pods: BTreeMap<String, BTreeMap<BTreeMap<&'static str, String>, Series>> = BTreeMap::new();
-    for s in sidecars {
-        let mine = pods.entry(s.pod().to_string()).or_default();
-        for series in s.metrics() {
-            match mine.get_mut(&series.labels) {
-                Some(x) => x.add(&series),
-                None => {
-                    mine.insert(series.labels.clone(), series);
-                }
-            }
-        }
-    }
-    pods.into_iter().map(|(pod, series)| (pod, series.into_values().collect())).collect()
 }
 
 /// The driver's effects in the simulator: commands go to the nodes' hosts, link latency
