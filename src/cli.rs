@@ -11,6 +11,41 @@ use clap::{Parser, Subcommand};
 use mesh::config::Level;
 use mesh::net::{Clock, SystemClock};
 use sim::scenario::{self, Plan};
+use sim::target::Target;
+
+/// A real-time run's progress on a terminal (stderr); nothing when stderr is not one.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new() -> Progress {
+        use std::io::IsTerminal as _;
+        Progress(std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {msg}").expect("the template is valid"));
+            bar
+        }))
+    }
+
+    fn tell(&self, p: sim::real::Progress) {
+        if let Some(bar) = &self.0 {
+            bar.set_length(p.duration.as_millis() as u64);
+            bar.set_position(p.at.as_millis().min(p.duration.as_millis()) as u64);
+            bar.set_message(format!(
+                "{:.1}s of {:.1}s real time, {} of {} requests sent",
+                p.at.as_secs_f64(),
+                p.duration.as_secs_f64(),
+                p.sent,
+                p.issued
+            ));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
 
 /// Prints a line to stdout; a closed pipe (`meshsim run x | head`) is not an error.
 macro_rules! say {
@@ -59,6 +94,11 @@ enum Command {
         /// Do not write the HTML report and Markdown summary beside the results.
         #[arg(long)]
         no_report: bool,
+        /// Where to run: `sim` (the deterministic simulator), `real` (meshsim's mesh on
+        /// loopback sockets in real time; expectations get a stated slack, see
+        /// scenarios/README.md) or `envoy` (not built yet).
+        #[arg(long, default_value = "sim")]
+        target: sim::target::Target,
     },
     /// Render a results file as an HTML report and a Markdown summary (beside it), or
     /// compare several runs on one page.
@@ -132,7 +172,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     match cli.command {
-        Command::Run { file, seed, out, no_report } => cmd_run(&file, seed, &out, !no_report),
+        Command::Run { file, seed, out, no_report, target } => cmd_run(&file, seed, &out, !no_report, target),
         Command::Report { files, compare, out } => cmd_report(&files, compare, out),
         Command::Validate { files } => cmd_validate(&files),
         Command::Bench { what: Bench::Sim { scenario, seed, runs } } => cmd_bench(scenario.as_deref(), seed, runs),
@@ -199,30 +239,50 @@ fn cmd_validate(files: &[PathBuf]) -> i32 {
     code
 }
 
-fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool) -> i32 {
-    let plan = match load(file, Style::Compiler) {
-        Ok(p) => Arc::new(p),
+fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool, target: Target) -> i32 {
+    let mut plan = match load(file, Style::Compiler) {
+        Ok(p) => p,
         Err(c) => return c,
     };
+    if target == Target::Envoy {
+        eprintln!("error: --target envoy: real Envoy sidecars are not built yet; run --target sim or --target real");
+        return EXIT_INVALID;
+    }
+    plan.expectations = sim::target::slacken(&plan.expectations, target);
+    let plan = Arc::new(plan);
     let seed = seed.unwrap_or(plan.seed);
-    say!("meshsim run {} --seed {seed}", file.display());
-    let output = match sim::world::run(plan.clone(), seed) {
+    let flag = if target == Target::Sim { String::new() } else { format!(" --target {}", target.name()) };
+    say!("meshsim run {} --seed {seed}{flag}", file.display());
+    let output = match target {
+        Target::Sim => sim::world::run(plan.clone(), seed),
+        _ => {
+            let progress = Progress::new();
+            let out = sim::real::run(plan.clone(), seed, &|p| progress.tell(p));
+            progress.finish();
+            out
+        }
+    };
+    let output = match output {
         Ok(o) => o,
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("repro: meshsim run {} --seed {seed}", file.display());
+            eprintln!("repro: meshsim run {} --seed {seed}{flag}", file.display());
             return EXIT_FAILED;
         }
     };
     let results = sim::results::build(&plan, seed, &output);
     say_raw!("{}", sim::results::summary(&results));
     let wall = output.wall.as_secs_f64();
-    say!(
-        "\nwall {:.2}s: {:.0} simulated requests per wall second, {:.1}x real time",
-        wall,
-        output.issued as f64 / wall.max(1e-9),
-        output.sim_elapsed.as_secs_f64() / wall.max(1e-9)
-    );
+    if target == Target::Sim {
+        say!(
+            "\nwall {:.2}s: {:.0} simulated requests per wall second, {:.1}x real time",
+            wall,
+            output.issued as f64 / wall.max(1e-9),
+            output.sim_elapsed.as_secs_f64() / wall.max(1e-9)
+        );
+    } else {
+        say!("\nwall {:.2}s on {} (boot included)", wall, target.name());
+    }
     let path = out_dir.join(format!("{}-seed{seed}.json", plan.name));
     let json = serde_json::to_vec_pretty(&results).expect("results serialize");
     if let Err(e) = std::fs::create_dir_all(out_dir).and_then(|_| std::fs::write(&path, &json)) {
@@ -250,7 +310,7 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool) -> i32 
         EXIT_OK
     } else {
         let failed = results.expectations.iter().filter(|c| !c.pass).count();
-        say!("{failed} expectation(s) failed; repro: meshsim run {} --seed {seed}", file.display());
+        say!("{failed} expectation(s) failed; repro: meshsim run {} --seed {seed}{flag}", file.display());
         EXIT_FAILED
     }
 }

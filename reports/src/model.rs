@@ -15,6 +15,8 @@ pub struct Run {
     pub scenario: String,
     pub file: String,
     pub seed: u64,
+    /// Where it ran (`sim`, `real`); empty in results older than targets (the simulator).
+    pub target: String,
     pub duration_ms: u64,
     pub sim_elapsed_ms: u64,
     /// Node → pods placed on it.
@@ -132,7 +134,10 @@ impl Run {
 
     /// The one-line command that reproduces the run.
     pub fn repro(&self) -> String {
-        format!("meshsim run {} --seed {}", self.file, self.seed)
+        match self.target.as_str() {
+            "" | "sim" => format!("meshsim run {} --seed {}", self.file, self.seed),
+            t => format!("meshsim run {} --seed {} --target {t}", self.file, self.seed),
+        }
     }
 
     pub fn duration_s(&self) -> f64 {

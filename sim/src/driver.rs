@@ -21,9 +21,9 @@ use crate::bad_identity::Material;
 use crate::net::Faults;
 use crate::pod::{bad_identities, identity, token};
 use crate::recorder::Recorder;
+use crate::scenario::{ConfigChange, ConfigStep, FaultKind, ISTIOD, Plan, RootStep, TERMINATION_DRAIN};
 use crate::seed::sub_seed;
 use crate::workload::{Planned, schedule};
-use crate::scenario::{ConfigChange, ConfigStep, FaultKind, ISTIOD, Plan, RootStep, TERMINATION_DRAIN};
 use crate::world::{DRAIN_SLACK, EPOCH_SECS};
 
 /// What a node does to one of its pods. The driver sends a pod's commands in order and only

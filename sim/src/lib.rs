@@ -16,6 +16,7 @@ pub mod recorder;
 pub mod results;
 pub mod scenario;
 pub mod seed;
+pub mod target;
 pub mod traces;
 pub mod workload;
 pub mod world;

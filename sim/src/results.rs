@@ -23,6 +23,8 @@ pub struct Results {
     pub scenario: String,
     pub file: String,
     pub seed: u64,
+    /// Where it ran: `sim`, `real` (see `crate::target`).
+    pub target: &'static str,
     pub duration_ms: u64,
     pub sim_elapsed_ms: u64,
     /// Node → pods placed on it.
@@ -254,6 +256,7 @@ fn build_unchecked(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
         scenario: plan.name.clone(),
         file: plan.file.clone(),
         seed,
+        target: out.target.name(),
         duration_ms: plan.duration.as_millis() as u64,
         sim_elapsed_ms: out.sim_elapsed.as_millis() as u64,
         placement,
@@ -318,10 +321,11 @@ pub fn summary(r: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "scenario {} (seed {}), {} simulated, {} requests issued, {} recorded",
+        "scenario {} (seed {}), {} {}, {} requests issued, {} recorded",
         r.scenario,
         r.seed,
         fmt_ms(r.duration_ms as f64),
+        if r.target == "sim" { "simulated" } else { "in real time on loopback" },
         r.issued,
         r.recorded
     );

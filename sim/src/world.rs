@@ -63,6 +63,8 @@ pub struct RunOutput {
     pub wall: Duration,
     /// The run of the plan's no-mesh baseline, when it has one.
     pub baseline: Option<Box<RunOutput>>,
+    /// Where it ran.
+    pub target: crate::target::Target,
 }
 
 #[derive(Debug)]
@@ -342,7 +344,16 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
     let sim_elapsed = sim.elapsed().saturating_sub(BOOT);
     let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
     let metrics = pod_metrics(&started.lock().expect("started lock"));
-    Ok(RunOutput { records, events, issued, metrics, sim_elapsed, wall: wall.now(), baseline: None })
+    Ok(RunOutput {
+        records,
+        events,
+        issued,
+        metrics,
+        sim_elapsed,
+        wall: wall.now(),
+        baseline: None,
+        target: crate::target::Target::Sim,
+    })
 }
 
 /// The driver's effects in the simulator: commands go to the nodes' hosts, link latency

@@ -247,7 +247,11 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
     let mut told = Duration::ZERO;
     loop {
         let now = clock.now();
-        driver.advance(now, &Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca }, &effects);
+        driver.advance(
+            now,
+            &Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca },
+            &effects,
+        );
         if now >= told + Duration::from_secs(1) || told.is_zero() {
             told = now.max(Duration::from_millis(1));
             let sent = intended.partition_point(|&t| t <= now);
@@ -265,7 +269,16 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
     let sim_elapsed = clock.now();
     let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
     let metrics = pod_metrics(&started.lock().expect("started lock"));
-    Ok(RunOutput { records, events, issued, metrics, sim_elapsed, wall: wall.now(), baseline: None })
+    Ok(RunOutput {
+        records,
+        events,
+        issued,
+        metrics,
+        sim_elapsed,
+        wall: wall.now(),
+        baseline: None,
+        target: crate::target::Target::Real,
+    })
 }
 
 /// Waits until every running sidecar has applied its first config and every agent has

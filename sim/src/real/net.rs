@@ -262,9 +262,8 @@ impl Net for RealNet {
     #[allow(clippy::disallowed_methods)] // the seam's real implementation
     async fn bind(&self, addr: SocketAddr) -> io::Result<RealListener> {
         let addr = self.translate(addr);
-        let inner = TcpListener::bind(addr)
-            .await
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+        let inner =
+            TcpListener::bind(addr).await.map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
         Ok(RealListener { inner, net: self.clone() })
     }
 
