@@ -10,6 +10,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use mesh::config::Level;
 use mesh::net::{Clock, SystemClock};
+use sim::real::process::Component;
 use sim::scenario::{self, Plan};
 use sim::target::Target;
 
@@ -118,11 +119,47 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Run a scenario's istiod (control plane and CA) as a process of its own, on
+    /// 127.SLICE.0.1; prints every pod's addresses, then `ready: istiod`.
+    Control {
+        file: PathBuf,
+        #[command(flatten)]
+        at: ComponentArgs,
+    },
+    /// Run one pod's app as a process of its own, on its address in the slice.
+    App {
+        file: PathBuf,
+        /// The pod (e.g. `backend-v1-0`).
+        #[arg(long)]
+        pod: String,
+        #[command(flatten)]
+        at: ComponentArgs,
+    },
+    /// Run one pod's sidecar (listeners, control-plane client, certificate agent) as a
+    /// process of its own; prints `ready: sidecar of POD` once configured and certified.
+    Sidecar {
+        file: PathBuf,
+        #[arg(long)]
+        pod: String,
+        #[command(flatten)]
+        at: ComponentArgs,
+    },
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         what: Bench,
     },
+}
+
+/// Where and how long a component process runs.
+#[derive(clap::Args, Debug)]
+struct ComponentArgs {
+    /// The run's loopback slice: every address is 127.SLICE.x.y (100–249).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(100..=249))]
+    slice: u8,
+    /// Stop after this long (e.g. `30s`); default: run until killed.
+    #[arg(long = "for", value_parser = mesh::config::duration::parse_duration)]
+    length: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -175,6 +212,9 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         Command::Run { file, seed, out, no_report, target } => cmd_run(&file, seed, &out, !no_report, target),
         Command::Report { files, compare, out } => cmd_report(&files, compare, out),
         Command::Validate { files } => cmd_validate(&files),
+        Command::Control { file, at } => cmd_component(&file, Component::Control, &at),
+        Command::App { file, pod, at } => cmd_component(&file, Component::App(pod), &at),
+        Command::Sidecar { file, pod, at } => cmd_component(&file, Component::Sidecar(pod), &at),
         Command::Bench { what: Bench::Sim { scenario, seed, runs } } => cmd_bench(scenario.as_deref(), seed, runs),
         Command::Bench { what: Bench::Report { results, runs } } => cmd_bench_report(results.as_deref(), runs),
         Command::Bench { what: Bench::Control { services, pods, seed } } => cmd_bench_control(services, pods, seed),
@@ -312,6 +352,26 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool, target:
         let failed = results.expectations.iter().filter(|c| !c.pass).count();
         say!("{failed} expectation(s) failed; repro: meshsim run {} --seed {seed}{flag}", file.display());
         EXIT_FAILED
+    }
+}
+
+/// `meshsim control|app|sidecar`: one component of a scenario's mesh as this process.
+fn cmd_component(file: &Path, component: Component, at: &ComponentArgs) -> i32 {
+    let plan = match load(file, Style::Compiler) {
+        Ok(p) => Arc::new(p),
+        Err(c) => return c,
+    };
+    if matches!(component, Component::Control) {
+        for line in sim::real::process::addresses(&plan, at.slice) {
+            say!("{line}");
+        }
+    }
+    match sim::real::process::run(plan, component, at.slice, at.length, &|line| say!("{line}")) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: {e}");
+            EXIT_FAILED
+        }
     }
 }
 

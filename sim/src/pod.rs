@@ -218,8 +218,18 @@ impl Pods {
     /// runs. Call it where the pod's tasks are to run (in the simulator, inside the
     /// pod's node).
     pub fn start<S: Seam>(&self, seam: &Arc<S>, pod: usize) -> RunningPod<S::Net> {
+        let app = self.start_app(seam, pod);
+        if !self.plan.pods[pod].sidecar {
+            return RunningPod { tasks: vec![app], sidecar: None, agent_store: None };
+        }
+        let mut running = self.start_sidecar(seam, pod);
+        running.tasks.insert(0, app);
+        running
+    }
+
+    /// Starts pod `pod`'s app alone (its task).
+    pub fn start_app<S: Seam>(&self, seam: &Arc<S>, pod: usize) -> JoinHandle<()> {
         let p = &self.plan.pods[pod];
-        let net = seam.net(pod);
         let app = Arc::new(App {
             pod,
             name: p.name.clone(),
@@ -228,15 +238,20 @@ impl Pods {
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(sub_seed(self.seed, "app", pod as u64))),
             recorder: Some(self.recorder.clone()),
         });
-        let (app_net, app_port, tcp) = (net.clone(), p.app_port, p.protocol == AppProtocol::Tcp);
+        let (app_net, app_port, tcp) = (seam.net(pod), p.app_port, p.protocol == AppProtocol::Tcp);
         let s = seam.clone();
-        let app_task = tokio::spawn(async move {
+        tokio::spawn(async move {
             let Some(listener) = bind(&*s, pod, app_net, app_port).await else { return };
             let _ = if tcp { app.serve_tcp(listener).await } else { app.serve(listener).await };
-        });
-        if !p.sidecar {
-            return RunningPod { tasks: vec![app_task], sidecar: None, agent_store: None };
-        }
+        })
+    }
+
+    /// Starts pod `pod`'s sidecar alone: its listeners, control-plane client and
+    /// certificate agent (the pod must have a sidecar).
+    pub fn start_sidecar<S: Seam>(&self, seam: &Arc<S>, pod: usize) -> RunningPod<S::Net> {
+        let p = &self.plan.pods[pod];
+        assert!(p.sidecar, "pod {} has no sidecar", p.name);
+        let net = seam.net(pod);
         let clock = seam.clock();
         // A (re)started sidecar has no certificate until its agent gets one.
         let store =
@@ -270,7 +285,6 @@ impl Pods {
             seed: sub_seed(self.seed, "control_client", pod as u64),
         };
         let mut tasks = vec![
-            app_task,
             tokio::spawn(control_client::run(s2, client)),
             tokio::spawn(async move {
                 let Some(listener) = bind(&*seam1, pod, n2, in_port).await else { return };

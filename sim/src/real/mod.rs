@@ -20,6 +20,7 @@
 //! `network.latency`) and `network.tick` (the simulator's step).
 
 pub mod net;
+pub mod process;
 
 use std::io;
 use std::sync::atomic::AtomicU32;

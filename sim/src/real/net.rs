@@ -51,7 +51,7 @@ pub struct Addrs {
     second_octet: u8,
     pods: usize,
     /// Held for the run: another run (in this process or another) skips the slice.
-    _lock: std::net::TcpListener,
+    _lock: Option<std::net::TcpListener>,
 }
 
 impl Addrs {
@@ -69,7 +69,7 @@ impl Addrs {
         for k in 0..150u32 {
             let second_octet = 100 + ((start + k) % 150) as u8;
             match std::net::TcpListener::bind((Ipv4Addr::new(127, second_octet, 0, 1), LOCK_PORT)) {
-                Ok(lock) => return Ok(Addrs { second_octet, pods, _lock: lock }),
+                Ok(lock) => return Ok(Addrs { second_octet, pods, _lock: Some(lock) }),
                 Err(e) => last = Some(e),
             }
         }
@@ -77,6 +77,12 @@ impl Addrs {
             "no free loopback slice 127.100-249.0.0/16 (binding 127.x.0.1:{LOCK_PORT}): {}",
             last.map_or_else(String::new, |e| e.to_string())
         )))
+    }
+
+    /// The slice `127.second_octet.0.0/16`, as components started by hand name it: no
+    /// lock, since their processes share it by design.
+    pub fn fixed(second_octet: u8, pods: usize) -> Addrs {
+        Addrs { second_octet, pods, _lock: None }
     }
 
     pub fn istiod(&self) -> Ipv4Addr {
