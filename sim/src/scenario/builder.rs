@@ -39,6 +39,11 @@ impl Builder {
         self.findings.push(Finding::error(Pos::of(&self.file, at), code::NOT_FOUND, field, msg));
     }
 
+    /// An error about the file as a whole, for a field without a position of its own.
+    pub(super) fn err_in_file(&mut self, code: &'static str, field: impl Into<String>, msg: impl Into<String>) {
+        self.findings.push(Finding::error(Pos::file(&self.file), code, field, msg));
+    }
+
     pub(super) fn range(&mut self, s: &Spanned<Vec<IstioDuration>>, field: &str) -> Option<(Duration, Duration)> {
         match s.value.as_slice() {
             [a, b] if a.0 <= b.0 => Some((a.0, b.0)),

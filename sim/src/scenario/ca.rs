@@ -58,3 +58,25 @@ impl Builder {
         CaPlan { workload_cert_ttl, max_workload_cert_ttl }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{BASE, errors, plan};
+    use super::*;
+
+    #[test]
+    fn without_a_ca_section_agents_ask_the_default_and_the_limit_is_90_days() {
+        assert_eq!(
+            plan(BASE).ca,
+            CaPlan { workload_cert_ttl: None, max_workload_cert_ttl: Duration::from_secs(2160 * 3600) }
+        );
+    }
+
+    #[test]
+    fn a_ttl_above_the_limit_is_refused() {
+        assert_eq!(
+            errors(&format!("{BASE}ca: {{workload_cert_ttl: 2h, max_workload_cert_ttl: 1h}}\n")),
+            "t.yaml:16:25: error [MSIM0002] ca.workload_cert_ttl: workload_cert_ttl 2h0m0s is greater than max_workload_cert_ttl 1h0m0s: the CA would refuse every request\n"
+        );
+    }
+}

@@ -249,3 +249,47 @@ impl Builder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{BASE, errors, plan};
+    use super::*;
+
+    #[test]
+    fn scaling_down_stops_the_highest_pods_and_scaling_up_restarts_them() {
+        let text = format!(
+            "{BASE}config:\n  - {{at: 4s, scale: {{deployment: backend-v1, replicas: 5}}}}\n  - {{at: 2s, scale: {{deployment: backend-v1, replicas: 1}}}}\n"
+        );
+        let p = plan(&text);
+        assert_eq!(p.pods.len(), 6, "the most replicas asked for are planned up front");
+        assert!(!p.pods[4].running_at_start && !p.pods[5].running_at_start);
+        let scaled: Vec<(Duration, Vec<usize>, Vec<usize>)> = p
+            .config_steps
+            .iter()
+            .map(|s| match &s.change {
+                ConfigChange::Scale { start, stop, .. } => (s.at, start.clone(), stop.clone()),
+                other => panic!("not a scale step: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            scaled,
+            [(Duration::from_secs(2), vec![], vec![3, 2]), (Duration::from_secs(4), vec![2, 3, 4, 5], vec![])]
+        );
+    }
+
+    #[test]
+    fn a_deployment_that_sends_a_workload_cannot_scale() {
+        assert_eq!(
+            errors(&format!("{BASE}config:\n  - {{at: 1s, scale: {{deployment: frontend-v1, replicas: 2}}}}\n")),
+            "t.yaml:17:34: error [MSIM0002] config[0].scale.deployment: \"frontend-v1\" sends a workload's requests: only deployments that no workload sends from can scale\n"
+        );
+    }
+
+    #[test]
+    fn a_step_gives_exactly_one_change() {
+        assert_eq!(
+            errors(&format!("{BASE}config:\n  - {{at: 1s}}\n")),
+            "t.yaml:17:10: error [MSIM0002] config[0]: a config step has exactly one of apply, apply_file, delete, scale\n"
+        );
+    }
+}

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use mesh::config::Finding;
 use mesh::config::diag::code;
 use mesh::config::istio::Resource;
-use mesh::config::{Finding, Pos};
 use mesh::control::StoredResource;
 use mesh::registry::Registry;
 use mesh::snapshot::{self, Snapshot, Sourced};
@@ -29,7 +29,7 @@ pub struct Suppress {
 }
 
 impl Suppress {
-    pub(super) fn parse(rule: &str) -> Option<Suppress> {
+    fn parse(rule: &str) -> Option<Suppress> {
         let (code, resource) = rule.split_once('=')?;
         let (kind, name) = resource.trim().split_once(' ')?;
         let (code, kind, name) = (code.trim(), kind.trim(), name.trim());
@@ -107,12 +107,11 @@ impl Builder {
     ) -> (Vec<StoredResource>, Snapshot) {
         let inline_docs = generic.get("istio").and_then(|v| v.as_array()).cloned().unwrap_or_default();
         if inline_docs.len() != inline.len() {
-            self.findings.push(Finding::error(
-                Pos::file(&self.file),
+            self.err_in_file(
                 code::SCHEMA,
                 "istio",
                 "the inline resources cannot be read as plain documents (keys must be strings)",
-            ));
+            );
         }
         let mut sources: Vec<StoredResource> = inline
             .into_iter()
@@ -185,6 +184,8 @@ impl Builder {
 
 #[cfg(test)]
 mod tests {
+    use mesh::config::Pos;
+
     use super::*;
 
     fn finding(code: &'static str, resource: &str) -> Finding {

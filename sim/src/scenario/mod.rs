@@ -32,7 +32,7 @@ use mesh::config::{Finding, Findings, Pos};
 
 pub use self::ca::CaPlan;
 pub use self::control::{ConfigChange, ConfigStep, TERMINATION_DRAIN};
-pub use self::expectations::{CountFilter, Expectation, HeaderFilter, Window};
+pub use self::expectations::{CountFilter, Expectation, HeaderFilter, LatencyBound, Window};
 pub use self::faults::{Fault, FaultKind, ISTIOD, RootStep};
 pub use self::istio::{Suppress, suppressed};
 pub use self::plan::Plan;
@@ -184,5 +184,45 @@ impl Builder {
             baseline: None,
             warnings: Vec::new(),
         })
+    }
+}
+
+/// Small scenarios for the section modules' tests.
+#[cfg(test)]
+mod testing {
+    use std::path::Path;
+
+    use super::{Plan, load_str};
+
+    /// Two services and a workload between them; a test appends the section it checks.
+    pub(super) const BASE: &str = "\
+name: t
+duration: 10s
+services:
+  - name: frontend
+    pods:
+      - name: v1
+  - name: backend
+    pods:
+      - name: v1
+        replicas: 3
+workload:
+  - name: browse
+    from: frontend
+    to: backend
+    rate: 10
+";
+
+    /// The plan of `text`, which must load.
+    pub(super) fn plan(text: &str) -> Plan {
+        load_str("t.yaml", text, Path::new(".")).unwrap_or_else(|e| panic!("does not load:\n{e}"))
+    }
+
+    /// What loading `text` reports, one `file:line:col: error [code] field: rule` a line.
+    pub(super) fn errors(text: &str) -> String {
+        match load_str("t.yaml", text, Path::new(".")) {
+            Ok(_) => panic!("loads, but should not:\n{text}"),
+            Err(e) => e.to_string(),
+        }
     }
 }

@@ -74,6 +74,6 @@ impl Plan {
 
     /// Whether the run needs its no-mesh baseline (a `latency_overhead` expectation).
     pub fn needs_baseline(&self) -> bool {
-        self.mesh && self.expectations.iter().any(|e| matches!(e, Expectation::LatencyOverhead { .. }))
+        self.mesh && self.expectations.iter().any(|e| matches!(e, Expectation::LatencyOverhead(_)))
     }
 }

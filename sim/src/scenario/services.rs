@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use mesh::config::IstioDuration;
 use mesh::config::diag::code;
-use mesh::config::{Finding, IstioDuration, Pos};
 use mesh::proxy::ratelimit::{Denominator, FractionalPercent, LocalRateLimit, LocalRateLimitConfig};
 use mesh::registry::{AppProtocol, Pod, Registry, Service};
 use serde::Deserialize;
@@ -241,12 +241,7 @@ impl Builder {
         // Deployment (`<service>-<group>`) → its pods in index order and its replicas at start.
         let mut deployments: BTreeMap<String, (Vec<usize>, u32)> = BTreeMap::new();
         if defs.is_empty() {
-            self.findings.push(Finding::error(
-                Pos::file(&self.file),
-                code::SCENARIO,
-                "services",
-                "a scenario needs at least one service",
-            ));
+            self.err_in_file(code::SCENARIO, "services", "a scenario needs at least one service");
         }
         for (si, s) in defs.iter().enumerate() {
             let f = format!("services[{si}]");
@@ -430,7 +425,7 @@ impl Builder {
     }
 
     /// The latency distribution written at field `f`; `default` when none is given.
-    pub(super) fn latency(&mut self, l: &LatencyDef, f: &str, default: Latency) -> Latency {
+    fn latency(&mut self, l: &LatencyDef, f: &str, default: Latency) -> Latency {
         let set = [l.constant.is_some(), l.uniform.is_some(), l.exponential.is_some(), l.lognormal.is_some()]
             .iter()
             .filter(|&&x| x)
@@ -453,19 +448,14 @@ impl Builder {
             default
         };
         if set > 1 {
-            self.findings.push(Finding::error(
-                Pos::file(&self.file),
-                code::SCENARIO,
-                f,
-                "latency has exactly one of constant, uniform, exponential, lognormal",
-            ));
+            self.err_in_file(code::SCENARIO, f, "latency has exactly one of constant, uniform, exponential, lognormal");
         }
         latency
     }
 
     /// A pod group of a TCP service: its app is an echo server, so the fields that shape
     /// HTTP responses are errors (`error_rate_ppm` stays: a connection reset).
-    pub(super) fn http_only_app_fields(&mut self, a: &AppDef, f: &str) {
+    fn http_only_app_fields(&mut self, a: &AppDef, f: &str) {
         let why = "applies to HTTP responses: the app of a tcp service echoes bytes (only latency and error_rate_ppm, a reset, apply)";
         if let Some(x) = &a.error_status {
             self.err(x, &format!("{f}.app.error_status"), why);
@@ -478,7 +468,7 @@ impl Builder {
         }
     }
 
-    pub(super) fn app(&mut self, a: &AppDef, f: &str) -> AppModel {
+    fn app(&mut self, a: &AppDef, f: &str) -> AppModel {
         let latency =
             self.latency(&a.latency, &format!("{f}.app.latency"), Latency::Constant(Duration::from_millis(1)));
         if let Some(r) = &a.error_rate_ppm
@@ -513,7 +503,7 @@ impl Builder {
     }
 
     /// The scenario's rate-limit form into Envoy's filter config, checked by its rules.
-    pub(super) fn rate_limit(&mut self, r: &Spanned<RateLimitDef>, f: &str) -> Option<LocalRateLimitConfig> {
+    fn rate_limit(&mut self, r: &Spanned<RateLimitDef>, f: &str) -> Option<LocalRateLimitConfig> {
         let d = &r.value;
         let pct = |p: Option<f64>| FractionalPercent {
             numerator: (p.unwrap_or(100.0).clamp(0.0, 100.0) * 10_000.0).round() as u32,
@@ -569,12 +559,68 @@ fn is_dns_label(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use super::super::testing::{BASE, errors, plan};
+    use super::*;
+
+    #[test]
+    fn pods_are_dealt_round_robin_over_the_nodes_with_three_ports_each() {
+        let p = plan(&format!("nodes: 2\n{BASE}"));
+        let placed: Vec<(&str, usize, u16, u16, u16)> =
+            p.pods.iter().map(|p| (p.name.as_str(), p.node, p.app_port, p.inbound_port, p.outbound_port)).collect();
+        assert_eq!(
+            placed,
+            [
+                ("frontend-v1-0", 0, 10_000, 10_001, 10_002),
+                ("backend-v1-0", 1, 10_003, 10_004, 10_005),
+                ("backend-v1-1", 0, 10_006, 10_007, 10_008),
+                ("backend-v1-2", 1, 10_009, 10_010, 10_011),
+            ]
+        );
+        assert_eq!(p.nodes, ["node-0", "node-1"]);
+    }
+
+    #[test]
+    fn without_nodes_there_is_one_per_pod_up_to_four() {
+        assert_eq!(plan(BASE).nodes.len(), 4);
+        let one_pod = BASE.replace("        replicas: 3\n", "").replace("from: frontend", "from: backend");
+        assert_eq!(plan(&one_pod).nodes.len(), 2);
+    }
+
+    #[test]
+    fn a_pod_group_gets_its_service_label_account_and_default_app() {
+        let p = plan(BASE);
+        let b = &p.pods[1];
+        assert_eq!(b.labels.get("app").map(String::as_str), Some("backend"));
+        assert_eq!((b.service_account.as_str(), b.sidecar, b.running_at_start), ("default", true, true));
+        assert_eq!(b.app.latency, Latency::Constant(Duration::from_millis(1)));
+        assert_eq!((b.app.error_rate_ppm, b.app.error_status, b.app.fail_attempts), (0, 500, None));
+    }
+
+    #[test]
+    fn a_service_defined_twice_is_reported_at_its_second_name() {
+        let text = BASE.replace("workload:", "  - name: backend\n    pods:\n      - name: v2\nworkload:");
+        assert_eq!(
+            errors(&text),
+            "t.yaml:11:11: error [MSIM0002] services[2].name: service \"backend\" is defined twice\n"
+        );
+    }
+
+    #[test]
+    fn two_latency_distributions_at_once_are_refused() {
+        let text = BASE.replace("        replicas: 3\n", "        app: {latency: {constant: 1ms, exponential: 2ms}}\n");
+        assert!(
+            errors(&text).contains(
+                "services[1].pods[0].app.latency: latency has exactly one of constant, uniform, exponential, lognormal"
+            ),
+            "{}",
+            errors(&text)
+        );
+    }
 
     #[test]
     fn cluster_ips_count_up_from_10_96_0_1() {
-        assert_eq!(super::cluster_ip(0), Ipv4Addr::new(10, 96, 0, 1));
-        assert_eq!(super::cluster_ip(254), Ipv4Addr::new(10, 96, 0, 255));
-        assert_eq!(super::cluster_ip(255), Ipv4Addr::new(10, 96, 1, 0));
+        assert_eq!(cluster_ip(0), Ipv4Addr::new(10, 96, 0, 1));
+        assert_eq!(cluster_ip(254), Ipv4Addr::new(10, 96, 0, 255));
+        assert_eq!(cluster_ip(255), Ipv4Addr::new(10, 96, 1, 0));
     }
 }

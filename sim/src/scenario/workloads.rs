@@ -230,7 +230,7 @@ impl Builder {
 
     /// The TCP side of a workload: `Some` when it calls a TCP service (its HTTP-only
     /// fields are then errors), and `bytes` is an error on an HTTP workload.
-    pub(super) fn tcp_workload(&mut self, w: &WorkloadDef, f: &str, to: Option<&Service>) -> Option<TcpWorkload> {
+    fn tcp_workload(&mut self, w: &WorkloadDef, f: &str, to: Option<&Service>) -> Option<TcpWorkload> {
         let Some(svc) = to.filter(|s| s.protocol == AppProtocol::Tcp) else {
             if let Some(b) = &w.bytes {
                 self.err(
@@ -275,4 +275,50 @@ pub(super) fn egress(placed: &Placement, workloads: &[Workload]) -> BTreeMap<Str
         }
     }
     egress
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{BASE, errors, plan};
+    use super::*;
+
+    #[test]
+    fn a_workload_defaults_to_get_slash_for_the_whole_run_and_sets_its_egress() {
+        let p = plan(BASE);
+        let w = &p.workloads[0];
+        assert_eq!(
+            (w.name.as_str(), w.to_fqdn.as_str(), w.path.as_str()),
+            ("browse", "backend.default.svc.cluster.local", "/")
+        );
+        assert_eq!((w.method.clone(), w.sources.clone(), w.arrivals), (http::Method::GET, vec![0], Arrivals::Poisson));
+        assert_eq!((w.start, w.stop, w.timeout), (Duration::ZERO, Duration::from_secs(10), Duration::from_secs(30)));
+        assert_eq!((w.max_in_flight, w.tcp), (10_000, None));
+        let egress: Vec<&String> = p.egress["frontend.default.svc.cluster.local"].iter().collect();
+        assert_eq!(egress, ["backend.default.svc.cluster.local"]);
+        assert!(p.egress["backend.default.svc.cluster.local"].is_empty());
+    }
+
+    #[test]
+    fn bytes_on_an_http_workload_is_refused() {
+        assert_eq!(
+            errors(&format!("{BASE}    bytes: 10\n")),
+            "t.yaml:16:12: error [MSIM0002] workload[0].bytes: bytes applies to a workload over a tcp service (app_protocol: tcp)\n"
+        );
+    }
+
+    #[test]
+    fn a_workload_to_a_tcp_service_opens_connections_to_its_cluster_ip() {
+        let text = BASE.replace("  - name: backend\n", "  - name: backend\n    app_protocol: tcp\n");
+        let tcp = plan(&text).workloads[0].tcp.expect("a tcp workload");
+        assert_eq!(tcp.bytes, 1024);
+        assert_eq!(tcp.vip, "10.96.0.2:80".parse().expect("an address"));
+    }
+
+    #[test]
+    fn an_unknown_source_is_not_found() {
+        assert_eq!(
+            errors(&BASE.replace("from: frontend", "from: frontent")),
+            "t.yaml:13:11: error [IST0101] workload[0].from: \"frontent\" is neither a service nor a pod of the scenario\n"
+        );
+    }
 }
