@@ -125,7 +125,7 @@ impl Builder {
         }
         let sourced: Vec<Sourced<'_>> =
             sources.iter().map(|r| Sourced { file: &r.file, resource: &r.resource }).collect();
-        let (snapshot, cfg_findings) = snapshot::compile(&registry, &sourced);
+        let (snapshot, cfg_findings) = snapshot::compile(registry, &sourced);
         self.findings.0.extend(cfg_findings.0.into_iter().filter(|f| !suppress.iter().any(|r| r.matches(f))));
         (sources, snapshot)
     }
