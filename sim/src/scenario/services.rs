@@ -224,6 +224,16 @@ pub(super) struct Placement {
     pub(super) deployments: BTreeMap<String, (Vec<usize>, u32)>,
 }
 
+/// What the pod groups of one service share.
+struct GroupOf<'a> {
+    def: &'a ServiceDef,
+    namespace: String,
+    protocol: AppProtocol,
+    rate_limit: Option<LocalRateLimitConfig>,
+    mesh: bool,
+    scaled_max: &'a BTreeMap<&'a str, u32>,
+}
+
 impl Builder {
     /// The services and their pods, placed on `node_count` nodes (default: one per pod,
     /// 1 to 4). `scaled_max`: the most replicas a scale step asks of a deployment, whose
@@ -294,6 +304,7 @@ impl Builder {
                 );
             }
             let rate_limit = s.rate_limit.as_ref().and_then(|r| self.rate_limit(r, &f));
+            let svc = GroupOf { def: s, namespace, protocol, rate_limit, mesh, scaled_max };
             let mut groups = BTreeSet::new();
             if s.pods.is_empty() {
                 self.err(&s.name, &format!("{f}.pods"), "a service needs at least one pod group");
@@ -309,79 +320,102 @@ impl Builder {
                 if g.replicas.value == 0 {
                     self.err(&g.replicas, &format!("{gf}.replicas"), "replicas must be at least 1");
                 }
-                let app = self.app(&g.app, &gf);
-                if protocol == AppProtocol::Tcp {
-                    self.http_only_app_fields(&g.app, &gf);
-                }
-                let sidecar = mesh && g.sidecar.as_ref().is_none_or(|s| s.value);
-                let service_account = match (&g.service_account, &s.service_account) {
-                    (Some(sa), _) => {
-                        if !is_dns_subdomain(&sa.value) {
-                            self.err(
-                                sa,
-                                &format!("{gf}.service_account"),
-                                format!("{:?} is not a valid service account name (a DNS subdomain)", sa.value),
-                            );
-                        }
-                        sa.value.clone()
-                    }
-                    (None, Some(sa)) => sa.clone(),
-                    (None, None) => "default".to_string(),
-                };
-                let bad_identity = g.bad_identity.as_ref().and_then(|b| {
-                    let parsed = BadIdentity::parse(&b.value);
-                    if parsed.is_none() {
-                        self.err(
-                            b,
-                            &format!("{gf}.bad_identity"),
-                            format!("{:?} is not one of {}", b.value, BadIdentity::NAMES.join(", ")),
-                        );
-                    } else if !sidecar && !self.baseline {
-                        self.err(b, &format!("{gf}.bad_identity"), "a pod without a sidecar has no identity to spoil");
-                    }
-                    parsed
-                });
-                let mut labels = g.labels.clone();
-                labels.entry("app".into()).or_insert_with(|| s.name.value.clone());
-                let deployment = format!("{}-{}", s.name.value, g.name.value);
-                let planned =
-                    scaled_max.get(deployment.as_str()).map_or(g.replicas.value, |&m| m.max(g.replicas.value));
-                let mut group_pods = Vec::new();
-                for i in 0..planned {
-                    if pods.len() >= MAX_PODS {
-                        self.err(
-                            &g.replicas,
-                            &format!("{gf}.replicas"),
-                            format!("a scenario may have at most {MAX_PODS} pods"),
-                        );
-                        break;
-                    }
-                    let k = pods.len() as u16;
-                    mine.push(pods.len());
-                    group_pods.push(pods.len());
-                    pods.push(PlannedPod {
-                        name: format!("{}-{}-{i}", s.name.value, g.name.value),
-                        service: s.name.value.clone(),
-                        namespace: namespace.clone(),
-                        labels: labels.clone(),
-                        node: 0,
-                        app_port: FIRST_PORT + 3 * k,
-                        inbound_port: FIRST_PORT + 3 * k + 1,
-                        outbound_port: FIRST_PORT + 3 * k + 2,
-                        app: app.clone(),
-                        rate_limit: rate_limit.clone(),
-                        service_account: service_account.clone(),
-                        sidecar,
-                        bad_identity,
-                        running_at_start: i < g.replicas.value,
-                        protocol,
-                    });
-                }
+                let (deployment, group_pods) = self.pod_group(g, &gf, &svc, &mut pods);
+                mine.extend(&group_pods);
                 deployments.insert(deployment, (group_pods, g.replicas.value));
             }
             service_pods.insert(s.name.value.clone(), mine);
         }
-        // Nodes: pods are dealt round-robin, in declaration order.
+        let (nodes, pod_index) = self.place(&mut pods, node_count, &mut registry);
+        Placement { registry, pods, nodes, service_pods, pod_index, deployments }
+    }
+
+    /// The pods of group `g` (at field `gf`) of a service, planned up to the most replicas
+    /// a scale step asks for: its deployment's name and the pods' indices.
+    fn pod_group(
+        &mut self,
+        g: &PodGroupDef,
+        gf: &str,
+        svc: &GroupOf<'_>,
+        pods: &mut Vec<PlannedPod>,
+    ) -> (String, Vec<usize>) {
+        let app = self.app(&g.app, gf);
+        if svc.protocol == AppProtocol::Tcp {
+            self.http_only_app_fields(&g.app, gf);
+        }
+        let sidecar = svc.mesh && g.sidecar.as_ref().is_none_or(|s| s.value);
+        let service_account = match (&g.service_account, &svc.def.service_account) {
+            (Some(sa), _) => {
+                if !is_dns_subdomain(&sa.value) {
+                    self.err(
+                        sa,
+                        &format!("{gf}.service_account"),
+                        format!("{:?} is not a valid service account name (a DNS subdomain)", sa.value),
+                    );
+                }
+                sa.value.clone()
+            }
+            (None, Some(sa)) => sa.clone(),
+            (None, None) => "default".to_string(),
+        };
+        let bad_identity = g.bad_identity.as_ref().and_then(|b| {
+            let parsed = BadIdentity::parse(&b.value);
+            if parsed.is_none() {
+                self.err(
+                    b,
+                    &format!("{gf}.bad_identity"),
+                    format!("{:?} is not one of {}", b.value, BadIdentity::NAMES.join(", ")),
+                );
+            } else if !sidecar && !self.baseline {
+                self.err(b, &format!("{gf}.bad_identity"), "a pod without a sidecar has no identity to spoil");
+            }
+            parsed
+        });
+        let mut labels = g.labels.clone();
+        labels.entry("app".into()).or_insert_with(|| svc.def.name.value.clone());
+        let deployment = format!("{}-{}", svc.def.name.value, g.name.value);
+        let planned = svc.scaled_max.get(deployment.as_str()).map_or(g.replicas.value, |&m| m.max(g.replicas.value));
+        let mut group_pods = Vec::new();
+        for i in 0..planned {
+            if pods.len() >= MAX_PODS {
+                self.err(
+                    &g.replicas,
+                    &format!("{gf}.replicas"),
+                    format!("a scenario may have at most {MAX_PODS} pods"),
+                );
+                break;
+            }
+            let k = pods.len() as u16;
+            group_pods.push(pods.len());
+            pods.push(PlannedPod {
+                name: format!("{}-{}-{i}", svc.def.name.value, g.name.value),
+                service: svc.def.name.value.clone(),
+                namespace: svc.namespace.clone(),
+                labels: labels.clone(),
+                node: 0,
+                app_port: FIRST_PORT + 3 * k,
+                inbound_port: FIRST_PORT + 3 * k + 1,
+                outbound_port: FIRST_PORT + 3 * k + 2,
+                app: app.clone(),
+                rate_limit: svc.rate_limit.clone(),
+                service_account: service_account.clone(),
+                sidecar,
+                bad_identity,
+                running_at_start: i < g.replicas.value,
+                protocol: svc.protocol,
+            });
+        }
+        (deployment, group_pods)
+    }
+
+    /// Deals the pods round-robin over the nodes, in declaration order, and registers
+    /// them: the node names and each pod's index by name.
+    fn place(
+        &mut self,
+        pods: &mut [PlannedPod],
+        node_count: &Option<Spanned<u32>>,
+        registry: &mut Registry,
+    ) -> (Vec<String>, BTreeMap<String, usize>) {
         let node_count = match node_count {
             Some(n) if n.value == 0 || n.value > 64 => {
                 self.err(n, "nodes", "nodes must be between 1 and 64 (turmoil cost grows with hosts²)");
@@ -396,7 +430,7 @@ impl Builder {
             p.node = i % node_count;
             pod_index.insert(p.name.clone(), i);
         }
-        for p in &pods {
+        for p in pods.iter() {
             registry.add_pod(Pod {
                 name: p.name.clone(),
                 namespace: p.namespace.clone(),
@@ -408,7 +442,7 @@ impl Builder {
                 sidecar: p.sidecar,
             });
         }
-        Placement { registry, pods, nodes, service_pods, pod_index, deployments }
+        (nodes, pod_index)
     }
 
     pub(super) fn proxy_cost(&mut self, p: &ProxyCostDef) -> ProxyCost {
