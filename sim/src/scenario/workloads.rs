@@ -100,132 +100,143 @@ impl Builder {
         let mut workloads = Vec::new();
         let mut workload_names = BTreeMap::new();
         for (wi, w) in defs.iter().enumerate() {
-            let f = format!("workload[{wi}]");
-            let sources: Vec<usize> = if let Some(ps) = placed.service_pods.get(&w.from.value) {
-                ps.clone()
-            } else if let Some(&p) = placed.pod_index.get(&w.from.value) {
-                vec![p]
-            } else {
-                self.not_found(
-                    &w.from,
-                    &format!("{f}.from"),
-                    format!("{:?} is neither a service nor a pod of the scenario", w.from.value),
-                );
-                vec![]
-            };
-            let ns = sources.first().map(|&p| placed.pods[p].namespace.clone()).unwrap_or_else(|| "default".into());
-            let to_fqdn = qualify(&w.to.value, &ns);
-            if !placed.registry.services.contains_key(&to_fqdn) {
-                self.not_found(&w.to, &format!("{f}.to"), format!("{:?} is not a service of the scenario", w.to.value));
-            }
-            if !(w.rate.value.is_finite() && w.rate.value > 0.0) {
-                self.err(
-                    &w.rate,
-                    &format!("{f}.rate"),
-                    format!("rate must be greater than 0 requests per second (got {})", w.rate.value),
-                );
-            } else if w.rate.value > 100_000.0 {
-                self.err(&w.rate, &format!("{f}.rate"), "rate must be at most 100000 requests per second");
-            }
-            let arrivals = match w.arrivals.as_ref().map(|a| a.value.as_str()) {
-                None | Some("poisson") => Arrivals::Poisson,
-                Some("constant") => Arrivals::Constant,
-                Some(other) => {
-                    let at = w.arrivals.as_ref().expect("set");
-                    self.err(
-                        at,
-                        &format!("{f}.arrivals"),
-                        format!("arrivals must be `constant` or `poisson`, not {other:?}"),
-                    );
-                    Arrivals::Poisson
-                }
-            };
-            let start = dur(&w.start, Duration::ZERO);
-            let stop = dur(&w.stop, duration);
-            if stop <= start && (w.stop.is_some() || run_end.is_some()) {
-                let at =
-                    w.stop.as_ref().map(|s| Pos::of(&self.file, s)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
-                self.findings.push(Finding::error(
-                    at,
-                    code::SCENARIO,
-                    format!("{f}.stop"),
-                    format!("workload stops ({stop:?}) before it starts ({start:?})"),
-                ));
-            }
-            if let Some(m) = &w.max_in_flight
-                && m.value == 0
-            {
-                self.err(m, &format!("{f}.max_in_flight"), "max_in_flight must be at least 1");
-            }
-            if let Some(t) = &w.timeout
-                && t.value.0.is_zero()
-            {
-                self.err(t, &format!("{f}.timeout"), "timeout must be greater than 0");
-            }
-            let name =
-                w.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("{}->{}", w.from.value, w.to.value));
-            if workload_names.insert(name.clone(), wi).is_some() {
-                let at =
-                    w.name.as_ref().map(|n| Pos::of(&self.file, n)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
-                self.findings.push(Finding::error(
-                    at,
-                    code::SCENARIO,
-                    format!("{f}.name"),
-                    format!("workload name {name:?} is used twice"),
-                ));
-            }
-            let method = match &w.method {
-                None => http::Method::GET,
-                Some(m) => match http::Method::from_bytes(m.value.as_bytes()) {
-                    Ok(x) if x == http::Method::CONNECT => {
-                        self.err(m, &format!("{f}.method"), "CONNECT is not supported (a workload sends to a path)");
-                        x
-                    }
-                    Ok(x) => x,
-                    Err(_) => {
-                        self.err(
-                            m,
-                            &format!("{f}.method"),
-                            format!("{:?} is not a valid HTTP method (an HTTP token, like GET or POST)", m.value),
-                        );
-                        http::Method::GET
-                    }
-                },
-            };
-            let headers = match &w.headers {
-                None => Vec::new(),
-                Some(h) => self.headers(h, &format!("{f}.headers"), RESERVED_REQUEST_HEADERS),
-            };
-            let path = w.path.clone().unwrap_or_else(|| "/".into());
-            if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
-                let at =
-                    w.name.as_ref().map(|n| Pos::of(&self.file, n)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
-                self.findings.push(Finding::error(
-                    at,
-                    code::SCENARIO,
-                    format!("{f}.path"),
-                    format!("{path:?} is not a request path (it starts with `/`; a query may follow `?`)"),
-                ));
-            }
-            let tcp = self.tcp_workload(w, &f, placed.registry.services.get(&to_fqdn));
-            workloads.push(Workload {
-                name,
-                sources,
-                to: w.to.value.clone(),
-                to_fqdn,
-                path,
-                method,
-                headers,
-                rate: w.rate.value,
-                arrivals,
-                start,
-                stop: stop.min(duration),
-                max_in_flight: w.max_in_flight.as_ref().map(|m| m.value).unwrap_or(10_000),
-                timeout: dur(&w.timeout, Duration::from_secs(30)),
-                tcp,
-            });
+            let workload = self.workload(wi, w, placed, duration, run_end, &mut workload_names);
+            workloads.push(workload);
         }
         (workloads, workload_names)
+    }
+
+    /// Workload `wi`, checked; its name joins `names` (a name used twice is an error).
+    fn workload(
+        &mut self,
+        wi: usize,
+        w: &WorkloadDef,
+        placed: &Placement,
+        duration: Duration,
+        run_end: Option<Duration>,
+        names: &mut BTreeMap<String, usize>,
+    ) -> Workload {
+        let f = format!("workload[{wi}]");
+        let sources: Vec<usize> = if let Some(ps) = placed.service_pods.get(&w.from.value) {
+            ps.clone()
+        } else if let Some(&p) = placed.pod_index.get(&w.from.value) {
+            vec![p]
+        } else {
+            self.not_found(
+                &w.from,
+                &format!("{f}.from"),
+                format!("{:?} is neither a service nor a pod of the scenario", w.from.value),
+            );
+            vec![]
+        };
+        let ns = sources.first().map(|&p| placed.pods[p].namespace.clone()).unwrap_or_else(|| "default".into());
+        let to_fqdn = qualify(&w.to.value, &ns);
+        if !placed.registry.services.contains_key(&to_fqdn) {
+            self.not_found(&w.to, &format!("{f}.to"), format!("{:?} is not a service of the scenario", w.to.value));
+        }
+        if !(w.rate.value.is_finite() && w.rate.value > 0.0) {
+            self.err(
+                &w.rate,
+                &format!("{f}.rate"),
+                format!("rate must be greater than 0 requests per second (got {})", w.rate.value),
+            );
+        } else if w.rate.value > 100_000.0 {
+            self.err(&w.rate, &format!("{f}.rate"), "rate must be at most 100000 requests per second");
+        }
+        let arrivals = match w.arrivals.as_ref().map(|a| a.value.as_str()) {
+            None | Some("poisson") => Arrivals::Poisson,
+            Some("constant") => Arrivals::Constant,
+            Some(other) => {
+                let at = w.arrivals.as_ref().expect("set");
+                self.err(
+                    at,
+                    &format!("{f}.arrivals"),
+                    format!("arrivals must be `constant` or `poisson`, not {other:?}"),
+                );
+                Arrivals::Poisson
+            }
+        };
+        let start = dur(&w.start, Duration::ZERO);
+        let stop = dur(&w.stop, duration);
+        if stop <= start && (w.stop.is_some() || run_end.is_some()) {
+            let at = w.stop.as_ref().map(|s| Pos::of(&self.file, s)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
+            self.findings.push(Finding::error(
+                at,
+                code::SCENARIO,
+                format!("{f}.stop"),
+                format!("workload stops ({stop:?}) before it starts ({start:?})"),
+            ));
+        }
+        if let Some(m) = &w.max_in_flight
+            && m.value == 0
+        {
+            self.err(m, &format!("{f}.max_in_flight"), "max_in_flight must be at least 1");
+        }
+        if let Some(t) = &w.timeout
+            && t.value.0.is_zero()
+        {
+            self.err(t, &format!("{f}.timeout"), "timeout must be greater than 0");
+        }
+        let name =
+            w.name.as_ref().map(|n| n.value.clone()).unwrap_or_else(|| format!("{}->{}", w.from.value, w.to.value));
+        if names.insert(name.clone(), wi).is_some() {
+            let at = w.name.as_ref().map(|n| Pos::of(&self.file, n)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
+            self.findings.push(Finding::error(
+                at,
+                code::SCENARIO,
+                format!("{f}.name"),
+                format!("workload name {name:?} is used twice"),
+            ));
+        }
+        let method = match &w.method {
+            None => http::Method::GET,
+            Some(m) => match http::Method::from_bytes(m.value.as_bytes()) {
+                Ok(x) if x == http::Method::CONNECT => {
+                    self.err(m, &format!("{f}.method"), "CONNECT is not supported (a workload sends to a path)");
+                    x
+                }
+                Ok(x) => x,
+                Err(_) => {
+                    self.err(
+                        m,
+                        &format!("{f}.method"),
+                        format!("{:?} is not a valid HTTP method (an HTTP token, like GET or POST)", m.value),
+                    );
+                    http::Method::GET
+                }
+            },
+        };
+        let headers = match &w.headers {
+            None => Vec::new(),
+            Some(h) => self.headers(h, &format!("{f}.headers"), RESERVED_REQUEST_HEADERS),
+        };
+        let path = w.path.clone().unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            let at = w.name.as_ref().map(|n| Pos::of(&self.file, n)).unwrap_or_else(|| Pos::of(&self.file, &w.from));
+            self.findings.push(Finding::error(
+                at,
+                code::SCENARIO,
+                format!("{f}.path"),
+                format!("{path:?} is not a request path (it starts with `/`; a query may follow `?`)"),
+            ));
+        }
+        let tcp = self.tcp_workload(w, &f, placed.registry.services.get(&to_fqdn));
+        Workload {
+            name,
+            sources,
+            to: w.to.value.clone(),
+            to_fqdn,
+            path,
+            method,
+            headers,
+            rate: w.rate.value,
+            arrivals,
+            start,
+            stop: stop.min(duration),
+            max_in_flight: w.max_in_flight.as_ref().map(|m| m.value).unwrap_or(10_000),
+            timeout: dur(&w.timeout, Duration::from_secs(30)),
+            tcp,
+        }
     }
 
     /// The TCP side of a workload: `Some` when it calls a TCP service (its HTTP-only
