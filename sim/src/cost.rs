@@ -14,31 +14,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::app::sample;
-use crate::scenario::Latency;
-
-/// The three distributions of a scenario's `proxy_cost`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProxyCost {
-    pub outbound: Latency,
-    pub inbound: Latency,
-    pub tls_handshake: Latency,
-}
-
-impl Default for ProxyCost {
-    /// Istio's published figure for its sidecars (1.9–1.14, 1000 rps over 16
-    /// connections, telemetry on): the two proxies of a call add 2.65 ms to the p90
-    /// latency. Split evenly over the two hops as a log-normal with median 0.7 ms and
-    /// p99 2.8 ms, the sum of the two draws has a p90 of about 2.6 ms. A TLS 1.3
-    /// handshake (ECDHE + signature checks on both ends) costs a median 1 ms, p99 3 ms.
-    fn default() -> ProxyCost {
-        let ms = |m: f64| Duration::from_secs_f64(m / 1e3);
-        ProxyCost {
-            outbound: Latency::LogNormal { median: ms(0.7), p99: ms(2.8) },
-            inbound: Latency::LogNormal { median: ms(0.7), p99: ms(2.8) },
-            tls_handshake: Latency::LogNormal { median: ms(1.0), p99: ms(3.0) },
-        }
-    }
-}
+use crate::scenario::{Latency, ProxyCost};
 
 /// One sidecar's draws.
 #[derive(Debug)]

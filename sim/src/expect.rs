@@ -12,7 +12,7 @@ use mesh::proxy::telemetry::OutlierKind;
 use serde::Serialize;
 
 use crate::recorder::{Event, Outcome, Record};
-use crate::scenario::{CountFilter, Expectation, Plan, Window};
+use crate::scenario::{CountFilter, Expectation, LatencyBound, Plan, Window};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Check {
@@ -100,7 +100,7 @@ pub fn check(
     plan.expectations
         .iter()
         .map(|e| match e {
-            Expectation::LatencyOverhead { workload, window, percentile: p, at_most, at_least } => {
+            Expectation::LatencyOverhead(LatencyBound { workload, window, percentile: p, at_most, at_least }) => {
                 let at = |records: &[Record]| {
                     let mut lat: Vec<Duration> =
                         in_window(records, *workload, window).filter(|r| was_sent(r)).map(|r| r.latency).collect();
@@ -383,7 +383,7 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
                 pass,
             }
         }
-        Expectation::Latency { workload, window, percentile: p, at_most, at_least } => {
+        Expectation::Latency(LatencyBound { workload, window, percentile: p, at_most, at_least }) => {
             let mut lat: Vec<Duration> =
                 in_window(records, *workload, window).filter(|r| was_sent(r)).map(|r| r.latency).collect();
             let n = lat.len();
@@ -406,7 +406,7 @@ fn check_one(plan: &Plan, records: &[Record], events: &[Event], e: &Expectation)
                 pass: got.is_some_and(|d| at_most.is_none_or(|m| d <= m) && at_least.is_none_or(|l| d >= l)),
             }
         }
-        Expectation::Metric(_) | Expectation::TracesComplete | Expectation::LatencyOverhead { .. } => {
+        Expectation::Metric(_) | Expectation::TracesComplete | Expectation::LatencyOverhead(_) => {
             unreachable!("checked in `check`")
         }
         Expectation::Count { workload, window, filter: cf, at_least, at_most } => {
