@@ -22,7 +22,7 @@
 
 use std::time::Duration;
 
-use crate::scenario::{Expectation, Window};
+use crate::scenario::{Expectation, LatencyBound, Window};
 
 /// Where a scenario runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -76,8 +76,12 @@ pub fn slacken(expectations: &[Expectation], target: Target) -> Vec<Expectation>
         Window::Between(a, b) if *b > *a + 2 * t => Window::Between(*a + t, *b - t),
         other => other.clone(),
     };
-    let loosen = |at_most: &Option<Duration>, at_least: &Option<Duration>| {
-        (at_most.map(|d| d + REAL_LATENCY_SLACK), at_least.map(|d| d.saturating_sub(REAL_LATENCY_SLACK)))
+    let loosen = |b: &LatencyBound| LatencyBound {
+        workload: b.workload,
+        window: narrow_window(&b.window),
+        percentile: b.percentile,
+        at_most: b.at_most.map(|d| d + REAL_LATENCY_SLACK),
+        at_least: b.at_least.map(|d| d.saturating_sub(REAL_LATENCY_SLACK)),
     };
     let mut out = Vec::with_capacity(expectations.len());
     for e in expectations {
@@ -120,26 +124,8 @@ pub fn slacken(expectations: &[Expectation], target: Target) -> Vec<Expectation>
                 at_least: *at_least,
                 at_most: *at_most,
             }),
-            Expectation::Latency { workload, window, percentile, at_most, at_least } => {
-                let (at_most, at_least) = loosen(at_most, at_least);
-                out.push(Expectation::Latency {
-                    workload: *workload,
-                    window: narrow_window(window),
-                    percentile: *percentile,
-                    at_most,
-                    at_least,
-                })
-            }
-            Expectation::LatencyOverhead { workload, window, percentile, at_most, at_least } => {
-                let (at_most, at_least) = loosen(at_most, at_least);
-                out.push(Expectation::LatencyOverhead {
-                    workload: *workload,
-                    window: narrow_window(window),
-                    percentile: *percentile,
-                    at_most,
-                    at_least,
-                })
-            }
+            Expectation::Latency(b) => out.push(Expectation::Latency(loosen(b))),
+            Expectation::LatencyOverhead(b) => out.push(Expectation::LatencyOverhead(loosen(b))),
             Expectation::Count { workload, window, filter, at_least, at_most } => {
                 if at_least.is_some() {
                     out.push(Expectation::Count {
@@ -197,21 +183,21 @@ mod tests {
                 at_least: Some(0.99),
                 at_most: None,
             },
-            Expectation::Latency {
+            Expectation::Latency(LatencyBound {
                 workload: 0,
                 window: Window::All,
                 percentile: 99.0,
                 at_most: Some(ms(5)),
                 at_least: Some(ms(1)),
-            },
+            }),
         ];
         let s = slacken(&e, Target::Real);
         let Expectation::Ejection { at, .. } = &s[0] else { panic!("{s:?}") };
         assert_eq!(*at, (ms(9_900), ms(11_100)));
         let Expectation::SuccessRate { window, .. } = &s[1] else { panic!("{s:?}") };
         assert_eq!(*window, Window::Between(ms(10_100), ms(19_900)));
-        let Expectation::Latency { at_most, at_least, .. } = &s[2] else { panic!("{s:?}") };
-        assert_eq!((*at_most, *at_least), (Some(ms(15)), Some(Duration::ZERO)));
+        let Expectation::Latency(b) = &s[2] else { panic!("{s:?}") };
+        assert_eq!((b.at_most, b.at_least), (Some(ms(15)), Some(Duration::ZERO)));
     }
 
     #[test]
