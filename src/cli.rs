@@ -361,6 +361,10 @@ fn cmd_component(file: &Path, component: Component, at: &ComponentArgs) -> i32 {
         Ok(p) => Arc::new(p),
         Err(c) => return c,
     };
+    if let Err(e) = sim::real::process::check(&plan, &component) {
+        eprintln!("error: {}: {e}", file.display());
+        return EXIT_INVALID;
+    }
     if matches!(component, Component::Control) {
         for line in sim::real::process::addresses(&plan, at.slice) {
             say!("{line}");

@@ -8,6 +8,7 @@ mod commands;
 mod invalid;
 mod istio_validation;
 mod latency_tax;
+mod processes;
 mod reports;
 mod scenarios;
 mod telemetry;

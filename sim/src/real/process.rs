@@ -105,6 +105,19 @@ pub fn run(
     out
 }
 
+/// Whether `component` names something `plan` has: the pod, and for a sidecar a pod with
+/// one (invalid input otherwise).
+pub fn check(plan: &Plan, component: &Component) -> Result<(), String> {
+    match component {
+        Component::Control => Ok(()),
+        Component::App(name) => pod_index(plan, name).map(|_| ()),
+        Component::Sidecar(name) => match plan.pods[pod_index(plan, name)?].sidecar {
+            true => Ok(()),
+            false => Err(format!("pod {name:?} has no sidecar (sidecar: false)")),
+        },
+    }
+}
+
 fn pod_index(plan: &Plan, name: &str) -> Result<usize, String> {
     plan.pods.iter().position(|p| p.name == name).ok_or_else(|| {
         let names: Vec<&str> = plan.pods.iter().map(|p| p.name.as_str()).collect();
@@ -138,9 +151,6 @@ async fn serve(plan: Arc<Plan>, component: Component, slice: u8, say: &(dyn Fn(S
         }
         Component::Sidecar(name) => {
             let pod = pod_index(&plan, &name)?;
-            if !plan.pods[pod].sidecar {
-                return Err(format!("pod {name:?} has no sidecar (sidecar: false)"));
-            }
             let seam = Arc::new(ProcessSeam { shared, clock, errors: Mutex::new(Vec::new()) });
             let pods = Pods { plan: plan.clone(), seed: plan.seed, faults, recorder, bad, ca };
             let running = pods.start_sidecar(&seam, pod);
