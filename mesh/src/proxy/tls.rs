@@ -42,18 +42,10 @@ pub const ALPN_CLIENT: [&[u8]; 2] = [b"istio-http/1.1", b"istio"];
 /// ALPN a server sidecar accepts, in preference order.
 pub const ALPN_SERVER: [&[u8]; 3] = [b"istio-http/1.1", b"istio", b"http/1.1"];
 
-/// The OS-backed provider real mode runs: ring's suites, key exchange and the system
-/// random source.
+/// The OS-backed provider real mode runs (`sim::real`): ring's suites, key exchange and
+/// the system random source. The simulator runs a seeded one instead.
 pub fn os_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Real mode's TLS for the workload `id`: an empty identity store (its CA agent fills it)
-/// over the OS-backed [`os_provider`], with certificate validity checked at the system
-/// clock. The simulator builds its own, over a seeded provider and simulated time.
-pub fn real_mode(id: SpiffeId, trust_domain: &str) -> Result<SidecarTls, String> {
-    let store = Arc::new(IdentityStore::new(id, trust_domain, os_provider()));
-    SidecarTls::new(store, Arc::new(crate::net::SystemClock::new()))
 }
 
 /// How a connection reached the inbound side (Istio's `connection_security_policy`).
@@ -673,25 +665,6 @@ mod tests {
         let mut buf = [0u8; 16];
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"GET / HTTP/1.1\r\n");
-    }
-
-    #[test]
-    fn real_mode_sidecars_built_alike_send_different_client_hellos() {
-        // A seeded provider gives two sidecars built with the same seed the same first
-        // ClientHello; the OS source real mode runs never does.
-        let hello = || {
-            let tls = real_mode(SpiffeId::new("default", "web"), DEFAULT_TRUST_DOMAIN).unwrap();
-            let config = ClientConfig::builder_with_provider(tls.store().provider().clone())
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            let mut conn = rustls::ClientConnection::new(Arc::new(config), "peer.mesh".try_into().unwrap()).unwrap();
-            let mut out = Vec::new();
-            conn.write_tls(&mut out).unwrap();
-            out
-        };
-        assert_ne!(hello(), hello());
     }
 
     #[test]
