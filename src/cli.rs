@@ -288,6 +288,13 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool, target:
         eprintln!("error: --target envoy: real Envoy sidecars are not built yet; run --target sim or --target real");
         return EXIT_INVALID;
     }
+    if target == Target::Real && plan.latency_max > plan.latency_min {
+        eprintln!(
+            "warning: {}: network.jitter is not applied on --target real: its links have the fixed network.latency ({:?})",
+            file.display(),
+            plan.latency_min
+        );
+    }
     plan.expectations = sim::target::slacken(&plan.expectations, target);
     let plan = Arc::new(plan);
     let seed = seed.unwrap_or(plan.seed);
