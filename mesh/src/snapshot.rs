@@ -25,8 +25,8 @@ use crate::proxy::hash::HashPolicy;
 use crate::proxy::headers::HeaderOps;
 use crate::proxy::peer_authn;
 use crate::proxy::pool::{self, Limits};
-use crate::proxy::retry::{self, RetryPolicy};
-use crate::proxy::route_match::{self, RouteMatch};
+use crate::proxy::retry::RetryPolicy;
+use crate::proxy::route_match::RouteMatch;
 use crate::registry::{AppProtocol, Registry, qualify};
 
 /// Envoy's connect timeout as Istio's mesh config sets it.
@@ -1162,7 +1162,7 @@ impl Compiler<'_> {
             let mut matches = Vec::new();
             for (j, m) in http.match_.iter().enumerate() {
                 let mat = format!("{at}.match[{j}]");
-                self.findings.0.extend(route_match::validate(m, file, &mat));
+                self.findings.0.extend(crate::config::route_match::validate(m, file, &mat));
                 let Ok(c) = RouteMatch::compile(&m.value) else { continue };
                 // The compiled form carries no source positions: equal means the same match.
                 let key = format!("{c:?}");
@@ -1313,7 +1313,7 @@ impl Compiler<'_> {
             };
 
             if let Some(rt) = &http.retries {
-                self.findings.0.extend(retry::validate(rt, file, &format!("{at}.retries")));
+                self.findings.0.extend(crate::config::retry::validate(rt, file, &format!("{at}.retries")));
             }
             let hashed = matches!(&action, Action::Forward(w) if w.iter().any(|c| clusters.get(&c.cluster).is_some_and(|c| c.hash.is_some())));
             let retry = RetryPolicy::from_istio(http.retries.as_ref().map(|r| &r.value), hashed);

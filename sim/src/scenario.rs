@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use mesh::config::diag::code;
 use mesh::config::istio::Resource;
+use mesh::config::ratelimit::{Denominator, FractionalPercent, LocalRateLimitConfig};
 use mesh::config::{Finding, Findings, IstioDuration, Pos};
 use mesh::control::StoredResource;
 use mesh::control::store::{ResourceKey, Store};
-use mesh::proxy::ratelimit::{Denominator, FractionalPercent, LocalRateLimit, LocalRateLimitConfig};
+use mesh::proxy::ratelimit::LocalRateLimit;
 use mesh::proxy::tls::ConnectionSecurity;
 use mesh::registry::{AppProtocol, Pod, Registry, Service, qualify};
 use mesh::snapshot::{self, Snapshot, Sourced};

@@ -197,7 +197,7 @@ pub struct RouteDestination {
 pub struct HttpRoute {
     pub name: Option<String>,
     #[serde(rename = "match", default)]
-    pub match_: Vec<Spanned<crate::proxy::route_match::HttpMatchRequest>>,
+    pub match_: Vec<Spanned<super::route_match::HttpMatchRequest>>,
     #[serde(default)]
     pub route: Vec<HttpRouteDestination>,
     pub timeout: Option<Spanned<IstioDuration>>,
@@ -205,7 +205,7 @@ pub struct HttpRoute {
     pub direct_response: Option<Spanned<HttpDirectResponse>>,
     pub delegate: NotSimulated,
     pub rewrite: Option<Spanned<HttpRewrite>>,
-    pub retries: Option<Spanned<crate::proxy::retry::HttpRetry>>,
+    pub retries: Option<Spanned<super::retry::HttpRetry>>,
     pub fault: Option<Spanned<HttpFaultInjection>>,
     pub mirror: Option<Spanned<Destination>>,
     pub mirrors: NotSimulated,

@@ -7,6 +7,9 @@ pub mod diag;
 pub mod duration;
 pub mod envoy_filter;
 pub mod istio;
+pub mod ratelimit;
+pub mod retry;
+pub mod route_match;
 
 pub use diag::{Finding, Findings, Level, Pos};
 pub use duration::{IstioDuration, parse_duration};
