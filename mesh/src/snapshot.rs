@@ -40,7 +40,7 @@ pub enum LbPolicy {
     Random,
 }
 
-/// Outlier detection with Istio's defaults applied (MESH_SEMANTICS 3.3).
+/// Outlier detection with Istio's defaults applied ([`OutlierDetection`](https://istio.io/latest/docs/reference/config/networking/destination-rule/#OutlierDetection)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutlierConfig {
     /// `None` = consecutive-5xx detection off (configured as 0).

@@ -25,11 +25,12 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use mesh::ca::agent::{Agent, AgentConfig, IdentitySink, REQUEST_TIMEOUT};
+use mesh::ca::agent::{Agent, AgentConfig, REQUEST_TIMEOUT};
 use mesh::ca::authority::DEFAULT_TTL;
 use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
 use mesh::ca::{Authority, CaOptions};
 use mesh::control::{self, ControlEvent, ControlEventKind, ControlEvents, ControlPlane, Store};
+use mesh::identity::IdentitySink;
 use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net, SystemClock};
 use mesh::proxy::control_client::{self, ClientConfig};

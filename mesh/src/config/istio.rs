@@ -5,8 +5,10 @@
 //!
 //! Every struct denies unknown fields: a field Istio does not have is an error. Fields
 //! Istio has but meshsim does not simulate yet are typed [`NotSimulated`]; validation
-//! turns each one present into a warning naming it. Semantics (defaults, validation,
-//! compilation into proxy config) live in `validate` and `crate::snapshot`.
+//! turns each one present into a warning naming it. The `HTTPMatchRequest` and
+//! `HTTPRetry` parts of a VirtualService are in [`super::route_match`] and
+//! [`super::retry`] with their validation. Defaults, the rest of validation and the
+//! compilation into what a proxy runs live in `crate::snapshot`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -639,7 +641,7 @@ pub enum ClientTlsMode {
 // ---------------------------------------------------------------- PeerAuthentication
 
 /// `security.istio.io/v1` PeerAuthentication: which connections a workload's inbound
-/// side accepts (MESH_SEMANTICS 1).
+/// side accepts ([Istio reference](https://istio.io/latest/docs/reference/config/security/peer_authentication/)).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {

@@ -238,7 +238,7 @@ pub fn backoff_bound(n: u32, base: Duration) -> Duration {
 /// Envoy's fully jittered exponential backoff before retry `n` (1-based):
 /// `min(U[0, (2^n − 1)·base), 10·base)`, in whole milliseconds.
 ///
-/// This is the algorithm Envoy documents (and MESH_SEMANTICS specifies): 0–24ms,
+/// This is the algorithm Envoy documents ([`x-envoy-max-retries`](https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/router_filter#x-envoy-max-retries)): 0–24ms,
 /// 0–74ms, 0–174ms, then capped at 250ms for the 25ms default. Envoy's current
 /// `JitteredExponentialBackOffStrategy` draws from `[0, base·2^(n−1))` with the interval
 /// itself capped instead (0–24, 0–49, 0–99, 0–199, 0–249ms).
@@ -642,7 +642,7 @@ mod tests {
         }
     }
 
-    // ------------------------------------------------ MESH_SEMANTICS 2.3 assertions
+    // ------------------------------------------------ Istio's and Envoy's documented retry behaviour
 
     #[test]
     fn retry_on_5xx_attempts_2_turns_503_503_200_into_200_after_3_tries() {
