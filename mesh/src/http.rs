@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use crate::net::Net;
 
 /// Bound on idle connections a [`Client`] keeps per address.
-pub const MAX_IDLE_PER_ADDRESS: usize = 256;
+const MAX_IDLE_PER_ADDRESS: usize = 256;
 
 /// A hyper HTTP/1.1 server builder set up for both worlds: tokio's timer (simulated in
 /// sim), no `Date` header (it would read the real clock), and no header read timeout:

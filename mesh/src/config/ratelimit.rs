@@ -14,7 +14,7 @@ use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 
 /// Envoy rejects shorter fill intervals.
-pub const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
+const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Envoy's `FractionalPercent` denominators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

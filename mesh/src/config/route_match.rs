@@ -19,7 +19,7 @@ use super::istio::NotSimulated;
 use super::{Finding, Pos};
 
 /// Istio rejects longer regexes (an approximation of Envoy's RE2 program size limit).
-pub const REGEX_MAX_LEN: usize = 1024;
+const REGEX_MAX_LEN: usize = 1024;
 /// Header names under this prefix are JWT claim conditions (RequestAuthentication).
 pub(crate) const JWT_CLAIM_PREFIX: &str = "@request.auth.claims";
 

@@ -92,7 +92,7 @@ pub enum HashTable {
 
 /// Envoy's ring-hash default minimum ring size and maglev's default table size.
 pub const DEFAULT_MIN_RING_SIZE: u64 = 1024;
-pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cluster {

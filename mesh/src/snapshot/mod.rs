@@ -28,8 +28,7 @@ use std::time::Duration;
 use serde_saphyr::Spanned;
 
 pub use cluster::{
-    Cluster, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_MIN_RING_SIZE, Endpoint, HashLb, HashTable,
-    LbPolicy, OutlierConfig,
+    Cluster, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MIN_RING_SIZE, Endpoint, HashLb, HashTable, LbPolicy, OutlierConfig,
 };
 pub use rate_limit::InboundRateLimitFilter;
 pub use route::{Action, Mirror, Redirect, Rewrite, Route, WeightedCluster};

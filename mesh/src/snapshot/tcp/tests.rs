@@ -44,7 +44,7 @@ fn tcp_routes_keep_their_matches_and_weights() {
         }],
         clusters: vec![(cluster_name(5432, None, &fqdn("db")), 80), (cluster_name(5432, None, &fqdn("db2")), 20)],
     };
-    assert_eq!(snap.tcp_routes[&fqdn("db")], [rule.clone()]);
+    assert_eq!(snap.tcp_routes[&fqdn("db")], std::slice::from_ref(&rule));
     let from_a = BTreeMap::from([("app".to_string(), "a".to_string())]);
     assert!(rule.matches(5432, &from_a, "default"));
     assert!(!rule.matches(5432, &BTreeMap::new(), "default"));
