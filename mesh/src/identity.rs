@@ -1,11 +1,13 @@
 //! Workload identity: SPIFFE IDs and each sidecar's [`IdentityStore`] (its certificate
 //! chain and key, and the mesh trust bundle), swappable at any time.
 //!
-//! Owns: the SPIFFE ID format (`spiffe://<trustDomain>/ns/<namespace>/sa/<account>`,
-//! MESH_SEMANTICS 1), reading a certificate's URI SANs and validity, and the store that
-//! TLS reads on every handshake. A store is written by the sidecar's CA agent (it is the
-//! agent's [`IdentitySink`]) and read by `proxy::tls`; because TLS configs look the
-//! material up per handshake, a swap never touches established or pooled connections.
+//! Owns: the SPIFFE ID format (`spiffe://<trustDomain>/ns/<namespace>/sa/<account>`, as
+//! [Istio's security concepts](https://istio.io/latest/docs/concepts/security/#istio-identity)
+//! write it), reading a certificate's URI SANs and validity, and the store that
+//! TLS reads on every handshake. A store is written by the sidecar's CA agent through
+//! [`IdentitySink`] (the trait any certificate source writes to) and read by
+//! `proxy::tls`; because TLS configs look the material up per handshake, a swap never
+//! touches established or pooled connections.
 //! Not here: issuing certificates (`ca`), TLS itself (`proxy::tls`).
 
 use std::fmt;
@@ -19,8 +21,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
-use crate::ca::Der;
-use crate::ca::agent::IdentitySink;
+/// A DER-encoded certificate.
+pub type Der = Vec<u8>;
+
+/// Where a certificate agent installs what it gets: a chain (leaf first) with its PKCS#8
+/// key, and the trust bundle. Both are whole replacements.
+pub trait IdentitySink: Send + Sync + 'static {
+    fn install(&self, chain: Vec<Der>, key_pkcs8: Vec<u8>) -> Result<(), String>;
+    fn set_trust_bundle(&self, roots: Vec<Der>) -> Result<(), String>;
+}
 
 /// The trust domain when none is configured.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -266,33 +275,5 @@ mod tests {
         assert!(now.cert.is_some() && now.roots.len() == 1 && now.validity.is_some());
         assert!(empty.cert.is_none(), "a reader keeps the material it took");
         assert!(store.install(Vec::new(), key).is_err(), "an empty chain is refused");
-    }
-
-    #[tokio::test]
-    async fn a_ca_certificate_installs_through_the_agent_sink_and_wakes_waiting_handshakes() {
-        use rand::SeedableRng;
-
-        use crate::ca::{Authority, CaOptions, authority::DEFAULT_TTL, keys};
-        let now = Duration::from_secs(1_800_000_000);
-        let mut ca = Authority::self_signed(CaOptions::default(), 1, now);
-        let id = SpiffeId::new("default", "web");
-        let key = keys::ed25519_key(&mut rand_chacha::ChaCha8Rng::seed_from_u64(2));
-        let issued = ca.sign_csr(&keys::csr_der(&id, &key), &id, None, now).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let store = Arc::new(IdentityStore::new(id, DEFAULT_TRUST_DOMAIN, provider));
-        let waiter = tokio::spawn({
-            let store = store.clone();
-            async move { store.certificate_installed().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "no certificate yet: a handshake waits");
-        let sink: &dyn IdentitySink = &*store;
-        sink.set_trust_bundle(ca.trust_bundle().to_vec()).unwrap();
-        sink.install(issued.chain, key.serialize_der()).unwrap();
-        waiter.await.unwrap();
-        let m = store.current();
-        assert_eq!(m.validity, Some((now, now + DEFAULT_TTL)));
-        assert_eq!(m.roots.len(), 1);
-        assert!(sink.install(Vec::new(), key.serialize_der()).is_err(), "an empty chain is refused");
     }
 }

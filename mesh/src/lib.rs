@@ -5,6 +5,7 @@
 pub mod ca;
 pub mod config;
 pub mod control;
+pub mod http;
 pub mod identity;
 pub mod net;
 pub mod proxy;

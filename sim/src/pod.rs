@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mesh::ca::Authority;
-use mesh::ca::agent::{Agent, AgentConfig, IdentitySink, REQUEST_TIMEOUT};
+use mesh::ca::agent::{Agent, AgentConfig, REQUEST_TIMEOUT};
 use mesh::ca::service::{CA_PORT, CaAddress, CaServer};
 use mesh::control;
+use mesh::identity::IdentitySink;
 use mesh::identity::{DEFAULT_TRUST_DOMAIN, IdentityStore, SpiffeId};
 use mesh::net::{Clock, Net};
 use mesh::proxy::control_client::{self, ClientConfig};

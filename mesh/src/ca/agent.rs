@@ -1,12 +1,14 @@
 //! The certificate agent in each sidecar (Istio's `pilot-agent` secret manager): asks the CA
 //! for a certificate at start, renews it at `expiry − ratio×lifetime` with ratio 0.5 ± up to
-//! 0.01 drawn from its seeded RNG (MESH_SEMANTICS 1), retries with jittered, capped
-//! exponential backoff while the CA does not answer, fetches again when the CA's roots
-//! change, and installs every new chain, key and trust bundle into an [`IdentitySink`] (the
-//! sidecar's identity store: new handshakes use it, established and pooled connections keep
-//! theirs). Its lifecycle is the enum [`CertState`]; the async driver ([`Agent::run`]) only
-//! sleeps, calls the CA and feeds the results in. Not here: issuing (`authority`), the wire
-//! protocol (`service`).
+//! 0.01 drawn from its seeded RNG (Istio's `SECRET_GRACE_PERIOD_RATIO`, see
+//! [Istio's PKI](https://istio.io/latest/docs/concepts/security/#pki)), retries with
+//! jittered, capped exponential backoff while the CA does not answer, fetches again when
+//! the CA's roots change, and installs every new chain, key and trust bundle into an
+//! [`IdentitySink`] (the sidecar's identity store: new handshakes use it, established and
+//! pooled connections keep theirs). Its lifecycle is the enum [`CertState`]; the async
+//! driver ([`Agent::run`]) only sleeps, calls the CA (over a plain [`Client`]) and feeds
+//! the results in. Not here: issuing (`authority`), the wire protocol (`service`), HTTP
+//! itself (`crate::http`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +18,10 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 
 use super::service::{CaAddress, FetchError, Granted, request_certificate};
-use super::{Der, authority, keys};
-use crate::identity::SpiffeId;
+use super::{authority, keys};
+use crate::http::Client;
+use crate::identity::{IdentitySink, SpiffeId};
 use crate::net::{Clock, Net};
-use crate::proxy::pool::Pool;
 
 /// Istio's `SECRET_GRACE_PERIOD_RATIO`, in parts per million of the lifetime.
 pub const GRACE_RATIO_PPM: u64 = 500_000;
@@ -167,13 +169,6 @@ impl CertState {
     }
 }
 
-/// Where the agent installs what it gets: a chain (leaf first) with its PKCS#8 key, and the
-/// trust bundle. Both are whole replacements.
-pub trait IdentitySink: Send + Sync + 'static {
-    fn install(&self, chain: Vec<Der>, key_pkcs8: Vec<u8>) -> Result<(), String>;
-    fn set_trust_bundle(&self, roots: Vec<Der>) -> Result<(), String>;
-}
-
 /// Where the agent reports its lifecycle events (the sidecar's telemetry).
 pub trait CertEvents: Send + Sync + 'static {
     /// `at`: the `Clock::now` time of the event.
@@ -197,7 +192,7 @@ pub struct AgentConfig {
 
 pub struct Agent<N: Net> {
     cfg: AgentConfig,
-    pool: Pool<N>,
+    client: Client<N>,
     clock: Arc<dyn Clock>,
     sink: Arc<dyn IdentitySink>,
     events: Arc<dyn CertEvents>,
@@ -215,7 +210,7 @@ impl<N: Net> Agent<N> {
         events: Arc<dyn CertEvents>,
         roots: watch::Receiver<u64>,
     ) -> Agent<N> {
-        Agent { rng: ChaCha8Rng::seed_from_u64(cfg.seed), cfg, pool: Pool::new(net), clock, sink, events, roots }
+        Agent { rng: ChaCha8Rng::seed_from_u64(cfg.seed), cfg, client: Client::new(net), clock, sink, events, roots }
     }
 
     fn emit(&self, event: &CertEvent) {
@@ -227,7 +222,7 @@ impl<N: Net> Agent<N> {
         let key = keys::ed25519_key(&mut self.rng);
         let csr = keys::csr_der(&self.cfg.id, &key);
         let Granted { chain, trust_bundle } =
-            request_certificate(&self.pool, &self.cfg.ca, &self.cfg.token, &csr, self.cfg.ttl).await?;
+            request_certificate(&self.client, &self.cfg.ca, &self.cfg.token, &csr, self.cfg.ttl).await?;
         let bad = |e: String| FetchError::Refused { status: 200, message: e };
         let leaf = chain.first().ok_or_else(|| bad("empty chain".into()))?;
         let not_after = authority::not_after(leaf).map_err(bad)?;

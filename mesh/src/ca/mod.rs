@@ -12,12 +12,10 @@ pub mod service;
 use std::fmt;
 use std::time::Duration;
 
+pub use crate::identity::Der;
 use crate::identity::SpiffeId;
 
 pub use authority::{Authority, CaOptions, Issued};
-
-/// A DER-encoded certificate.
-pub type Der = Vec<u8>;
 
 /// Why the CA refused a request or a configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -25,10 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::{Authority, CaError, Der};
+use crate::http::{Client, SendError, server_builder};
 use crate::identity::SpiffeId;
 use crate::net::{Clock, Listener, Net};
-use crate::proxy::local_reply::ConnectFailure;
-use crate::proxy::pool::{Pool, UpstreamError, server_builder};
 
 /// The CA's request path (Istio's gRPC method name).
 pub const CSR_PATH: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
@@ -248,7 +247,7 @@ pub struct CaAddress {
 /// Sends `csr` (DER) to the CA at `to` with bootstrap credential `token`, asking for `ttl`
 /// (`None` = the CA's default).
 pub async fn request_certificate<N: Net>(
-    pool: &Pool<N>,
+    client: &Client<N>,
     to: &CaAddress,
     token: &str,
     csr: &[u8],
@@ -264,21 +263,13 @@ pub async fn request_certificate<N: Net>(
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(serde_json::to_string(&body).expect("strings serialize"))))
         .expect("a valid request");
-    let resp = match tokio::time::timeout(to.timeout, pool.send(&to.host, to.port, to.timeout, req)).await {
+    let resp = match tokio::time::timeout(to.timeout, client.send(&to.host, to.port, to.timeout, req)).await {
         Err(_) => return Err(FetchError::Unreachable(format!("no answer within {:?}", to.timeout))),
-        Ok(Err(UpstreamError::Connect(ConnectFailure::Refused))) => {
-            return Err(FetchError::Unreachable("connection refused".into()));
-        }
-        Ok(Err(UpstreamError::Connect(ConnectFailure::Timeout))) => {
-            return Err(FetchError::Unreachable("connect timeout".into()));
-        }
-        Ok(Err(UpstreamError::Connect(ConnectFailure::Tls(f)))) => {
-            return Err(FetchError::Unreachable(format!("TLS: {}", f.as_str())));
-        }
-        Ok(Err(UpstreamError::Reset)) => {
+        Ok(Err(SendError::Refused)) => return Err(FetchError::Unreachable("connection refused".into())),
+        Ok(Err(SendError::ConnectTimeout)) => return Err(FetchError::Unreachable("connect timeout".into())),
+        Ok(Err(SendError::Reset)) => {
             return Err(FetchError::Unreachable("connection closed before the answer".into()));
         }
-        Ok(Err(UpstreamError::Overflow(_))) => unreachable!("the CA client's pool has no limits"),
         Ok(Ok(r)) => r,
     };
     let text = String::from_utf8_lossy(resp.body()).into_owned();

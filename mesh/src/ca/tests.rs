@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::SeedableRng;
@@ -8,6 +9,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use super::authority::{DEFAULT_TTL, MAX_TTL, not_after, uri_sans, verify_chain};
 use super::keys::{csr_der, ed25519_key};
 use super::*;
+use crate::identity::{DEFAULT_TRUST_DOMAIN, IdentitySink, IdentityStore};
 
 const NOW: Duration = Duration::from_secs(1_800_000_000);
 
@@ -236,4 +238,29 @@ fn rotation_steps_out_of_order_are_refused() {
     assert!(matches!(ca.sign_with_new_root(), Err(CaError::Rotation(_))));
     ca.add_root(NOW).unwrap();
     assert!(matches!(ca.add_root(NOW), Err(CaError::Rotation(_))));
+}
+
+#[tokio::test]
+async fn a_ca_certificate_installs_through_the_agent_sink_and_wakes_waiting_handshakes() {
+    let now = Duration::from_secs(1_800_000_000);
+    let mut ca = Authority::self_signed(CaOptions::default(), 1, now);
+    let id = SpiffeId::new("default", "web");
+    let key = keys::ed25519_key(&mut ChaCha8Rng::seed_from_u64(2));
+    let issued = ca.sign_csr(&keys::csr_der(&id, &key), &id, None, now).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let store = Arc::new(IdentityStore::new(id, DEFAULT_TRUST_DOMAIN, provider));
+    let waiter = tokio::spawn({
+        let store = store.clone();
+        async move { store.certificate_installed().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "no certificate yet: a handshake waits");
+    let sink: &dyn IdentitySink = &*store;
+    sink.set_trust_bundle(ca.trust_bundle().to_vec()).unwrap();
+    sink.install(issued.chain, key.serialize_der()).unwrap();
+    waiter.await.unwrap();
+    let m = store.current();
+    assert_eq!(m.validity, Some((now, now + DEFAULT_TTL)));
+    assert_eq!(m.roots.len(), 1);
+    assert!(sink.install(Vec::new(), key.serialize_der()).is_err(), "an empty chain is refused");
 }

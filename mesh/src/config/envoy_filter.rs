@@ -1,7 +1,8 @@
 //! `EnvoyFilter` (`networking.istio.io/v1alpha3`) as far as meshsim runs it: Envoy's local
 //! rate limit filter (`envoy.filters.http.local_ratelimit`) inserted into the inbound HTTP
 //! filter chain of the selected workloads — the shape Istio's documentation gives for local
-//! rate limiting, since Istio has no CRD for it (MESH_SEMANTICS 4).
+//! rate limiting, since Istio has no CRD for it
+//! ([Istio: local rate limiting](https://istio.io/latest/docs/tasks/policy-enforcement/rate-limit/#local-rate-limit)).
 //!
 //! This module owns the resource's model and turning such a patch into a
 //! [`LocalRateLimitConfig`], with a finding for every part it cannot run. It does not own
@@ -19,7 +20,6 @@
 //! simulated.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -28,7 +28,7 @@ use serde_saphyr::Spanned;
 use super::diag::{Finding, Pos, code};
 use super::duration::parse_duration;
 use super::istio::NotSimulated;
-use crate::proxy::ratelimit::{Denominator, FractionalPercent, LocalRateLimit, LocalRateLimitConfig};
+use super::ratelimit::{Denominator, FractionalPercent, LocalRateLimitConfig};
 
 pub const LOCAL_RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
 const LOCAL_RATE_LIMIT_TYPE: &str =
@@ -285,7 +285,7 @@ fn local_rate_limit(typed: Option<&serde_json::Value>) -> Result<(LocalRateLimit
         filter_enforced: fraction(m.filter_enforced.as_ref(), "filter_enforced")?,
         response_headers_to_add: headers,
     };
-    LocalRateLimit::new(cfg.clone(), Duration::ZERO)?;
+    cfg.validate()?;
     let mut ignored = Vec::new();
     if m.local_rate_limit_per_downstream_connection {
         ignored.push("local_rate_limit_per_downstream_connection");
@@ -413,7 +413,7 @@ spec:
         assert_eq!(r.selector, Some(BTreeMap::from([("app".to_string(), "productpage".to_string())])));
         assert_eq!(r.config.max_tokens, 10);
         assert_eq!(r.config.tokens_per_fill, Some(10));
-        assert_eq!(r.config.fill_interval, Duration::from_secs(60));
+        assert_eq!(r.config.fill_interval, std::time::Duration::from_secs(60));
         assert_eq!(r.config.filter_enabled, FractionalPercent::ALL);
         assert_eq!(r.config.filter_enforced, FractionalPercent::ALL);
         assert_eq!(r.config.status, None);

@@ -5,8 +5,10 @@
 //!
 //! Every struct denies unknown fields: a field Istio does not have is an error. Fields
 //! Istio has but meshsim does not simulate yet are typed [`NotSimulated`]; validation
-//! turns each one present into a warning naming it. Semantics (defaults, validation,
-//! compilation into proxy config) live in `validate` and `crate::snapshot`.
+//! turns each one present into a warning naming it. The `HTTPMatchRequest` and
+//! `HTTPRetry` parts of a VirtualService are in [`super::route_match`] and
+//! [`super::retry`] with their validation. Defaults, the rest of validation and the
+//! compilation into what a proxy runs live in `crate::snapshot`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -197,7 +199,7 @@ pub struct RouteDestination {
 pub struct HttpRoute {
     pub name: Option<String>,
     #[serde(rename = "match", default)]
-    pub match_: Vec<Spanned<crate::proxy::route_match::HttpMatchRequest>>,
+    pub match_: Vec<Spanned<super::route_match::HttpMatchRequest>>,
     #[serde(default)]
     pub route: Vec<HttpRouteDestination>,
     pub timeout: Option<Spanned<IstioDuration>>,
@@ -205,7 +207,7 @@ pub struct HttpRoute {
     pub direct_response: Option<Spanned<HttpDirectResponse>>,
     pub delegate: NotSimulated,
     pub rewrite: Option<Spanned<HttpRewrite>>,
-    pub retries: Option<Spanned<crate::proxy::retry::HttpRetry>>,
+    pub retries: Option<Spanned<super::retry::HttpRetry>>,
     pub fault: Option<Spanned<HttpFaultInjection>>,
     pub mirror: Option<Spanned<Destination>>,
     pub mirrors: NotSimulated,
@@ -639,7 +641,7 @@ pub enum ClientTlsMode {
 // ---------------------------------------------------------------- PeerAuthentication
 
 /// `security.istio.io/v1` PeerAuthentication: which connections a workload's inbound
-/// side accepts (MESH_SEMANTICS 1).
+/// side accepts ([Istio reference](https://istio.io/latest/docs/reference/config/security/peer_authentication/)).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerAuthenticationSpec {

@@ -1,12 +1,18 @@
-//! Configuration: Istio's resource model, parsing from Kubernetes YAML, findings.
+//! Configuration: Istio's resource model (`istio`, with a VirtualService's match and retry
+//! parts in `route_match` and `retry`, and EnvoyFilter's local rate limit in
+//! `envoy_filter` and `ratelimit`), parsing from Kubernetes YAML, findings.
 //!
-//! This module owns reading config and saying what is wrong with it. Turning valid
-//! config into what a proxy runs is `crate::snapshot`'s job.
+//! This module owns reading config and saying what is wrong with it; it is a leaf that
+//! imports nothing of the proxy. Turning valid config into what a proxy runs is
+//! `crate::snapshot`'s job, and the proxy's runtime types compile from these.
 
 pub mod diag;
 pub mod duration;
 pub mod envoy_filter;
 pub mod istio;
+pub mod ratelimit;
+pub mod retry;
+pub mod route_match;
 
 pub use diag::{Finding, Findings, Level, Pos};
 pub use duration::{IstioDuration, parse_duration};

@@ -65,6 +65,7 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::istio::MtlsMode;
+use crate::config::ratelimit::LocalRateLimitConfig;
 use crate::identity::SpiffeId;
 use crate::net::{Clock, Listener, Net};
 use crate::snapshot::{Cluster, HashTable, Snapshot};
@@ -74,7 +75,7 @@ use local_reply::Flag;
 use metrics::{HttpRequest, Metrics, PEER_METADATA, PeerId, Reporter, Security, Series, Workload};
 use outlier::{Detector, Transition};
 use pool::{Pool, PoolTls, UpstreamError};
-use ratelimit::{LocalRateLimit, LocalRateLimitConfig};
+use ratelimit::LocalRateLimit;
 use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
 use tls::{Peer, SidecarTls};
 use tracing::{Context, REQUEST_ID, Span, SpanKind};

@@ -18,12 +18,13 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
 use super::local_reply::ConnectFailure;
 use super::tls::{self, TlsFailure};
+pub use crate::http::server_builder;
 use crate::net::{Clock, Net};
 
 /// Bound on idle connections kept per upstream address.
@@ -480,18 +481,6 @@ impl<N: Net> Pool<N> {
 /// reason when there is one).
 fn refused_h(e: &hyper::Error) -> UpstreamError {
     UpstreamError::Connect(TlsFailure::find(e).map_or(ConnectFailure::Refused, ConnectFailure::Tls))
-}
-
-/// A hyper HTTP/1.1 server builder set up for both worlds: tokio's timer (simulated in
-/// sim), no `Date` header (it would read the real clock), and no header read timeout:
-/// hyper's default (30s) also closes keep-alive connections idle that long, racing the
-/// client's next request on them (Envoy's `request_headers_timeout` is off by default).
-pub fn server_builder() -> hyper::server::conn::http1::Builder {
-    let mut b = hyper::server::conn::http1::Builder::new();
-    // `writev(false)`: one write per message, also over TLS (rustls makes a record of
-    // each vectored slice, and each record would be its own segment).
-    b.timer(TokioTimer::new()).auto_date_header(false).keep_alive(true).header_read_timeout(None).writev(false);
-    b
 }
 
 #[cfg(test)]

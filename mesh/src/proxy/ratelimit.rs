@@ -1,5 +1,5 @@
-//! Envoy's local rate limit filter (`envoy.filters.http.local_ratelimit`, MESH_SEMANTICS
-//! 4), which Istio users install with an EnvoyFilter: one token bucket per proxy (or per
+//! Envoy's local rate limit filter (`envoy.filters.http.local_ratelimit`) at run time
+//! (its config and config rules are `config::ratelimit`), which Istio users install with an EnvoyFilter: one token bucket per proxy (or per
 //! route that carries its own), a request takes one token, and a request that finds none
 //! is answered locally (`status`, default 429, body `local_rate_limited`, flag RL) when
 //! enforced, or only counted when merely enabled.
@@ -21,6 +21,8 @@ use http::StatusCode;
 use http::header::{HeaderName, HeaderValue};
 use rand::RngCore;
 
+use crate::config::ratelimit::{FractionalPercent, LocalRateLimitConfig, check_bucket, error_status};
+
 /// Body of the local reply to a rate-limited request.
 pub const RATE_LIMITED_BODY: &str = "local_rate_limited";
 
@@ -41,21 +43,10 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
-    /// Envoy rejects shorter fill intervals.
-    pub const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
-
-    /// A full bucket at `now`. Rules (Envoy's): `max_tokens > 0`, `tokens_per_fill > 0`
-    /// (its config default is 1), `fill_interval >= 50ms`.
+    /// A full bucket at `now`, if the parameters pass Envoy's rules
+    /// (`config::ratelimit::check_bucket`).
     pub fn new(max_tokens: u32, tokens_per_fill: u32, fill_interval: Duration, now: Duration) -> Result<Self, String> {
-        if max_tokens == 0 {
-            return Err("token_bucket.max_tokens must be greater than 0".to_string());
-        }
-        if tokens_per_fill == 0 {
-            return Err("token_bucket.tokens_per_fill must be greater than 0 (unset means 1)".to_string());
-        }
-        if fill_interval < Self::MIN_FILL_INTERVAL {
-            return Err(format!("token_bucket.fill_interval must be >= 50ms (got {fill_interval:?})"));
-        }
+        check_bucket(max_tokens, tokens_per_fill, fill_interval)?;
         let interval_ns = fill_interval.as_nanos();
         Ok(TokenBucket {
             max_tokens,
@@ -99,43 +90,7 @@ impl TokenBucket {
     }
 }
 
-/// Envoy's `FractionalPercent` denominators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Denominator {
-    Hundred,
-    TenThousand,
-    Million,
-}
-
-impl Denominator {
-    pub fn value(self) -> u64 {
-        match self {
-            Denominator::Hundred => 100,
-            Denominator::TenThousand => 10_000,
-            Denominator::Million => 1_000_000,
-        }
-    }
-}
-
-/// A runtime fraction (`filter_enabled`, `filter_enforced`): a request is in when
-/// `random % denominator < numerator`, Envoy's `evaluateFractionalPercent`. An absent
-/// field is [`FractionalPercent::ZERO`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FractionalPercent {
-    pub numerator: u32,
-    pub denominator: Denominator,
-}
-
-impl Default for FractionalPercent {
-    fn default() -> Self {
-        Self::ZERO
-    }
-}
-
 impl FractionalPercent {
-    pub const ZERO: Self = Self { numerator: 0, denominator: Denominator::Hundred };
-    pub const ALL: Self = Self { numerator: 100, denominator: Denominator::Hundred };
-
     /// Whether this request is in the fraction. Draws one `u64` from `rng` only when the
     /// answer is not certain (0 < numerator < denominator), so a filter configured at
     /// 0% or 100% leaves the caller's RNG stream untouched.
@@ -147,23 +102,6 @@ impl FractionalPercent {
             n => rng.next_u64() % den < n,
         }
     }
-}
-
-/// The filter's config as far as meshsim models it (Envoy's `LocalRateLimit` proto).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalRateLimitConfig {
-    pub max_tokens: u32,
-    /// `None` (unset) means 1.
-    pub tokens_per_fill: Option<u32>,
-    pub fill_interval: Duration,
-    /// `status.code`; `None` means 429, and so does any code below 400.
-    pub status: Option<u16>,
-    /// Unset means 0%: the filter does nothing.
-    pub filter_enabled: FractionalPercent,
-    /// Unset means 0%: limited requests are only counted.
-    pub filter_enforced: FractionalPercent,
-    /// Added to the local reply of an enforced limit.
-    pub response_headers_to_add: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// What to do with one request.
@@ -201,17 +139,6 @@ pub struct LocalRateLimit {
     filter_enforced: FractionalPercent,
     response_headers_to_add: Vec<(HeaderName, HeaderValue)>,
     stats: Stats,
-}
-
-/// The reply status for `status.code`: Envoy's `toErrorCode` keeps codes >= 400 and
-/// turns anything lower (and an unset code) into 429.
-pub fn error_status(code: Option<u16>) -> Result<StatusCode, String> {
-    match code {
-        Some(c) if c >= 400 => {
-            StatusCode::from_u16(c).map_err(|_| format!("status.code {c} is not an HTTP status code"))
-        }
-        _ => Ok(StatusCode::TOO_MANY_REQUESTS),
-    }
 }
 
 impl LocalRateLimit {
@@ -270,6 +197,7 @@ impl LocalRateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ratelimit::Denominator;
     use proptest::prelude::*;
     use rand::{RngCore, SeedableRng};
     use rand_chacha::ChaCha8Rng;
@@ -474,17 +402,6 @@ mod tests {
         let expected = mirror.next_u64() % 100 < 1;
         assert_eq!(rl.decide(secs(0), &mut rng), Decision::Limited { enforced: expected });
         assert_eq!(rng, mirror);
-    }
-
-    #[test]
-    fn status_below_400_becomes_429() {
-        assert_eq!(error_status(None).unwrap(), StatusCode::TOO_MANY_REQUESTS);
-        for low in [0, 200, 302, 399] {
-            assert_eq!(error_status(Some(low)).unwrap(), StatusCode::TOO_MANY_REQUESTS, "{low}");
-        }
-        assert_eq!(error_status(Some(400)).unwrap(), StatusCode::BAD_REQUEST);
-        assert_eq!(error_status(Some(503)).unwrap(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(error_status(Some(1000)).unwrap_err().contains("status.code 1000"));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use mesh::config::IstioDuration;
 use mesh::config::diag::code;
-use mesh::proxy::ratelimit::{Denominator, FractionalPercent, LocalRateLimit, LocalRateLimitConfig};
+use mesh::config::ratelimit::{Denominator, FractionalPercent, LocalRateLimitConfig};
+use mesh::proxy::ratelimit::LocalRateLimit;
 use mesh::registry::{AppProtocol, Pod, Registry, Service};
 use serde::Deserialize;
 use serde_saphyr::Spanned;

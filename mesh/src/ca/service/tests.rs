@@ -5,9 +5,11 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::ca::CaOptions;
-use crate::ca::agent::{Agent, AgentConfig, CertEvent, CertEvents, IdentitySink};
+use crate::ca::agent::{Agent, AgentConfig, CertEvent, CertEvents};
 use crate::ca::authority::{uri_sans, verify_chain};
 use crate::ca::keys::{csr_der, ed25519_key};
+use crate::http::Client;
+use crate::identity::IdentitySink;
 use crate::net::{SystemClock, TokioNet};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -30,7 +32,7 @@ fn csr(id: &SpiffeId) -> Vec<u8> {
 async fn ca_signs_a_csr_that_matches_the_credential() {
     let (ca, addr) = start_ca().await;
     let id = SpiffeId::new("default", "sleep");
-    let granted = request_certificate(&Pool::new(TokioNet), &addr, "token-sleep", &csr(&id), None).await.unwrap();
+    let granted = request_certificate(&Client::new(TokioNet), &addr, "token-sleep", &csr(&id), None).await.unwrap();
     assert_eq!(uri_sans(&granted.chain[0]).unwrap(), vec![id.to_string()]);
     assert_eq!(granted.trust_bundle, ca.trust_bundle());
     verify_chain(&granted.chain, &granted.trust_bundle, SystemClock::new().unix_time()).unwrap();
@@ -40,7 +42,7 @@ async fn ca_signs_a_csr_that_matches_the_credential() {
 async fn ca_refuses_a_csr_for_another_identity_than_the_credential() {
     let (_ca, addr) = start_ca().await;
     let admin = SpiffeId::new("default", "admin");
-    let err = request_certificate(&Pool::new(TokioNet), &addr, "token-sleep", &csr(&admin), None).await.unwrap_err();
+    let err = request_certificate(&Client::new(TokioNet), &addr, "token-sleep", &csr(&admin), None).await.unwrap_err();
     let FetchError::Refused { status, message } = err else { panic!("{err}") };
     assert_eq!(status, 403);
     assert!(
@@ -53,10 +55,10 @@ async fn ca_refuses_a_csr_for_another_identity_than_the_credential() {
 async fn ca_refuses_an_unknown_credential_and_a_ttl_over_the_maximum() {
     let (_ca, addr) = start_ca().await;
     let id = SpiffeId::new("default", "sleep");
-    let pool = Pool::new(TokioNet);
-    let err = request_certificate(&pool, &addr, "stolen", &csr(&id), None).await.unwrap_err();
+    let client = Client::new(TokioNet);
+    let err = request_certificate(&client, &addr, "stolen", &csr(&id), None).await.unwrap_err();
     assert!(matches!(err, FetchError::Refused { status: 401, .. }), "{err}");
-    let err = request_certificate(&pool, &addr, "token-sleep", &csr(&id), Some(Duration::from_secs(91 * 86400)))
+    let err = request_certificate(&client, &addr, "token-sleep", &csr(&id), Some(Duration::from_secs(91 * 86400)))
         .await
         .unwrap_err();
     assert!(
@@ -70,7 +72,7 @@ async fn a_ca_that_is_down_is_unreachable() {
     let (ca, addr) = start_ca().await;
     ca.set_up(false);
     let id = SpiffeId::new("default", "sleep");
-    let err = request_certificate(&Pool::new(TokioNet), &addr, "token-sleep", &csr(&id), None).await.unwrap_err();
+    let err = request_certificate(&Client::new(TokioNet), &addr, "token-sleep", &csr(&id), None).await.unwrap_err();
     assert!(matches!(err, FetchError::Unreachable(_)), "{err}");
 }
 
