@@ -93,6 +93,11 @@ pub struct RunningPod<N: Net> {
     pub agent_store: Option<Arc<IdentityStore>>,
 }
 
+/// Sidecars shared between a pod set and its readers (the sweeper, the boot wait).
+pub type SharedSidecars<N> = Arc<Mutex<BTreeMap<usize, Arc<Sidecar<N>>>>>;
+/// Every sidecar a run started, restarts included.
+pub type StartedSidecars<N> = Arc<Mutex<Vec<Arc<Sidecar<N>>>>>;
+
 /// The pods one place runs (a simulated node, or a real world's process), started,
 /// crashed and restarted on the driver's commands.
 pub struct PodSet<S: Seam> {
@@ -102,15 +107,15 @@ pub struct PodSet<S: Seam> {
     tasks: BTreeMap<usize, Vec<JoinHandle<()>>>,
     aborted: BTreeMap<usize, Vec<JoinHandle<()>>>,
     /// The sidecars of running pods.
-    pub sidecars: Arc<Mutex<BTreeMap<usize, Arc<Sidecar<S::Net>>>>>,
+    pub sidecars: SharedSidecars<S::Net>,
     /// Every sidecar ever started, restarts included (metrics are read at the end).
-    started: Arc<Mutex<Vec<Arc<Sidecar<S::Net>>>>>,
+    started: StartedSidecars<S::Net>,
     /// The identity stores of running pods whose agent asks the CA for a certificate.
     pub agent_stores: BTreeMap<usize, Arc<IdentityStore>>,
 }
 
 impl<S: Seam> PodSet<S> {
-    pub fn new(pods: Arc<Pods>, seam: Arc<S>, started: Arc<Mutex<Vec<Arc<Sidecar<S::Net>>>>>) -> PodSet<S> {
+    pub fn new(pods: Arc<Pods>, seam: Arc<S>, started: StartedSidecars<S::Net>) -> PodSet<S> {
         PodSet {
             pods,
             seam,
