@@ -30,6 +30,7 @@
 
 pub mod authz;
 pub mod balance;
+mod cluster_choice;
 pub mod control_client;
 pub mod fault;
 pub mod hash;
@@ -67,12 +68,11 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::istio::MtlsMode;
 use crate::identity::SpiffeId;
 use crate::net::{Clock, Listener, Net};
-use crate::snapshot::{Cluster, HashTable, Snapshot};
-use balance::Balancer;
-use hash::{Maglev, RingHash};
+use crate::snapshot::{Cluster, Snapshot};
+use cluster_choice::HostChoice;
 use local_reply::Flag;
 use metrics::{HttpRequest, Metrics, PEER_METADATA, PeerId, Reporter, Security, Series, Workload};
-use outlier::{Detector, Transition};
+use outlier::Transition;
 use pool::{Pool, PoolTls, UpstreamError};
 use ratelimit::{LocalRateLimit, LocalRateLimitConfig};
 use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
@@ -115,62 +115,34 @@ pub trait ProcessingCost: std::fmt::Debug + Send + Sync + 'static {
     fn tls_handshake(&self) -> Duration;
 }
 
-/// A consistent-hash table built over one set of candidate hosts.
-enum HashTableRt {
-    Ring(RingHash),
-    Maglev(Maglev),
-}
-
-/// Runtime state of one cluster in one proxy.
+/// Runtime state of one cluster in one proxy: how its hosts are chosen and its
+/// connection pool.
 struct ClusterRt<N: Net> {
-    cfg: Arc<Cluster>,
-    active: Vec<u32>,
-    balancer: Balancer,
-    detector: Option<Detector>,
-    /// The hash table and the candidates it was built over (rebuilt when they change).
-    hash: Option<(Vec<usize>, HashTableRt)>,
+    choice: HostChoice,
     pool: Arc<Pool<N>>,
 }
 
-/// The index in `to` of endpoint `i` of `from` (the same pod at the same address).
-fn translate(from: &Cluster, to: &Cluster, i: usize) -> Option<usize> {
-    let ep = &from.endpoints[i];
-    to.endpoints.iter().position(|e| e == ep)
-}
-
 impl<N: Net> ClusterRt<N> {
-    fn new(pool: Pool<N>, cfg: Arc<Cluster>, clock: &Arc<dyn Clock>) -> Self {
-        ClusterRt {
-            active: vec![0; cfg.endpoints.len()],
-            balancer: Balancer::default(),
-            detector: cfg.outlier.map(|o| Detector::new(o, cfg.endpoints.len(), clock.now())),
-            hash: None,
-            pool: Arc::new(pool),
-            cfg,
-        }
+    fn new(pool: Pool<N>, cfg: Arc<Cluster>, now: Duration) -> Self {
+        ClusterRt { choice: HostChoice::new(cfg, now), pool: Arc::new(pool) }
     }
 
-    /// This state carried over to a changed config of the same cluster: hosts that stay
-    /// keep their active count and outlier state (unless the outlier settings changed),
-    /// the pool stays unless its limits or its TLS origination changed (it is keyed by
-    /// address; `new_pool` makes a fresh one), the hash table is rebuilt on first use.
-    fn carry(self, cfg: Arc<Cluster>, new_pool: impl FnOnce(&Cluster) -> Pool<N>, clock: &Arc<dyn Clock>) -> Self {
-        let old_of_new: Vec<Option<usize>> = (0..cfg.endpoints.len()).map(|i| translate(&cfg, &self.cfg, i)).collect();
-        let active = old_of_new.iter().map(|o| o.map_or(0, |j| self.active[j])).collect();
-        let detector = match (&self.detector, cfg.outlier) {
-            (Some(d), Some(o)) if self.cfg.outlier == Some(o) => Some(d.remap(&old_of_new)),
-            (_, o) => o.map(|o| Detector::new(o, cfg.endpoints.len(), clock.now())),
-        };
+    fn cfg(&self) -> &Arc<Cluster> {
+        self.choice.cfg()
+    }
+
+    /// This state carried over to a changed config of the same cluster: the host choice
+    /// carries host by host (see `HostChoice::carry`); the pool stays unless its limits
+    /// or its TLS origination changed (it is keyed by address; `new_pool` makes a fresh
+    /// one).
+    fn carry(self, cfg: Arc<Cluster>, new_pool: impl FnOnce(&Cluster) -> Pool<N>, now: Duration) -> Self {
         let tls = |c: &Cluster| -> (Vec<(String, u16)>, Vec<SpiffeId>) {
             let mtls = c.endpoints.iter().filter(|e| e.mtls).map(|e| (e.host.clone(), e.port)).collect();
             (mtls, c.peer_identities.clone())
         };
-        let pool = if self.cfg.limits == cfg.limits && tls(&self.cfg) == tls(&cfg) {
-            self.pool
-        } else {
-            Arc::new(new_pool(&cfg))
-        };
-        ClusterRt { cfg, active, balancer: self.balancer, detector, hash: None, pool }
+        let old = self.cfg();
+        let pool = if old.limits == cfg.limits && tls(old) == tls(&cfg) { self.pool } else { Arc::new(new_pool(&cfg)) };
+        ClusterRt { choice: self.choice.carry(cfg, now), pool }
     }
 }
 
@@ -224,8 +196,28 @@ struct Target<'a> {
 /// client's default connect timeout, so its own timeout ends the wait first).
 pub const INBOUND_CERT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The grid of the outlier sweep timer: every 100 ms of a sidecar's clock. The detector
+/// replays every interval tick due and dates its events by the tick, so the grid only
+/// bounds how late an event is reported.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Time from `now` to the next multiple of [`SWEEP_EVERY`] after it.
+fn until_next_sweep(now: Duration) -> Duration {
+    let every = SWEEP_EVERY.as_nanos();
+    Duration::from_nanos((every - now.as_nanos() % every) as u64)
+}
+
 const HOP_BY_HOP: [HeaderName; 5] =
     [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TRANSFER_ENCODING, header::TE, header::UPGRADE];
+
+/// The flag of a failed upstream exchange, and why a connect failed.
+fn failure_flag(e: UpstreamError) -> (Flag, Option<local_reply::ConnectFailure>) {
+    match e {
+        UpstreamError::Connect(why) => (Flag::UpstreamConnectionFailure, Some(why)),
+        UpstreamError::Reset => (Flag::UpstreamConnectionTermination, None),
+        UpstreamError::Overflow(_) => (Flag::UpstreamOverflow, None),
+    }
+}
 
 /// Removes hop-by-hop headers. Scans the (few) names first: removing by name hashes,
 /// and most messages carry none.
@@ -317,10 +309,10 @@ impl<N: Net> Sidecar<N> {
         let mut next = BTreeMap::new();
         for (name, rt) in std::mem::take(&mut *clusters) {
             let Some(cfg) = snapshot.clusters.get(&name) else { continue };
-            let rt = if Arc::ptr_eq(&rt.cfg, cfg) {
+            let rt = if Arc::ptr_eq(rt.cfg(), cfg) {
                 rt
             } else {
-                rt.carry(cfg.clone(), |c| self.cluster_pool_new(c), &self.clock)
+                rt.carry(cfg.clone(), |c| self.cluster_pool_new(c), self.clock.now())
             };
             next.insert(name, rt);
         }
@@ -329,12 +321,21 @@ impl<N: Net> Sidecar<N> {
         self.ready.send_replace(true);
     }
 
-    /// Serves the outbound listener, once a config is applied, until it fails.
+    /// Serves the outbound listener, once a config is applied, until it fails; runs the
+    /// outlier sweep of the clusters it calls meanwhile (see `sweep_outliers`), which
+    /// stops with it.
     pub async fn run_outbound(self: Arc<Self>, listener: N::Listener) -> std::io::Result<()> {
-        let mut ready = self.ready.subscribe();
-        // The sender lives in `self`, so waiting cannot fail.
-        let _ = ready.wait_for(|r| *r).await;
-        self.serve(listener, Direction::Outbound).await
+        let serve = async {
+            let mut ready = self.ready.subscribe();
+            // The sender lives in `self`, so waiting cannot fail.
+            let _ = ready.wait_for(|r| *r).await;
+            self.clone().serve(listener, Direction::Outbound).await
+        };
+        tokio::select! {
+            biased;
+            served = serve => served,
+            never = self.sweep_outliers() => match never {},
+        }
     }
 
     /// Serves the inbound listener until it fails.
@@ -492,17 +493,26 @@ impl<N: Net> Sidecar<N> {
         self.rng.lock().expect("rng lock").next_u64()
     }
 
-    /// Replays due outlier sweeps of every cluster up to now (so readmissions show up
-    /// even when no request arrives).
-    pub fn advance(&self) {
+    /// Runs the outlier sweeps of every cluster on this sidecar's clock, forever: at
+    /// each [`SWEEP_EVERY`] multiple of [`Clock::now`], the sweeps due by then (Envoy's
+    /// per-cluster interval timer; see `outlier`) so readmissions show up even when no
+    /// request arrives. Requests replay due sweeps themselves; this only makes their
+    /// events timely.
+    async fn sweep_outliers(&self) -> Infallible {
+        loop {
+            tokio::time::sleep(until_next_sweep(self.clock.now())).await;
+            self.advance();
+        }
+    }
+
+    /// Replays due outlier sweeps of every cluster up to now.
+    fn advance(&self) {
         let now = self.clock.now();
         let mut clusters = self.clusters.lock().expect("clusters lock");
         for (name, rt) in clusters.iter_mut() {
             let mut out = Vec::new();
-            if let Some(d) = rt.detector.as_mut() {
-                d.advance(now, &mut out);
-            }
-            self.emit(name, &rt.cfg, &out);
+            rt.choice.sweep(now, &mut out);
+            self.emit(name, rt.cfg(), &out);
         }
     }
 
@@ -665,24 +675,15 @@ impl<N: Net> Sidecar<N> {
         reply
     }
 
-    /// The flag of a failed upstream exchange.
-    fn failure_flag(e: UpstreamError) -> (Flag, Option<local_reply::ConnectFailure>) {
-        match e {
-            UpstreamError::Connect(why) => (Flag::UpstreamConnectionFailure, Some(why)),
-            UpstreamError::Reset => (Flag::UpstreamConnectionTermination, None),
-            UpstreamError::Overflow(_) => (Flag::UpstreamOverflow, None),
-        }
-    }
-
     /// Runs `f` on the runtime state of `cluster`, creating it on first use (the outlier
     /// interval timer starts then) from the current snapshot's config of that cluster.
     /// The state's config may be newer than `cluster` (a request that started before
-    /// [`Sidecar::apply`]): host indices then go through [`translate`].
+    /// [`Sidecar::apply`]): host indices then go through `cluster_choice::translate`.
     fn with_cluster<T>(&self, cluster: &Arc<Cluster>, f: impl FnOnce(&mut ClusterRt<N>) -> T) -> T {
         let mut clusters = self.clusters.lock().expect("clusters lock");
         if !clusters.contains_key(&cluster.name) {
             let cfg = self.snapshot().clusters.get(&cluster.name).cloned().unwrap_or_else(|| cluster.clone());
-            clusters.insert(cluster.name.clone(), ClusterRt::new(self.cluster_pool_new(&cfg), cfg, &self.clock));
+            clusters.insert(cluster.name.clone(), ClusterRt::new(self.cluster_pool_new(&cfg), cfg, self.clock.now()));
         }
         f(clusters.get_mut(&cluster.name).expect("inserted above"))
     }
@@ -703,86 +704,5 @@ impl<N: Net> Sidecar<N> {
 
     fn cluster_pool(&self, cluster: &Arc<Cluster>) -> Arc<Pool<N>> {
         self.with_cluster(cluster, |rt| rt.pool.clone())
-    }
-
-    /// Chooses a host of `cluster` without committing to it. `hash`: the request's
-    /// consistent-hash key (`None` = hash randomly, as Envoy does). `None` = no healthy
-    /// upstream.
-    fn choose_host(&self, cluster: &Arc<Cluster>, hash: Option<u64>) -> Option<usize> {
-        let now = self.clock.now();
-        self.with_cluster(cluster, |rt| {
-            let mut candidates = Vec::with_capacity(rt.cfg.endpoints.len());
-            match rt.detector.as_mut() {
-                Some(d) => {
-                    let mut out = Vec::new();
-                    d.advance(now, &mut out);
-                    self.emit(&cluster.name, &rt.cfg, &out);
-                    d.candidates(&mut candidates);
-                }
-                None => candidates.extend(0..rt.cfg.endpoints.len()),
-            }
-            // A request on an older config of the cluster picks among hosts it knows.
-            let stale = !Arc::ptr_eq(&rt.cfg, cluster);
-            if stale {
-                candidates.retain(|&i| translate(&rt.cfg, cluster, i).is_some());
-            }
-            if candidates.is_empty() {
-                return None;
-            }
-            if let Some(h) = &rt.cfg.hash {
-                if rt.hash.as_ref().is_none_or(|(built_for, _)| *built_for != candidates) {
-                    let keys: Vec<String> = candidates
-                        .iter()
-                        .map(|&i| format!("{}:{}", rt.cfg.endpoints[i].host, rt.cfg.endpoints[i].port))
-                        .collect();
-                    let table = match h.table {
-                        HashTable::Ring { min_ring_size } => RingHash::new(&keys, min_ring_size).map(HashTableRt::Ring),
-                        HashTable::Maglev { table_size } => Maglev::new(&keys, table_size).map(HashTableRt::Maglev),
-                    }
-                    .expect("hash table sizes are validated and endpoint keys are unique");
-                    rt.hash = Some((candidates.clone(), table));
-                }
-                let (_, table) = rt.hash.as_ref().expect("built above");
-                let key = hash.unwrap_or_else(|| self.draw());
-                let i = match table {
-                    HashTableRt::Ring(r) => r.pick(key),
-                    HashTableRt::Maglev(m) => m.pick(key),
-                };
-                let picked = candidates[i];
-                return if stale { translate(&rt.cfg, cluster, picked) } else { Some(picked) };
-            }
-            let mut rng = self.rng.lock().expect("rng lock");
-            let picked = rt.balancer.pick(rt.cfg.lb, &candidates, &rt.active, &mut *rng);
-            if stale { translate(&rt.cfg, cluster, picked) } else { Some(picked) }
-        })
-    }
-
-    /// Counts a request to `host` as active.
-    fn commit_host(&self, cluster: &Arc<Cluster>, host: usize) {
-        self.with_cluster(cluster, |rt| {
-            let host = if Arc::ptr_eq(&rt.cfg, cluster) { Some(host) } else { translate(cluster, &rt.cfg, host) };
-            if let Some(h) = host {
-                rt.active[h] += 1;
-            }
-        });
-    }
-
-    /// Ends a request to `host`: no longer active; `status` (if any) feeds outlier
-    /// detection (connect failures count as 503, timeouts as 504).
-    fn release_host(&self, cluster: &Arc<Cluster>, host: usize, status: Option<u16>) {
-        let now = self.clock.now();
-        self.with_cluster(cluster, |rt| {
-            let host = if Arc::ptr_eq(&rt.cfg, cluster) { Some(host) } else { translate(cluster, &rt.cfg, host) };
-            let Some(host) = host else { return };
-            // Saturating: a try committed on a config whose state was replaced (not
-            // carried) is not counted in this one.
-            rt.active[host] = rt.active[host].saturating_sub(1);
-            if let (Some(d), Some(status)) = (rt.detector.as_mut(), status) {
-                let mut out = Vec::new();
-                d.advance(now, &mut out);
-                d.record(host, status, now, &mut out);
-                self.emit(&cluster.name, &rt.cfg, &out);
-            }
-        });
     }
 }

@@ -1,7 +1,12 @@
-//! The outbound path, one layer per function in reading order: route → fault → mirror
-//! → timeout → retry → balance → pool. Each layer's policy lives in its own module; this
-//! file only strings them together; every path ends in [`Sidecar::finish`] (access log,
-//! metrics, span), and every upstream try records its own span.
+//! The outbound path, one layer per function, in reading order: route (the first
+//! matching rule, then a redirect, a direct response or a weighted destination) →
+//! request edits (destination and route headers, rewrite) → fault (delay, abort) →
+//! mirror → timeout (the route deadline over every try and backoff, [`Deadline`]) →
+//! retry (the policy's tries, the retry circuit breaker) → cluster choice (see
+//! `cluster_choice`) → pool (see `pool`). [`Sidecar::outbound`] strings them together;
+//! each layer's policy lives in its own module. Every path ends in [`Sidecar::finish`]
+//! (access log, metrics, span), and every upstream try records its own span and feeds
+//! outlier detection ([`outlier_status`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,22 +14,24 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::request::Parts;
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
+use super::cluster_choice::InFlight;
 use super::hash::HashInput;
 use super::local_reply::{self, Flag};
 use super::metrics::PEER_METADATA;
-use super::pool::UpstreamError;
+use super::pool::{Pool, UpstreamError};
 use super::retry::{Decision, Outcome, RetryState};
 use super::route_match::{MatchInput, route_matches};
 use super::telemetry::Direction;
 use super::tracing::{Span, SpanKind};
-use super::{Exchange, Reply, Sidecar, Target, strip_hop_by_hop};
+use super::{Exchange, Reply, Sidecar, Target, failure_flag, strip_hop_by_hop};
 use crate::net::Net;
 use crate::registry::qualify;
-use crate::snapshot::{Action, Cluster, Redirect, Route, WeightedCluster};
+use crate::snapshot::{Action, Cluster, Redirect, Route, Snapshot, WeightedCluster};
 
 /// How the router's last try ended.
 enum Tried {
@@ -38,6 +45,49 @@ enum Tried {
     /// The route timeout expired: it bounds every try and backoff together.
     RouteTimeout,
     NoHealthyUpstream,
+}
+
+/// What the router did: the last try's result, the host it went to, the flags it earned.
+struct Routed {
+    tried: Tried,
+    host: Option<usize>,
+    flags: Vec<Flag>,
+}
+
+impl Routed {
+    fn timed_out(host: Option<usize>) -> Routed {
+        Routed { tried: Tried::RouteTimeout, host, flags: vec![Flag::UpstreamRequestTimeout] }
+    }
+}
+
+/// How one try ended, as the retry layer sees it.
+enum TryEnd {
+    /// The try ended on its own or at its per-try timeout.
+    Ended { tried: Tried, outcome: Outcome },
+    /// The route deadline came first: the whole request times out.
+    RouteTimeout,
+}
+
+/// The request line as the route layer reads it (cloned out of the request, which the
+/// later layers edit).
+struct RequestLine {
+    uri: http::Uri,
+    host: Option<HeaderValue>,
+}
+
+impl RequestLine {
+    fn of(parts: &Parts) -> RequestLine {
+        RequestLine { uri: parts.uri.clone(), host: parts.headers.get(header::HOST).cloned() }
+    }
+
+    /// The Host header, else the URI's authority.
+    fn authority(&self) -> &str {
+        self.host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| self.uri.authority().map(|a| a.as_str()))
+            .unwrap_or_default()
+    }
 }
 
 impl<N: Net> Sidecar<N> {
@@ -58,109 +108,127 @@ impl<N: Net> Sidecar<N> {
         ex.request_bytes = body.len() as u64;
         let ex = ex;
         let done = |reply: Reply, flags: &[Flag], to: Target<'_>| self.finish(&ex, reply, flags, to);
-        let uri = parts.uri.clone();
-        let host = parts.headers.get(header::HOST).cloned();
-        let authority = host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| uri.authority().map(|a| a.as_str()))
-            .unwrap_or_default();
+        let line = RequestLine::of(&parts);
+        let authority = line.authority();
         let snapshot = self.snapshot();
         let fqdn = qualify(authority, &self.cfg.namespace);
 
-        // Route: the first rule whose match list accepts the request.
-        let (path, query) = (uri.path(), uri.query());
-        let method = parts.method.clone();
+        let Some((route, matched_prefix)) = self.route(&snapshot, &parts, &line, &fqdn) else {
+            let to = Target { service: &fqdn, ..Target::default() };
+            return done(self.local(Flag::NoRoute, None, "envoy"), &[Flag::NoRoute], to);
+        };
+        let to = Target { route: &route.name, service: &fqdn, ..Target::default() };
+        let (wc, cluster) = match self.destination(&snapshot, route, &line) {
+            Ok(picked) => picked,
+            Err((reply, flags)) => return done(reply, flags, to),
+        };
+        let to = Target { cluster: &cluster.name, service: &cluster.service, ..to };
+        edit_request(&mut parts, wc, route, matched_prefix.as_deref(), &self.metadata);
+        let mut flags = Vec::new();
+        if let Some(reply) = self.fault(route, &mut flags).await {
+            return done(reply, &flags, to);
+        }
+        self.mirror(&snapshot, route, &parts, &body, authority);
+        let (hash, set_cookie) = request_hash(&cluster, &parts.headers, line.uri.query(), peer, local);
+        let deadline = Deadline::start(self.clock.now(), route.timeout);
+        let routed = self.tries(&ex, &cluster, route, &parts, body, hash, deadline).await;
+        flags.extend(routed.flags);
+        let upstream = routed.host.map(|h| cluster.endpoints[h].pod.as_str());
+        let to = Target { upstream, ..to };
+        let reply = match routed.tried {
+            Tried::Response(resp) => {
+                let reply = self.upstream_reply(resp, wc, route, &ex, set_cookie);
+                return done(reply, &flags, to);
+            }
+            Tried::Failed { error, retried } => {
+                let (flag, why) = failure_flag(error);
+                if retried { self.local_after_retries(flag, why, "envoy") } else { self.local(flag, why, "envoy") }
+            }
+            Tried::PerTryTimeout | Tried::RouteTimeout => self.local(Flag::UpstreamRequestTimeout, None, "envoy"),
+            Tried::NoHealthyUpstream => self.local(Flag::NoHealthyUpstream, None, "envoy"),
+        };
+        done(reply, &flags, to)
+    }
+
+    /// Route: the first rule for `fqdn` whose match list accepts the request, and the
+    /// URI prefix it matched on (a prefix rewrite replaces it). `None`: no route (NR).
+    fn route<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        parts: &Parts,
+        line: &RequestLine,
+        fqdn: &str,
+    ) -> Option<(&'s Route, Option<String>)> {
         let input = MatchInput {
-            method: method.as_str(),
-            path,
-            query,
-            authority,
+            method: parts.method.as_str(),
+            path: line.uri.path(),
+            query: line.uri.query(),
+            authority: line.authority(),
             scheme: "http",
             headers: &parts.headers,
-            port: snapshot.ports.get(&fqdn).copied().unwrap_or(0),
+            port: snapshot.ports.get(fqdn).copied().unwrap_or(0),
             source_labels: &self.cfg.labels,
             source_namespace: &self.cfg.namespace,
         };
-        let route = snapshot.routes.get(&fqdn).and_then(|rs| rs.iter().find(|r| route_matches(&r.matches, &input)));
-        let Some(route) = route else {
-            return done(
-                self.local(Flag::NoRoute, None, "envoy"),
-                &[Flag::NoRoute],
-                Target { service: &fqdn, ..Target::default() },
-            );
-        };
+        let route = snapshot.routes.get(fqdn)?.iter().find(|r| route_matches(&r.matches, &input))?;
         let matched_prefix =
             route.matches.iter().find(|m| m.matches(&input)).and_then(|m| m.uri_prefix()).map(str::to_string);
-        let to = Target { route: &route.name, service: &fqdn, ..Target::default() };
+        Some((route, matched_prefix))
+    }
+
+    /// The route's action: a weighted destination and its cluster (Envoy's weighted
+    /// pick), or the reply the route answers itself (a redirect, a direct response; no
+    /// cluster: NC).
+    fn destination<'s>(
+        &self,
+        snapshot: &Snapshot,
+        route: &'s Route,
+        line: &RequestLine,
+    ) -> Result<(&'s WeightedCluster, Arc<Cluster>), (Reply, &'static [Flag])> {
         let clusters = match &route.action {
             Action::Redirect(rd) => {
-                return done(redirect(rd, authority, path, query), &[], to);
+                return Err((redirect(rd, line.authority(), line.uri.path(), line.uri.query()), &[]));
             }
             Action::Direct { status, body } => {
                 let mut reply =
                     local_reply::reply(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone(), "envoy");
                 route.response_headers.apply(reply.headers_mut());
-                return done(reply, &[], to);
+                return Err((reply, &[]));
             }
             Action::Forward(clusters) => clusters,
         };
         let weights: Vec<u32> = clusters.iter().map(|c| c.weight).collect();
         let picked = super::weighted::pick(&weights, self.draw()).map(|i| &clusters[i]);
-        let Some((wc, cluster)) = picked.and_then(|wc| snapshot.clusters.get(&wc.cluster).map(|c| (wc, c.clone())))
-        else {
-            return done(self.local(Flag::NoCluster, None, "envoy"), &[Flag::NoCluster], to);
-        };
-        let to = Target { cluster: &cluster.name, service: &cluster.service, ..to };
+        picked.and_then(|wc| snapshot.clusters.get(&wc.cluster).map(|c| (wc, c.clone()))).ok_or_else(|| {
+            const NC: &[Flag] = &[Flag::NoCluster];
+            (self.local(Flag::NoCluster, None, "envoy"), NC)
+        })
+    }
 
-        // Request edits: destination headers, route headers, rewrite.
-        wc.request_headers.apply(&mut parts.headers);
-        route.request_headers.apply(&mut parts.headers);
-        if let Some(rw) = &route.rewrite {
-            if let Some(uri) = &rw.uri {
-                let new_path = match &matched_prefix {
-                    Some(p) if path.starts_with(p.as_str()) => format!("{uri}{}", &path[p.len()..]),
-                    _ => uri.clone(),
-                };
-                let pq = match query {
-                    Some(q) => format!("{new_path}?{q}"),
-                    None => new_path,
-                };
-                if let Ok(u) = pq.parse() {
-                    parts.uri = u;
-                }
-            }
-            if let Some(a) = &rw.authority
-                && let Ok(v) = HeaderValue::from_str(a)
-            {
-                parts.headers.insert(header::HOST, v);
-            }
+    /// Fault: the route's delay, then its abort; both before the router's timers start.
+    /// Draws twice from the proxy's RNG when the route has a fault (the delay's draw, then
+    /// the abort's). `Some`: the abort's reply.
+    async fn fault(&self, route: &Route, flags: &mut Vec<Flag>) -> Option<Reply> {
+        let f = route.fault.as_ref()?;
+        let injected = f.decide((self.draw() % 1_000_000) as u32, (self.draw() % 1_000_000) as u32);
+        if let Some(d) = injected.delay {
+            flags.push(Flag::DelayInjected);
+            tokio::time::sleep(d).await;
         }
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        parts.headers.insert(PEER_METADATA, self.metadata.clone());
+        let status = injected.abort?;
+        flags.push(Flag::FaultInjected);
+        let mut reply = local_reply::reply(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            local_reply::BODY_FAULT_ABORT,
+            "envoy",
+        );
+        route.response_headers.apply(reply.headers_mut());
+        Some(reply)
+    }
 
-        // Fault: delay, then abort; both before the router's timers start.
-        let mut flags = Vec::new();
-        if let Some(f) = &route.fault {
-            let injected = f.decide((self.draw() % 1_000_000) as u32, (self.draw() % 1_000_000) as u32);
-            if let Some(d) = injected.delay {
-                flags.push(Flag::DelayInjected);
-                tokio::time::sleep(d).await;
-            }
-            if let Some(status) = injected.abort {
-                flags.push(Flag::FaultInjected);
-                let mut reply = local_reply::reply(
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-                    local_reply::BODY_FAULT_ABORT,
-                    "envoy",
-                );
-                route.response_headers.apply(reply.headers_mut());
-                return done(reply, &flags, to);
-            }
-        }
-
-        // Mirror: a fire-and-forget copy with `-shadow` on the host.
+    /// Mirror: a fire-and-forget copy to the route's mirror cluster, `-shadow` on the
+    /// host, for the route's share of requests (one draw when the route mirrors).
+    fn mirror(self: &Arc<Self>, snapshot: &Snapshot, route: &Route, parts: &Parts, body: &Bytes, authority: &str) {
         if let Some(m) = &route.mirror
             && (self.draw() % 1_000_000) < u64::from(m.per_million)
             && let Some(mc) = snapshot.clusters.get(&m.cluster).cloned()
@@ -172,165 +240,152 @@ impl<N: Net> Sidecar<N> {
             let me = self.clone();
             tokio::spawn(async move { me.shadow(&mc, shadow).await });
         }
-
-        // Router, bounded by the route timeout (which covers every try and backoff).
-        // A hash cookie the request lacks is made up (and handed back on the response).
-        let mut set_cookie = None;
-        let hash = cluster.hash.as_ref().and_then(|h| {
-            h.policy.hash(&HashInput { headers: &parts.headers, query, source_ip: Some(peer.ip()) }).or_else(|| {
-                let generated = h.policy.generate_cookie(peer, local)?;
-                set_cookie = HeaderValue::from_str(&generated.set_cookie).ok();
-                Some(generated.hash)
-            })
-        });
-        let deadline = route.timeout.map(|t| self.clock.now() + t);
-        let (tried, host, mut router_flags) =
-            self.route_tries(&ex, &cluster, route, &parts, body, hash, deadline).await;
-        flags.append(&mut router_flags);
-        let upstream = host.map(|h| cluster.endpoints[h].pod.as_str());
-        let to = Target { upstream, ..to };
-        let reply = match tried {
-            Tried::Response(resp) => {
-                let (mut rp, body) = resp.into_parts();
-                strip_hop_by_hop(&mut rp.headers);
-                apply_response_headers(wc, route, &mut rp.headers);
-                let ms = self.clock.now().saturating_sub(ex.start).as_millis();
-                rp.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(ms as u64));
-                rp.headers.insert(header::SERVER, HeaderValue::from_static("envoy"));
-                if let Some(c) = set_cookie {
-                    rp.headers.append(header::SET_COOKIE, c);
-                }
-                return done(Response::from_parts(rp, Full::new(body)), &flags, to);
-            }
-            Tried::Failed { error, retried } => {
-                let (flag, why) = Self::failure_flag(error);
-                if retried { self.local_after_retries(flag, why, "envoy") } else { self.local(flag, why, "envoy") }
-            }
-            Tried::PerTryTimeout | Tried::RouteTimeout => self.local(Flag::UpstreamRequestTimeout, None, "envoy"),
-            Tried::NoHealthyUpstream => self.local(Flag::NoHealthyUpstream, None, "envoy"),
-        };
-        done(reply, &flags, to)
     }
 
-    /// Retry → balance → pool: tries the request until it succeeds, fails in a way the
-    /// policy does not retry, or runs out of retries. Returns the last try's result, the
-    /// host it went to and the flags it earned.
+    /// Retry: tries the request until it succeeds, fails in a way the policy does not
+    /// retry, runs out of retries (URX) or of retry circuit breaker (UO), or `deadline`
+    /// passes. Each try goes to a host the cluster choice picks (avoiding previous ones
+    /// as the policy says) and waits its backoff after.
     #[allow(clippy::too_many_arguments)]
-    async fn route_tries(
+    async fn tries(
         &self,
         ex: &Exchange,
         cluster: &Arc<Cluster>,
         route: &Route,
-        parts: &http::request::Parts,
+        parts: &Parts,
         body: Bytes,
         hash: Option<u64>,
-        deadline: Option<Duration>,
-    ) -> (Tried, Option<usize>, Vec<Flag>) {
+        deadline: Deadline,
+    ) -> Routed {
         let pool = self.cluster_pool(cluster);
         let mut state = RetryState::new(route.retry.as_ref());
         let mut _permit = None;
-        let timed_out = |host| (Tried::RouteTimeout, host, vec![Flag::UpstreamRequestTimeout]);
         loop {
-            let remaining = deadline.map(|d| d.saturating_sub(self.clock.now()));
-            if remaining.is_some_and(|r| r.is_zero()) {
-                return timed_out(None);
+            if deadline.expired(self.clock.now()) {
+                return Routed::timed_out(None);
             }
             let Some(host) = state.pick_host(|| self.choose_host(cluster, hash)) else {
-                return (Tried::NoHealthyUpstream, None, vec![Flag::NoHealthyUpstream]);
+                return Routed { tried: Tried::NoHealthyUpstream, host: None, flags: vec![Flag::NoHealthyUpstream] };
             };
-            let in_flight = InFlight::start(self, cluster, host);
             let attempt = state.start_attempt(host);
-            let mut req = Request::from_parts(parts.clone(), Full::new(body.clone()));
-            req.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(attempt));
-            let span = ex.trace.child(&mut *self.rng.lock().expect("rng lock"));
-            span.inject(req.headers_mut());
-            let try_start = self.clock.now();
-            let record_try = |status: Option<u16>| {
-                self.telemetry.span(&Span {
-                    proxy: &self.cfg.pod,
-                    kind: SpanKind::Try,
-                    request_id: ex.request_id.to_str().ok(),
-                    trace_id: span.trace_id,
-                    span_id: span.span_id,
-                    parent: span.parent,
-                    start: try_start,
-                    duration: self.clock.now().saturating_sub(try_start),
-                    status,
-                    attempt,
-                })
-            };
-            let ep = &cluster.endpoints[host];
-            let send = pool.send(&ep.host, ep.port, cluster.connect_timeout, req);
-            // This try ends at the per-try timeout or the route deadline, whichever is first.
             let per_try = state.per_try_timeout();
-            let limit = match (per_try, remaining) {
-                (Some(p), Some(r)) => Some(p.min(r)),
-                (p, r) => p.or(r),
+            let try_ = self.try_once(ex, cluster, &pool, host, attempt, parts, &body, per_try, deadline);
+            let (tried, outcome) = match try_.await {
+                TryEnd::Ended { tried, outcome } => (tried, outcome),
+                TryEnd::RouteTimeout => return Routed::timed_out(Some(host)),
             };
-            let result = match limit {
-                Some(l) => tokio::time::timeout(l, send).await.map_err(|_| ()),
-                None => Ok(send.await),
-            };
-            let retried = attempt > 1;
-            let failed = |error| Tried::Failed { error, retried };
-            let (tried, outcome, outlier_status) = match result {
-                // The route deadline came first: the whole request times out (Envoy
-                // reports a timeout to outlier detection, as a 504).
-                Err(()) if per_try.is_none_or(|p| remaining.is_some_and(|r| r <= p)) => {
-                    in_flight.finish(Some(504));
-                    record_try(None);
-                    return timed_out(Some(host));
-                }
-                Err(()) => (Tried::PerTryTimeout, Outcome::PerTryTimeout, Some(504)),
-                Ok(Ok(resp)) => {
-                    let status = resp.status().as_u16();
-                    let outcome = Outcome::response(status, resp.headers());
-                    (Tried::Response(resp), outcome, Some(status))
-                }
-                Ok(Err(e @ UpstreamError::Connect(_))) => (failed(e), Outcome::ConnectFailure, Some(503)),
-                Ok(Err(e @ UpstreamError::Reset)) => (failed(e), Outcome::Reset, Some(503)),
-                Ok(Err(e @ UpstreamError::Overflow(_))) => (failed(e), Outcome::Overflow, None),
-            };
-            in_flight.finish(outlier_status);
-            record_try(match &tried {
-                Tried::Response(r) => Some(r.status().as_u16()),
-                _ => None,
-            });
             _permit = None;
-            let failure_flag = match &tried {
-                Tried::Failed { error, .. } => Some(Self::failure_flag(*error).0),
-                Tried::PerTryTimeout => Some(Flag::UpstreamRequestTimeout),
-                _ => None,
-            };
+            let mut flags: Vec<Flag> = try_flag(&tried).into_iter().collect();
             let decision = {
                 let mut rng = self.rng.lock().expect("rng lock");
                 state.on_outcome(&outcome, &mut *rng)
             };
-            let mut flags: Vec<Flag> = failure_flag.into_iter().collect();
             match decision {
-                Decision::Done => return (tried, Some(host), flags),
+                Decision::Done => return Routed { tried, host: Some(host), flags },
                 Decision::Exhausted => {
                     flags.push(Flag::UpstreamRetryLimitExceeded);
-                    return (tried, Some(host), flags);
+                    return Routed { tried, host: Some(host), flags };
                 }
                 Decision::Retry { backoff } => {
                     // The retry circuit breaker (maxRetries or the retry budget).
                     let Some(permit) = pool.try_retry() else {
                         flags.push(Flag::UpstreamOverflow);
-                        return (tried, Some(host), flags);
+                        return Routed { tried, host: Some(host), flags };
                     };
                     _permit = Some(permit);
-                    let left = deadline.map(|d| d.saturating_sub(self.clock.now()));
-                    if left.is_some_and(|l| l <= backoff) {
-                        if let Some(l) = left {
-                            tokio::time::sleep(l).await;
-                        }
-                        return timed_out(Some(host));
+                    if let Some(left) = deadline.cuts(backoff, self.clock.now()) {
+                        tokio::time::sleep(left).await;
+                        return Routed::timed_out(Some(host));
                     }
                     tokio::time::sleep(backoff).await;
                 }
             }
         }
+    }
+
+    /// One try to `host`, through the pool, bounded by the per-try timeout and the route
+    /// deadline, whichever is first: its own span, its `x-envoy-attempt-count`, its host
+    /// counted in flight, and its result fed to outlier detection.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_once(
+        &self,
+        ex: &Exchange,
+        cluster: &Arc<Cluster>,
+        pool: &Pool<N>,
+        host: usize,
+        attempt: u32,
+        parts: &Parts,
+        body: &Bytes,
+        per_try: Option<Duration>,
+        deadline: Deadline,
+    ) -> TryEnd {
+        let in_flight = InFlight::start(self, cluster, host);
+        let mut req = Request::from_parts(parts.clone(), Full::new(body.clone()));
+        req.headers_mut().insert("x-envoy-attempt-count", HeaderValue::from(attempt));
+        let span = ex.trace.child(&mut *self.rng.lock().expect("rng lock"));
+        span.inject(req.headers_mut());
+        let try_start = self.clock.now();
+        let record_try = |status: Option<u16>| {
+            self.telemetry.span(&Span {
+                proxy: &self.cfg.pod,
+                kind: SpanKind::Try,
+                request_id: ex.request_id.to_str().ok(),
+                trace_id: span.trace_id,
+                span_id: span.span_id,
+                parent: span.parent,
+                start: try_start,
+                duration: self.clock.now().saturating_sub(try_start),
+                status,
+                attempt,
+            })
+        };
+        let ep = &cluster.endpoints[host];
+        let send = pool.send(&ep.host, ep.port, cluster.connect_timeout, req);
+        let bound = deadline.bound_try(per_try, self.clock.now());
+        let result = match bound {
+            Some((limit, _)) => tokio::time::timeout(limit, send).await.map_err(|_| ()),
+            None => Ok(send.await),
+        };
+        let result = match (result, bound) {
+            (Ok(r), _) => Some(r),
+            (Err(()), Some((_, Expiry::Route))) => {
+                // Envoy reports a route timeout to outlier detection, as a 504.
+                in_flight.finish(Some(504));
+                record_try(None);
+                return TryEnd::RouteTimeout;
+            }
+            (Err(()), _) => None,
+        };
+        let (tried, outcome) = classify(result, attempt > 1);
+        in_flight.finish(outlier_status(&tried));
+        record_try(match &tried {
+            Tried::Response(r) => Some(r.status().as_u16()),
+            _ => None,
+        });
+        TryEnd::Ended { tried, outcome }
+    }
+
+    /// The reply from an upstream response: hop-by-hop headers out, destination then
+    /// route response edits, Envoy's `x-envoy-upstream-service-time` and `server`, and a
+    /// generated hash cookie.
+    fn upstream_reply(
+        &self,
+        resp: Response<Bytes>,
+        wc: &WeightedCluster,
+        route: &Route,
+        ex: &Exchange,
+        set_cookie: Option<HeaderValue>,
+    ) -> Reply {
+        let (mut rp, body) = resp.into_parts();
+        strip_hop_by_hop(&mut rp.headers);
+        apply_response_headers(wc, route, &mut rp.headers);
+        let ms = self.clock.now().saturating_sub(ex.start).as_millis();
+        rp.headers.insert("x-envoy-upstream-service-time", HeaderValue::from(ms as u64));
+        rp.headers.insert(header::SERVER, HeaderValue::from_static("envoy"));
+        if let Some(c) = set_cookie {
+            rp.headers.append(header::SET_COOKIE, c);
+        }
+        Response::from_parts(rp, Full::new(body))
     }
 
     /// Sends a mirrored request and drops the answer.
@@ -343,34 +398,145 @@ impl<N: Net> Sidecar<N> {
     }
 }
 
-/// A request in flight to one host: counted active (for LEAST_REQUEST) until finished
-/// or dropped. A dropped try (the downstream went away) reports nothing to outlier
-/// detection.
-struct InFlight<'a, N: Net> {
-    sidecar: &'a Sidecar<N>,
-    cluster: &'a Arc<Cluster>,
-    host: usize,
-    done: bool,
-}
-
-impl<'a, N: Net> InFlight<'a, N> {
-    fn start(sidecar: &'a Sidecar<N>, cluster: &'a Arc<Cluster>, host: usize) -> Self {
-        sidecar.commit_host(cluster, host);
-        InFlight { sidecar, cluster, host, done: false }
-    }
-
-    /// Ends the try; `status` feeds outlier detection.
-    fn finish(mut self, status: Option<u16>) {
-        self.done = true;
-        self.sidecar.release_host(self.cluster, self.host, status);
-    }
-}
-
-impl<N: Net> Drop for InFlight<'_, N> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.sidecar.release_host(self.cluster, self.host, None);
+/// Request edits: the destination's header operations, then the route's, then its
+/// rewrite (a prefix rewrite replaces `matched_prefix`, a full one the whole path; the
+/// query stays; `authority` replaces the Host); hop-by-hop headers out,
+/// `x-forwarded-proto` and this proxy's peer metadata in.
+fn edit_request(
+    parts: &mut Parts,
+    wc: &WeightedCluster,
+    route: &Route,
+    matched_prefix: Option<&str>,
+    metadata: &HeaderValue,
+) {
+    wc.request_headers.apply(&mut parts.headers);
+    route.request_headers.apply(&mut parts.headers);
+    if let Some(rw) = &route.rewrite {
+        if let Some(uri) = &rw.uri {
+            let path = parts.uri.path();
+            let new_path = match matched_prefix {
+                Some(p) if path.starts_with(p) => format!("{uri}{}", &path[p.len()..]),
+                _ => uri.clone(),
+            };
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{new_path}?{q}"),
+                None => new_path,
+            };
+            if let Ok(u) = pq.parse() {
+                parts.uri = u;
+            }
         }
+        if let Some(a) = &rw.authority
+            && let Ok(v) = HeaderValue::from_str(a)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    parts.headers.insert(PEER_METADATA, metadata.clone());
+}
+
+/// The request's consistent-hash key for `cluster`, if it hashes; a hash cookie the
+/// request lacks is made up from the connection (`peer`, `local`) and its `set-cookie`
+/// returned, to go on the response.
+fn request_hash(
+    cluster: &Cluster,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> (Option<u64>, Option<HeaderValue>) {
+    let mut set_cookie = None;
+    let hash = cluster.hash.as_ref().and_then(|h| {
+        h.policy.hash(&HashInput { headers, query, source_ip: Some(peer.ip()) }).or_else(|| {
+            let generated = h.policy.generate_cookie(peer, local)?;
+            set_cookie = HeaderValue::from_str(&generated.set_cookie).ok();
+            Some(generated.hash)
+        })
+    });
+    (hash, set_cookie)
+}
+
+/// Which timer bounds a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    PerTry,
+    Route,
+}
+
+/// The route timeout (Istio's `http.timeout`, Envoy's route `timeout`): one deadline,
+/// on the proxy's clock, over every try and backoff of a request. `None`: disabled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deadline(Option<Duration>);
+
+impl Deadline {
+    fn start(now: Duration, timeout: Option<Duration>) -> Deadline {
+        Deadline(timeout.map(|t| now + t))
+    }
+
+    fn remaining(self, now: Duration) -> Option<Duration> {
+        self.0.map(|d| d.saturating_sub(now))
+    }
+
+    /// Whether no time is left for another try.
+    fn expired(self, now: Duration) -> bool {
+        self.remaining(now).is_some_and(|r| r.is_zero())
+    }
+
+    /// What bounds a try starting at `now`: the per-try timeout or the time left,
+    /// whichever is first (the route deadline on a tie). `None`: unbounded.
+    fn bound_try(self, per_try: Option<Duration>, now: Duration) -> Option<(Duration, Expiry)> {
+        match (per_try, self.remaining(now)) {
+            (Some(p), Some(r)) if r <= p => Some((r, Expiry::Route)),
+            (Some(p), _) => Some((p, Expiry::PerTry)),
+            (None, Some(r)) => Some((r, Expiry::Route)),
+            (None, None) => None,
+        }
+    }
+
+    /// `Some(left)`: the deadline comes before a wait of `wait` from `now` ends (or as it
+    /// ends), after `left`.
+    fn cuts(self, wait: Duration, now: Duration) -> Option<Duration> {
+        self.remaining(now).filter(|&left| left <= wait)
+    }
+}
+
+/// The outcome of a try's exchange with the pool (`None`: its per-try timeout fired),
+/// as the router reports it (`retried`: the try was a retry) and as the retry policy
+/// judges it.
+fn classify(result: Option<Result<Response<Bytes>, UpstreamError>>, retried: bool) -> (Tried, Outcome) {
+    let failed = |error| Tried::Failed { error, retried };
+    match result {
+        None => (Tried::PerTryTimeout, Outcome::PerTryTimeout),
+        Some(Ok(resp)) => {
+            let outcome = Outcome::response(resp.status().as_u16(), resp.headers());
+            (Tried::Response(resp), outcome)
+        }
+        Some(Err(e @ UpstreamError::Connect(_))) => (failed(e), Outcome::ConnectFailure),
+        Some(Err(e @ UpstreamError::Reset)) => (failed(e), Outcome::Reset),
+        Some(Err(e @ UpstreamError::Overflow(_))) => (failed(e), Outcome::Overflow),
+    }
+}
+
+/// What a finished try tells outlier detection (Envoy's unsplit mode): the response's
+/// status; a timeout as 504; a connect failure or reset as 503; nothing for a circuit
+/// breaker's overflow (the host was never reached).
+fn outlier_status(tried: &Tried) -> Option<u16> {
+    match tried {
+        Tried::Response(r) => Some(r.status().as_u16()),
+        Tried::PerTryTimeout | Tried::RouteTimeout => Some(504),
+        Tried::Failed { error: UpstreamError::Connect(_) | UpstreamError::Reset, .. } => Some(503),
+        Tried::Failed { error: UpstreamError::Overflow(_), .. } | Tried::NoHealthyUpstream => None,
+    }
+}
+
+/// The response flag of a failed try (none for a response).
+fn try_flag(tried: &Tried) -> Option<Flag> {
+    match tried {
+        Tried::Failed { error, .. } => Some(failure_flag(*error).0),
+        Tried::PerTryTimeout => Some(Flag::UpstreamRequestTimeout),
+        _ => None,
     }
 }
 
