@@ -235,6 +235,18 @@ impl Node {
             tasks.insert(pod, t);
         }
         let sidecars = Arc::new(Mutex::new(sidecars));
+        // Envoy's outlier sweep runs on a timer: replay due sweeps every 100 ms so
+        // readmissions are recorded even without traffic.
+        let sweeper = sidecars.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let all: Vec<_> = sweeper.lock().expect("sidecars lock").values().cloned().collect();
+                for s in all {
+                    s.advance();
+                }
+            }
+        });
         tokio::spawn(self.generator.clone().run());
         let Some(mut rx) = self.commands.lock().expect("commands lock").take() else {
             return Ok(());

@@ -240,3 +240,151 @@ impl<N: Net> Drop for InFlight<'_, N> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::proxy::hash::HashPolicy;
+    use crate::proxy::outlier::Transition;
+    use crate::proxy::pool::Limits;
+    use crate::snapshot::{Endpoint, HashLb, LbPolicy, OutlierConfig};
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn endpoint(i: u8) -> Endpoint {
+        Endpoint { pod: format!("p-{i}"), host: format!("10.0.0.{i}"), port: 80, mtls: false }
+    }
+
+    fn cluster(hosts: &[u8], lb: LbPolicy) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: "c".into(),
+            service: "svc".into(),
+            subset: None,
+            endpoints: hosts.iter().map(|&i| endpoint(i)).collect(),
+            lb,
+            hash: None,
+            outlier: None,
+            connect_timeout: S,
+            limits: Limits::default(),
+            peer_identities: Vec::new(),
+        })
+    }
+
+    fn with_outlier(c: &Arc<Cluster>) -> Arc<Cluster> {
+        let outlier = OutlierConfig {
+            consecutive_5xx: Some(2),
+            consecutive_gateway: None,
+            interval: S,
+            base_ejection_time: 5 * S,
+            max_ejection_time: 300 * S,
+            max_ejection_percent: 100,
+            panic_threshold_percent: 0,
+        };
+        Arc::new(Cluster { outlier: Some(outlier), ..(**c).clone() })
+    }
+
+    fn rng() -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(1)
+    }
+
+    /// Choices of `n` requests at `now`, each committed and released with `status`.
+    fn choices(ch: &mut HostChoice, c: &Arc<Cluster>, n: usize, now: Duration) -> Vec<Option<usize>> {
+        let mut rng = rng();
+        (0..n).map(|_| ch.choose(c, None, now, &mut rng, &mut Vec::new())).collect()
+    }
+
+    fn fail(ch: &mut HostChoice, c: &Arc<Cluster>, host: usize, times: usize, now: Duration) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for _ in 0..times {
+            ch.commit(c, host);
+            ch.release(c, host, Some(503), now, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn an_ejected_host_is_not_chosen_until_the_sweep_readmits_it() {
+        let c = with_outlier(&cluster(&[1, 2], LbPolicy::RoundRobin));
+        let mut ch = HostChoice::new(c.clone(), Duration::ZERO);
+        let out = fail(&mut ch, &c, 0, 2, S / 2);
+        assert!(matches!(out[..], [Transition::Ejected { host: 0, .. }]));
+        assert!(choices(&mut ch, &c, 4, S).iter().all(|&h| h == Some(1)));
+        let mut out = Vec::new();
+        ch.sweep(6 * S, &mut out);
+        assert!(matches!(out[..], [Transition::Readmitted { host: 0, .. }]));
+        assert!(choices(&mut ch, &c, 4, 6 * S).contains(&Some(0)));
+    }
+
+    #[test]
+    fn with_every_host_ejected_and_no_panic_threshold_there_is_no_healthy_upstream() {
+        let c = with_outlier(&cluster(&[1], LbPolicy::RoundRobin));
+        let mut ch = HostChoice::new(c.clone(), Duration::ZERO);
+        fail(&mut ch, &c, 0, 2, S / 2);
+        assert_eq!(choices(&mut ch, &c, 1, S), [None]);
+    }
+
+    #[test]
+    fn least_request_avoids_a_host_with_tries_in_flight() {
+        let c = cluster(&[1, 2], LbPolicy::LeastRequest);
+        let mut ch = HostChoice::new(c.clone(), Duration::ZERO);
+        for _ in 0..3 {
+            ch.commit(&c, 0);
+        }
+        let picks = choices(&mut ch, &c, 400, Duration::ZERO);
+        let busy = picks.iter().filter(|&&h| h == Some(0)).count();
+        // Power of two choices picks the busy host only when both draws land on it.
+        assert!((60..140).contains(&busy), "busy host picked {busy} of 400");
+        for _ in 0..3 {
+            ch.release(&c, 0, None, Duration::ZERO, &mut Vec::new());
+        }
+        assert_eq!(ch.active, [0, 0]);
+    }
+
+    #[test]
+    fn a_request_on_an_older_config_gets_only_hosts_it_knows_in_its_own_numbering() {
+        let old = cluster(&[1, 2], LbPolicy::RoundRobin);
+        let new = cluster(&[3, 2], LbPolicy::RoundRobin);
+        let ch = HostChoice::new(old.clone(), Duration::ZERO);
+        let mut ch = ch.carry(new.clone(), Duration::ZERO);
+        // Host 10.0.0.2 is index 1 in both; 10.0.0.3 is unknown to the old config.
+        assert!(choices(&mut ch, &old, 4, Duration::ZERO).iter().all(|&h| h == Some(1)));
+        assert!(choices(&mut ch, &new, 4, Duration::ZERO).contains(&Some(0)));
+    }
+
+    #[test]
+    fn carrying_keeps_in_flight_counts_and_ejections_of_hosts_that_stay() {
+        let old = with_outlier(&cluster(&[1, 2], LbPolicy::RoundRobin));
+        let mut ch = HostChoice::new(old.clone(), Duration::ZERO);
+        ch.commit(&old, 1);
+        fail(&mut ch, &old, 0, 2, S / 2);
+        // 10.0.0.1 (ejected) and 10.0.0.2 (one in flight) swap places; 10.0.0.4 joins.
+        let new = with_outlier(&cluster(&[2, 1, 4], LbPolicy::RoundRobin));
+        let mut ch = ch.carry(new.clone(), S);
+        assert_eq!(ch.active, [1, 0, 0]);
+        let picks = choices(&mut ch, &new, 6, S);
+        assert!(!picks.contains(&Some(1)), "the ejected host stays ejected: {picks:?}");
+        // The try committed on the old config ends on the new one's host.
+        ch.release(&old, 1, Some(200), S, &mut Vec::new());
+        assert_eq!(ch.active, [0, 0, 0]);
+    }
+
+    #[test]
+    fn a_hash_key_always_lands_on_the_same_host_while_the_candidates_stay() {
+        let hash = HashLb {
+            policy: HashPolicy::Header(http::HeaderName::from_static("x-user")),
+            table: HashTable::Ring { min_ring_size: 1024 },
+        };
+        let c = Arc::new(Cluster { hash: Some(hash), ..(*cluster(&[1, 2, 3, 4], LbPolicy::RoundRobin)).clone() });
+        let mut ch = HostChoice::new(c.clone(), Duration::ZERO);
+        let mut rng = rng();
+        for key in [1u64, 99, 12345] {
+            let first = ch.choose(&c, Some(key), Duration::ZERO, &mut rng, &mut Vec::new());
+            for _ in 0..5 {
+                assert_eq!(ch.choose(&c, Some(key), Duration::ZERO, &mut rng, &mut Vec::new()), first);
+            }
+        }
+    }
+}

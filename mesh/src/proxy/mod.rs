@@ -30,6 +30,7 @@
 
 pub mod authz;
 pub mod balance;
+mod circuit_breaker;
 mod cluster_choice;
 pub mod control_client;
 pub mod fault;
@@ -47,6 +48,8 @@ pub mod retry;
 pub mod route_match;
 pub mod tcp;
 pub mod telemetry;
+#[cfg(test)]
+mod test_net;
 pub mod tls;
 pub mod tracing;
 pub mod weighted;
@@ -196,17 +199,6 @@ struct Target<'a> {
 /// client's default connect timeout, so its own timeout ends the wait first).
 pub const INBOUND_CERT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The grid of the outlier sweep timer: every 100 ms of a sidecar's clock. The detector
-/// replays every interval tick due and dates its events by the tick, so the grid only
-/// bounds how late an event is reported.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
-
-/// Time from `now` to the next multiple of [`SWEEP_EVERY`] after it.
-fn until_next_sweep(now: Duration) -> Duration {
-    let every = SWEEP_EVERY.as_nanos();
-    Duration::from_nanos((every - now.as_nanos() % every) as u64)
-}
-
 const HOP_BY_HOP: [HeaderName; 5] =
     [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TRANSFER_ENCODING, header::TE, header::UPGRADE];
 
@@ -321,21 +313,12 @@ impl<N: Net> Sidecar<N> {
         self.ready.send_replace(true);
     }
 
-    /// Serves the outbound listener, once a config is applied, until it fails; runs the
-    /// outlier sweep of the clusters it calls meanwhile (see `sweep_outliers`), which
-    /// stops with it.
+    /// Serves the outbound listener, once a config is applied, until it fails.
     pub async fn run_outbound(self: Arc<Self>, listener: N::Listener) -> std::io::Result<()> {
-        let serve = async {
-            let mut ready = self.ready.subscribe();
-            // The sender lives in `self`, so waiting cannot fail.
-            let _ = ready.wait_for(|r| *r).await;
-            self.clone().serve(listener, Direction::Outbound).await
-        };
-        tokio::select! {
-            biased;
-            served = serve => served,
-            never = self.sweep_outliers() => match never {},
-        }
+        let mut ready = self.ready.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = ready.wait_for(|r| *r).await;
+        self.serve(listener, Direction::Outbound).await
     }
 
     /// Serves the inbound listener until it fails.
@@ -493,20 +476,9 @@ impl<N: Net> Sidecar<N> {
         self.rng.lock().expect("rng lock").next_u64()
     }
 
-    /// Runs the outlier sweeps of every cluster on this sidecar's clock, forever: at
-    /// each [`SWEEP_EVERY`] multiple of [`Clock::now`], the sweeps due by then (Envoy's
-    /// per-cluster interval timer; see `outlier`) so readmissions show up even when no
-    /// request arrives. Requests replay due sweeps themselves; this only makes their
-    /// events timely.
-    async fn sweep_outliers(&self) -> Infallible {
-        loop {
-            tokio::time::sleep(until_next_sweep(self.clock.now())).await;
-            self.advance();
-        }
-    }
-
-    /// Replays due outlier sweeps of every cluster up to now.
-    fn advance(&self) {
+    /// Replays due outlier sweeps of every cluster up to now (so readmissions show up
+    /// even when no request arrives).
+    pub fn advance(&self) {
         let now = self.clock.now();
         let mut clusters = self.clusters.lock().expect("clusters lock");
         for (name, rt) in clusters.iter_mut() {
@@ -704,5 +676,100 @@ impl<N: Net> Sidecar<N> {
 
     fn cluster_pool(&self, cluster: &Arc<Cluster>) -> Arc<Pool<N>> {
         self.with_cluster(cluster, |rt| rt.pool.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::proxy::telemetry::MemoryTelemetry;
+    use crate::proxy::test_net::{MemNet, PausedClock};
+    use crate::snapshot::{Endpoint, LbPolicy, OutlierConfig};
+
+    const MS: Duration = Duration::from_millis(1);
+    const S: Duration = Duration::from_secs(1);
+
+    /// A sidecar whose one cluster ejects a host at its 2nd consecutive 5xx, for 5 s.
+    fn sidecar() -> (Arc<Sidecar<MemNet>>, Arc<Cluster>, Arc<MemoryTelemetry>) {
+        let outlier = OutlierConfig {
+            consecutive_5xx: Some(2),
+            consecutive_gateway: None,
+            interval: S,
+            base_ejection_time: 5 * S,
+            max_ejection_time: 300 * S,
+            max_ejection_percent: 100,
+            panic_threshold_percent: 0,
+        };
+        let endpoint = |i: u8| Endpoint { pod: format!("p-{i}"), host: format!("10.0.0.{i}"), port: 80, mtls: false };
+        let cluster = Arc::new(Cluster {
+            name: "c".into(),
+            service: "svc".into(),
+            subset: None,
+            endpoints: vec![endpoint(1), endpoint(2)],
+            lb: LbPolicy::RoundRobin,
+            hash: None,
+            outlier: Some(outlier),
+            connect_timeout: S,
+            limits: pool::Limits::default(),
+            peer_identities: Vec::new(),
+        });
+        let snapshot = Snapshot { clusters: [("c".to_string(), cluster.clone())].into(), ..Snapshot::default() };
+        let cfg = SidecarConfig {
+            pod: "client-0".into(),
+            workload: "client".into(),
+            namespace: "default".into(),
+            service: String::new(),
+            labels: BTreeMap::new(),
+            app_port: 8080,
+            seed: 1,
+            rate_limit: None,
+            tls: None,
+            cost: None,
+        };
+        let telemetry = Arc::new(MemoryTelemetry::default());
+        let sc = Sidecar::new(cfg, MemNet::default(), PausedClock::new(), telemetry.clone(), Arc::new(snapshot))
+            .expect("no rate limit");
+        (sc, cluster, telemetry)
+    }
+
+    fn eject_host_0(sc: &Sidecar<MemNet>, c: &Arc<Cluster>) {
+        for _ in 0..2 {
+            sc.commit_host(c, 0);
+            sc.release_host(c, 0, Some(503));
+        }
+    }
+
+    fn kinds(t: &MemoryTelemetry) -> Vec<(String, Duration)> {
+        let events = t.events.lock().expect("events lock");
+        events
+            .iter()
+            .map(|e| {
+                let kind = match e.kind {
+                    OutlierKind::Ejected { .. } => "Ejected",
+                    OutlierKind::Overflow { .. } => "Overflow",
+                    OutlierKind::Readmitted => "Readmitted",
+                };
+                (kind.to_string(), e.at)
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn advance_reports_a_readmission_without_any_request() {
+        let (sc, c, telemetry) = sidecar();
+        tokio::time::sleep(500 * MS).await;
+        eject_host_0(&sc, &c);
+        assert_eq!(kinds(&telemetry), [("Ejected".to_string(), 500 * MS)]);
+        // The cluster's state (and its 1 s interval timer) started with the first try at
+        // 0.5 s, which ejected the host for 5 s: the sweep at 5.5 s readmits it.
+        tokio::time::sleep(4900 * MS).await;
+        sc.advance();
+        assert_eq!(kinds(&telemetry).len(), 1, "not yet readmitted at 5.4 s");
+        tokio::time::sleep(100 * MS).await;
+        sc.advance();
+        assert_eq!(kinds(&telemetry)[1], ("Readmitted".to_string(), 5500 * MS));
+        sc.advance();
+        assert_eq!(kinds(&telemetry).len(), 2, "a sweep is reported once");
     }
 }

@@ -620,3 +620,402 @@ mod tests {
         assert_eq!(shadow_host("reviews.prod.svc.cluster.local:80"), "reviews.prod.svc.cluster.local-shadow:80");
     }
 }
+
+#[cfg(test)]
+mod layer_tests {
+    //! Each layer alone, against an in-memory `Net` and paused time.
+
+    use std::collections::BTreeMap;
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use super::*;
+    use crate::proxy::SidecarConfig;
+    use crate::proxy::fault::FaultPolicy;
+    use crate::proxy::headers::HeaderOps;
+    use crate::proxy::pool::Limits;
+    use crate::proxy::retry::{Condition, RetryPolicy};
+    use crate::proxy::telemetry::MemoryTelemetry;
+    use crate::proxy::test_net::{MemNet, PausedClock, Received, Script, always, upstream};
+    use crate::snapshot::{Endpoint, LbPolicy, Mirror, Rewrite};
+
+    const BOUND: Duration = Duration::from_secs(60);
+    const MS: Duration = Duration::from_millis(1);
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(10, 0, 0, last), 80))
+    }
+
+    fn cluster(name: &str, hosts: &[u8], limits: Limits) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: name.to_string(),
+            service: format!("{name}.default.svc.cluster.local"),
+            subset: None,
+            endpoints: hosts
+                .iter()
+                .map(|&h| Endpoint { pod: format!("{name}-{h}"), host: format!("10.0.0.{h}"), port: 80, mtls: false })
+                .collect(),
+            lb: LbPolicy::RoundRobin,
+            hash: None,
+            outlier: None,
+            connect_timeout: Duration::from_secs(1),
+            limits,
+            peer_identities: Vec::new(),
+        })
+    }
+
+    fn route(to: &str) -> Route {
+        Route {
+            name: "r".to_string(),
+            matches: Vec::new(),
+            action: Action::Forward(vec![WeightedCluster {
+                cluster: to.to_string(),
+                weight: 100,
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+            }]),
+            timeout: None,
+            retry: None,
+            fault: None,
+            mirror: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            rewrite: None,
+        }
+    }
+
+    fn retry_on_5xx(num_retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            num_retries,
+            retry_on: [Condition::FiveXx].into(),
+            retry_ignore_previous_hosts: false,
+            ..RetryPolicy::default()
+        }
+    }
+
+    fn sidecar(net: MemNet, clusters: &[&Arc<Cluster>]) -> (Arc<Sidecar<MemNet>>, Arc<MemoryTelemetry>) {
+        let snapshot = Snapshot {
+            clusters: clusters.iter().map(|c| (c.name.clone(), Arc::clone(c))).collect(),
+            ..Snapshot::default()
+        };
+        let cfg = SidecarConfig {
+            pod: "client-0".into(),
+            workload: "client".into(),
+            namespace: "default".into(),
+            service: String::new(),
+            labels: BTreeMap::new(),
+            app_port: 8080,
+            seed: 7,
+            rate_limit: None,
+            tls: None,
+            cost: None,
+        };
+        let telemetry = Arc::new(MemoryTelemetry::default());
+        let sc =
+            Sidecar::new(cfg, net, PausedClock::new(), telemetry.clone(), Arc::new(snapshot)).expect("no rate limit");
+        (sc, telemetry)
+    }
+
+    fn parts(uri: &str) -> Parts {
+        Request::get(uri).header(header::HOST, "svc").body(()).expect("request").into_parts().0
+    }
+
+    /// Retry → cluster choice → pool for one request, as the router runs them.
+    async fn route_tries(sc: &Sidecar<MemNet>, cluster: &Arc<Cluster>, route: &Route) -> Routed {
+        let mut p = parts("/");
+        let ex = sc.begin(Direction::Outbound, &mut p.headers);
+        let deadline = Deadline::start(sc.clock.now(), route.timeout);
+        let tries = sc.tries(&ex, cluster, route, &p, Bytes::new(), None, deadline);
+        tokio::time::timeout(BOUND, tries).await.expect("the router ends")
+    }
+
+    fn status(r: &Routed) -> Option<u16> {
+        match &r.tried {
+            Tried::Response(resp) => Some(resp.status().as_u16()),
+            _ => None,
+        }
+    }
+
+    fn script(answers: &'static [(u16, u64)]) -> Script {
+        Arc::new(move |n| {
+            let (s, ms) = answers[n.min(answers.len() - 1)];
+            (s, Duration::from_millis(ms))
+        })
+    }
+
+    async fn one_upstream(answers: Script) -> (MemNet, Received) {
+        let net = MemNet::default();
+        let received = upstream(&net, addr(1), answers).await;
+        (net, received)
+    }
+
+    // ------------------------------------------------------------------ retry
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_on_503_once_per_try() {
+        let (net, received) = one_upstream(script(&[(503, 0), (503, 0), (200, 0)])).await;
+        let c = cluster("svc", &[1], Limits::default());
+        let (sc, _) = sidecar(net, &[&c]);
+        let r = Route { retry: Some(retry_on_5xx(2)), ..route("svc") };
+        let routed = route_tries(&sc, &c, &r).await;
+        assert_eq!(status(&routed), Some(200));
+        assert!(routed.flags.is_empty());
+        assert_eq!(received.count(), 3, "two retries, one request each");
+        let attempts: Vec<_> = (0..3).map(|n| received.header(n, "x-envoy-attempt-count")).collect();
+        assert_eq!(attempts, [Some("1".into()), Some("2".into()), Some("3".into())]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_retry_policy_a_503_is_the_answer_after_one_try() {
+        let (net, received) = one_upstream(always(503, Duration::ZERO)).await;
+        let c = cluster("svc", &[1], Limits::default());
+        let (sc, _) = sidecar(net, &[&c]);
+        let routed = route_tries(&sc, &c, &route("svc")).await;
+        assert_eq!((status(&routed), received.count()), (Some(503), 1));
+        assert!(routed.flags.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhausted_retries_answer_the_last_503_flagged_urx() {
+        let (net, received) = one_upstream(always(503, Duration::ZERO)).await;
+        let c = cluster("svc", &[1], Limits::default());
+        let (sc, _) = sidecar(net, &[&c]);
+        let r = Route { retry: Some(retry_on_5xx(2)), ..route("svc") };
+        let routed = route_tries(&sc, &c, &r).await;
+        assert_eq!(status(&routed), Some(503));
+        assert_eq!(routed.flags, [Flag::UpstreamRetryLimitExceeded]);
+        assert_eq!(received.count(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_the_retry_circuit_breaker_refuses_ends_flagged_uo() {
+        let (net, received) = one_upstream(always(503, Duration::ZERO)).await;
+        let c = cluster("svc", &[1], Limits { max_retries: 0, ..Limits::default() });
+        let (sc, _) = sidecar(net, &[&c]);
+        let r = Route { retry: Some(retry_on_5xx(2)), ..route("svc") };
+        let routed = route_tries(&sc, &c, &r).await;
+        assert_eq!(status(&routed), Some(503));
+        assert_eq!(routed.flags, [Flag::UpstreamOverflow]);
+        assert_eq!(received.count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_failure_is_retried_on_another_host() {
+        // Host 2 has no listener; round robin sends the first try there.
+        let net = MemNet::default();
+        let received = upstream(&net, addr(1), always(200, Duration::ZERO)).await;
+        let c = cluster("svc", &[2, 1], Limits::default());
+        let (sc, _) = sidecar(net, &[&c]);
+        let r = Route { retry: Some(retry_on_5xx(1)), ..route("svc") };
+        let routed = route_tries(&sc, &c, &r).await;
+        assert_eq!((status(&routed), routed.host), (Some(200), Some(1)));
+        assert_eq!(received.count(), 1);
+    }
+
+    // ---------------------------------------------------------------- timeout
+
+    #[tokio::test(start_paused = true)]
+    async fn the_route_timeout_bounds_every_try_and_backoff_together() {
+        // Each try would take 300 ms; per-try timeouts of 200 ms and backoffs fit three
+        // tries in 500 ms at most: the route deadline ends the request at exactly 500 ms.
+        let (net, _) = one_upstream(always(200, Duration::from_millis(300))).await;
+        let c = cluster("svc", &[1], Limits::default());
+        let (sc, _) = sidecar(net, &[&c]);
+        let policy = RetryPolicy { per_try_timeout: Some(Duration::from_millis(200)), ..retry_on_5xx(5) };
+        let r = Route { timeout: Some(Duration::from_millis(500)), retry: Some(policy), ..route("svc") };
+        let start = sc.clock.now();
+        let routed = route_tries(&sc, &c, &r).await;
+        assert!(matches!(routed.tried, Tried::RouteTimeout));
+        assert_eq!(routed.flags, [Flag::UpstreamRequestTimeout]);
+        assert_eq!(sc.clock.now() - start, Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_per_try_timeout_is_retried_and_the_next_try_answers() {
+        let (net, received) = one_upstream(script(&[(200, 300), (200, 10)])).await;
+        let c = cluster("svc", &[1], Limits::default());
+        let (sc, _) = sidecar(net, &[&c]);
+        let policy = RetryPolicy { per_try_timeout: Some(Duration::from_millis(100)), ..retry_on_5xx(1) };
+        let r = Route { retry: Some(policy), ..route("svc") };
+        let routed = route_tries(&sc, &c, &r).await;
+        assert_eq!(status(&routed), Some(200));
+        assert_eq!(received.count(), 2);
+    }
+
+    #[test]
+    fn a_try_is_bounded_by_the_per_try_timeout_or_the_deadline_whichever_is_first() {
+        let d = Deadline::start(Duration::ZERO, Some(500 * MS));
+        assert_eq!(d.bound_try(Some(200 * MS), 100 * MS), Some((200 * MS, Expiry::PerTry)));
+        assert_eq!(d.bound_try(Some(200 * MS), 400 * MS), Some((100 * MS, Expiry::Route)));
+        assert_eq!(d.bound_try(Some(100 * MS), 400 * MS), Some((100 * MS, Expiry::Route)), "a tie is the route's");
+        assert_eq!(d.bound_try(None, 100 * MS), Some((400 * MS, Expiry::Route)));
+        let none = Deadline::start(Duration::ZERO, None);
+        assert_eq!(none.bound_try(Some(200 * MS), 100 * MS), Some((200 * MS, Expiry::PerTry)));
+        assert_eq!(none.bound_try(None, 100 * MS), None);
+    }
+
+    #[test]
+    fn a_backoff_reaching_past_the_deadline_is_cut_to_it() {
+        let d = Deadline::start(Duration::ZERO, Some(500 * MS));
+        assert_eq!(d.cuts(25 * MS, 400 * MS), None);
+        assert_eq!(d.cuts(150 * MS, 400 * MS), Some(100 * MS));
+        assert_eq!(d.cuts(100 * MS, 400 * MS), Some(100 * MS));
+        assert!(!d.expired(499 * MS) && d.expired(500 * MS));
+        assert_eq!(Deadline::start(Duration::ZERO, None).cuts(Duration::MAX, Duration::MAX), None);
+    }
+
+    // ---------------------------------------------------------- outlier feed
+
+    #[test]
+    fn every_try_that_reached_a_host_feeds_outlier_detection() {
+        let resp = |s: u16| Tried::Response(Response::builder().status(s).body(Bytes::new()).unwrap());
+        assert_eq!(outlier_status(&resp(500)), Some(500));
+        assert_eq!(outlier_status(&resp(200)), Some(200));
+        assert_eq!(outlier_status(&Tried::PerTryTimeout), Some(504));
+        let failed = |error| Tried::Failed { error, retried: false };
+        assert_eq!(outlier_status(&failed(UpstreamError::Reset)), Some(503));
+        let refused = UpstreamError::Connect(local_reply::ConnectFailure::Refused);
+        assert_eq!(outlier_status(&failed(refused)), Some(503));
+        let overflow = UpstreamError::Overflow(crate::proxy::pool::Overflow::Pending);
+        assert_eq!(outlier_status(&failed(overflow)), None, "an overflow never reached the host");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn five_consecutive_503s_eject_the_host_and_the_next_request_has_no_healthy_upstream() {
+        let (net, received) = one_upstream(always(503, Duration::ZERO)).await;
+        let outlier = crate::snapshot::OutlierConfig {
+            consecutive_5xx: Some(5),
+            consecutive_gateway: None,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 100,
+            panic_threshold_percent: 0,
+        };
+        let c = Arc::new(Cluster { outlier: Some(outlier), ..(*cluster("svc", &[1], Limits::default())).clone() });
+        let (sc, telemetry) = sidecar(net, &[&c]);
+        for _ in 0..5 {
+            assert_eq!(status(&route_tries(&sc, &c, &route("svc")).await), Some(503));
+        }
+        assert_eq!(telemetry.events.lock().unwrap().len(), 1, "ejected at the fifth");
+        let routed = route_tries(&sc, &c, &route("svc")).await;
+        assert!(matches!(routed.tried, Tried::NoHealthyUpstream));
+        assert_eq!(routed.flags, [Flag::NoHealthyUpstream]);
+        assert_eq!(received.count(), 5);
+    }
+
+    // ----------------------------------------------------------------- fault
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certain_abort_answers_its_status_with_the_route_response_headers() {
+        let (sc, _) = sidecar(MemNet::default(), &[]);
+        let fault = FaultPolicy { delay: None, abort: Some((418, 1_000_000)) };
+        let mut response_headers = HeaderOps::default();
+        response_headers.set.push((header::HeaderName::from_static("x-r"), HeaderValue::from_static("1")));
+        let r = Route { fault: Some(fault), response_headers, ..route("svc") };
+        let mut flags = Vec::new();
+        let reply = sc.fault(&r, &mut flags).await.expect("aborted");
+        assert_eq!(reply.status(), 418);
+        assert_eq!(reply.headers()["x-r"], "1");
+        assert_eq!(flags, [Flag::FaultInjected]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certain_delay_waits_exactly_its_duration_then_lets_the_request_on() {
+        let (sc, _) = sidecar(MemNet::default(), &[]);
+        let fault = FaultPolicy { delay: Some((Duration::from_secs(2), 1_000_000)), abort: Some((503, 0)) };
+        let r = Route { fault: Some(fault), ..route("svc") };
+        let (mut flags, start) = (Vec::new(), sc.clock.now());
+        assert!(sc.fault(&r, &mut flags).await.is_none(), "a 0% abort never fires");
+        assert_eq!(sc.clock.now() - start, Duration::from_secs(2));
+        assert_eq!(flags, [Flag::DelayInjected]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_without_a_fault_neither_waits_nor_flags() {
+        let (sc, _) = sidecar(MemNet::default(), &[]);
+        let (mut flags, start) = (Vec::new(), sc.clock.now());
+        assert!(sc.fault(&route("svc"), &mut flags).await.is_none());
+        assert_eq!((sc.clock.now(), flags.len()), (start, 0));
+    }
+
+    // ---------------------------------------------------------------- mirror
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mirrored_request_reaches_the_mirror_cluster_with_a_shadow_host() {
+        let net = MemNet::default();
+        let mirrored = upstream(&net, addr(9), always(500, Duration::ZERO)).await;
+        let m = cluster("mirror", &[9], Limits::default());
+        let (sc, _) = sidecar(net, &[&m]);
+        let r = Route { mirror: Some(Mirror { cluster: "mirror".into(), per_million: 1_000_000 }), ..route("svc") };
+        let p = parts("/a?b=1");
+        sc.mirror(&sc.snapshot(), &r, &p, &Bytes::new(), "reviews:9080");
+        let arrived = async {
+            while mirrored.count() == 0 {
+                tokio::time::sleep(MS).await;
+            }
+        };
+        tokio::time::timeout(BOUND, arrived).await.expect("the shadow arrives");
+        assert_eq!(mirrored.header(0, "host").as_deref(), Some("reviews-shadow:9080"));
+        assert_eq!(mirrored.uri(0), "/a?b=1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_share_mirror_sends_nothing() {
+        let net = MemNet::default();
+        let mirrored = upstream(&net, addr(9), always(200, Duration::ZERO)).await;
+        let m = cluster("mirror", &[9], Limits::default());
+        let (sc, _) = sidecar(net, &[&m]);
+        let r = Route { mirror: Some(Mirror { cluster: "mirror".into(), per_million: 0 }), ..route("svc") };
+        sc.mirror(&sc.snapshot(), &r, &parts("/"), &Bytes::new(), "reviews");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(mirrored.count(), 0);
+    }
+
+    // -------------------------------------------------------- request edits
+
+    fn forward(r: &Route) -> &WeightedCluster {
+        match &r.action {
+            Action::Forward(wcs) => &wcs[0],
+            _ => unreachable!("the test route forwards"),
+        }
+    }
+
+    #[test]
+    fn a_prefix_rewrite_replaces_only_the_matched_prefix_and_keeps_the_query() {
+        let r = Route { rewrite: Some(Rewrite { uri: Some("/v2".into()), authority: None }), ..route("svc") };
+        let mut p = parts("/v1/items?id=7");
+        edit_request(&mut p, forward(&r), &r, Some("/v1"), &HeaderValue::from_static("m"));
+        assert_eq!(p.uri.to_string(), "/v2/items?id=7");
+        let mut p = parts("/other?id=7");
+        edit_request(&mut p, forward(&r), &r, None, &HeaderValue::from_static("m"));
+        assert_eq!(p.uri.to_string(), "/v2?id=7", "without a matched prefix the whole path is replaced");
+    }
+
+    #[test]
+    fn an_authority_rewrite_replaces_the_host() {
+        let r = Route { rewrite: Some(Rewrite { uri: None, authority: Some("new-host".into()) }), ..route("svc") };
+        let mut p = parts("/");
+        edit_request(&mut p, forward(&r), &r, None, &HeaderValue::from_static("m"));
+        assert_eq!(p.headers[header::HOST], "new-host");
+    }
+
+    #[test]
+    fn route_header_edits_run_after_the_destinations_and_hop_by_hop_headers_go() {
+        let set = |v: &'static str| {
+            let mut ops = HeaderOps::default();
+            ops.set.push((header::HeaderName::from_static("x-who"), HeaderValue::from_static(v)));
+            ops
+        };
+        let mut r = Route { request_headers: set("route"), ..route("svc") };
+        if let Action::Forward(wcs) = &mut r.action {
+            wcs[0].request_headers = set("destination");
+        }
+        let mut p = parts("/");
+        p.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        edit_request(&mut p, forward(&r), &r, None, &HeaderValue::from_static("meta"));
+        assert_eq!(p.headers["x-who"], "route");
+        assert!(p.headers.get(header::CONNECTION).is_none());
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers[PEER_METADATA], "meta");
+    }
+}
