@@ -728,7 +728,7 @@ mod tests {
             cost: None,
         };
         let telemetry = Arc::new(MemoryTelemetry::default());
-        let sc = Sidecar::new(cfg, MemNet::default(), PausedClock::new(), telemetry.clone(), Arc::new(snapshot))
+        let sc = Sidecar::new(cfg, MemNet::default(), PausedClock::shared(), telemetry.clone(), Arc::new(snapshot))
             .expect("no rate limit");
         (sc, cluster, telemetry)
     }

@@ -60,6 +60,14 @@ impl Routed {
     }
 }
 
+/// What a route's action makes of a request.
+enum Destination<'s> {
+    /// Forward it to this weighted destination's cluster.
+    Forward(&'s WeightedCluster, Arc<Cluster>),
+    /// The route answers it (a redirect, a direct response), or names no cluster (NC).
+    Answered(Box<Reply>, &'static [Flag]),
+}
+
 /// How one try ended, as the retry layer sees it.
 enum TryEnd {
     /// The try ended on its own or at its per-try timeout.
@@ -119,8 +127,8 @@ impl<N: Net> Sidecar<N> {
         };
         let to = Target { route: &route.name, service: &fqdn, ..Target::default() };
         let (wc, cluster) = match self.destination(&snapshot, route, &line) {
-            Ok(picked) => picked,
-            Err((reply, flags)) => return done(reply, flags, to),
+            Destination::Forward(wc, cluster) => (wc, cluster),
+            Destination::Answered(reply, flags) => return done(*reply, flags, to),
         };
         let to = Target { cluster: &cluster.name, service: &cluster.service, ..to };
         edit_request(&mut parts, wc, route, matched_prefix.as_deref(), &self.metadata);
@@ -179,30 +187,26 @@ impl<N: Net> Sidecar<N> {
     /// The route's action: a weighted destination and its cluster (Envoy's weighted
     /// pick), or the reply the route answers itself (a redirect, a direct response; no
     /// cluster: NC).
-    fn destination<'s>(
-        &self,
-        snapshot: &Snapshot,
-        route: &'s Route,
-        line: &RequestLine,
-    ) -> Result<(&'s WeightedCluster, Arc<Cluster>), (Reply, &'static [Flag])> {
+    fn destination<'s>(&self, snapshot: &Snapshot, route: &'s Route, line: &RequestLine) -> Destination<'s> {
         let clusters = match &route.action {
             Action::Redirect(rd) => {
-                return Err((redirect(rd, line.authority(), line.uri.path(), line.uri.query()), &[]));
+                let reply = redirect(rd, line.authority(), line.uri.path(), line.uri.query());
+                return Destination::Answered(Box::new(reply), &[]);
             }
             Action::Direct { status, body } => {
                 let mut reply =
                     local_reply::reply(StatusCode::from_u16(*status).unwrap_or(StatusCode::OK), body.clone(), "envoy");
                 route.response_headers.apply(reply.headers_mut());
-                return Err((reply, &[]));
+                return Destination::Answered(Box::new(reply), &[]);
             }
             Action::Forward(clusters) => clusters,
         };
         let weights: Vec<u32> = clusters.iter().map(|c| c.weight).collect();
         let picked = super::weighted::pick(&weights, self.draw()).map(|i| &clusters[i]);
-        picked.and_then(|wc| snapshot.clusters.get(&wc.cluster).map(|c| (wc, c.clone()))).ok_or_else(|| {
-            const NC: &[Flag] = &[Flag::NoCluster];
-            (self.local(Flag::NoCluster, None, "envoy"), NC)
-        })
+        match picked.and_then(|wc| snapshot.clusters.get(&wc.cluster).map(|c| (wc, c.clone()))) {
+            Some((wc, cluster)) => Destination::Forward(wc, cluster),
+            None => Destination::Answered(Box::new(self.local(Flag::NoCluster, None, "envoy")), &[Flag::NoCluster]),
+        }
     }
 
     /// Fault: the route's delay, then its abort; both before the router's timers start.
@@ -710,8 +714,8 @@ mod layer_tests {
             cost: None,
         };
         let telemetry = Arc::new(MemoryTelemetry::default());
-        let sc =
-            Sidecar::new(cfg, net, PausedClock::new(), telemetry.clone(), Arc::new(snapshot)).expect("no rate limit");
+        let sc = Sidecar::new(cfg, net, PausedClock::shared(), telemetry.clone(), Arc::new(snapshot))
+            .expect("no rate limit");
         (sc, telemetry)
     }
 

@@ -520,7 +520,7 @@ mod tests {
     const BOUND: Duration = Duration::from_secs(30);
 
     fn pool<N: Net>(net: N, limits: Limits) -> Arc<Pool<N>> {
-        Arc::new(Pool::with_limits(net, limits, PausedClock::new()))
+        Arc::new(Pool::with_limits(net, limits, PausedClock::shared()))
     }
 
     /// Polls the runtime until `cond` holds, at most [`BOUND`] of (paused) time.

@@ -95,7 +95,7 @@ pub(crate) struct PausedClock(tokio::time::Instant);
 
 impl PausedClock {
     #[allow(clippy::disallowed_methods)] // a test seam: tokio's (paused) clock is the world's
-    pub(crate) fn new() -> Arc<dyn Clock> {
+    pub(crate) fn shared() -> Arc<dyn Clock> {
         Arc::new(PausedClock(tokio::time::Instant::now()))
     }
 }
