@@ -16,7 +16,7 @@ use super::local_reply::{self, Flag};
 use super::ratelimit::{Decision, RATE_LIMITED_BODY};
 use super::telemetry::Direction;
 use super::tls::Peer;
-use super::{Reply, Sidecar, Target, strip_hop_by_hop};
+use super::{Reply, Sidecar, Target, failure_flag, strip_hop_by_hop};
 use crate::net::Net;
 
 impl<N: Net> Sidecar<N> {
@@ -90,7 +90,7 @@ impl<N: Net> Sidecar<N> {
                 self.finish(&ex, Response::from_parts(parts, Full::new(body)), &[], to)
             }
             Err(e) => {
-                let (flag, why) = Self::failure_flag(e);
+                let (flag, why) = failure_flag(e);
                 self.finish(&ex, self.local(flag, why, "istio-envoy"), &[flag], to)
             }
         }

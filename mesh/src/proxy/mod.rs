@@ -30,6 +30,8 @@
 
 pub mod authz;
 pub mod balance;
+mod circuit_breaker;
+mod cluster_choice;
 pub mod control_client;
 pub mod fault;
 pub mod hash;
@@ -46,6 +48,8 @@ pub mod retry;
 pub mod route_match;
 pub mod tcp;
 pub mod telemetry;
+#[cfg(test)]
+mod test_net;
 pub mod tls;
 pub mod tracing;
 pub mod weighted;
@@ -68,12 +72,11 @@ use crate::config::istio::MtlsMode;
 use crate::config::ratelimit::LocalRateLimitConfig;
 use crate::identity::SpiffeId;
 use crate::net::{Clock, Listener, Net};
-use crate::snapshot::{Cluster, HashTable, Snapshot};
-use balance::Balancer;
-use hash::{Maglev, RingHash};
+use crate::snapshot::{Cluster, Snapshot};
+use cluster_choice::HostChoice;
 use local_reply::Flag;
 use metrics::{HttpRequest, Metrics, PEER_METADATA, PeerId, Reporter, Security, Series, Workload};
-use outlier::{Detector, Transition};
+use outlier::Transition;
 use pool::{Pool, PoolTls, UpstreamError};
 use ratelimit::LocalRateLimit;
 use telemetry::{AccessLog, Direction, OutlierEvent, OutlierKind, SecurityEvent, Telemetry};
@@ -116,62 +119,34 @@ pub trait ProcessingCost: std::fmt::Debug + Send + Sync + 'static {
     fn tls_handshake(&self) -> Duration;
 }
 
-/// A consistent-hash table built over one set of candidate hosts.
-enum HashTableRt {
-    Ring(RingHash),
-    Maglev(Maglev),
-}
-
-/// Runtime state of one cluster in one proxy.
+/// Runtime state of one cluster in one proxy: how its hosts are chosen and its
+/// connection pool.
 struct ClusterRt<N: Net> {
-    cfg: Arc<Cluster>,
-    active: Vec<u32>,
-    balancer: Balancer,
-    detector: Option<Detector>,
-    /// The hash table and the candidates it was built over (rebuilt when they change).
-    hash: Option<(Vec<usize>, HashTableRt)>,
+    choice: HostChoice,
     pool: Arc<Pool<N>>,
 }
 
-/// The index in `to` of endpoint `i` of `from` (the same pod at the same address).
-fn translate(from: &Cluster, to: &Cluster, i: usize) -> Option<usize> {
-    let ep = &from.endpoints[i];
-    to.endpoints.iter().position(|e| e == ep)
-}
-
 impl<N: Net> ClusterRt<N> {
-    fn new(pool: Pool<N>, cfg: Arc<Cluster>, clock: &Arc<dyn Clock>) -> Self {
-        ClusterRt {
-            active: vec![0; cfg.endpoints.len()],
-            balancer: Balancer::default(),
-            detector: cfg.outlier.map(|o| Detector::new(o, cfg.endpoints.len(), clock.now())),
-            hash: None,
-            pool: Arc::new(pool),
-            cfg,
-        }
+    fn new(pool: Pool<N>, cfg: Arc<Cluster>, now: Duration) -> Self {
+        ClusterRt { choice: HostChoice::new(cfg, now), pool: Arc::new(pool) }
     }
 
-    /// This state carried over to a changed config of the same cluster: hosts that stay
-    /// keep their active count and outlier state (unless the outlier settings changed),
-    /// the pool stays unless its limits or its TLS origination changed (it is keyed by
-    /// address; `new_pool` makes a fresh one), the hash table is rebuilt on first use.
-    fn carry(self, cfg: Arc<Cluster>, new_pool: impl FnOnce(&Cluster) -> Pool<N>, clock: &Arc<dyn Clock>) -> Self {
-        let old_of_new: Vec<Option<usize>> = (0..cfg.endpoints.len()).map(|i| translate(&cfg, &self.cfg, i)).collect();
-        let active = old_of_new.iter().map(|o| o.map_or(0, |j| self.active[j])).collect();
-        let detector = match (&self.detector, cfg.outlier) {
-            (Some(d), Some(o)) if self.cfg.outlier == Some(o) => Some(d.remap(&old_of_new)),
-            (_, o) => o.map(|o| Detector::new(o, cfg.endpoints.len(), clock.now())),
-        };
+    fn cfg(&self) -> &Arc<Cluster> {
+        self.choice.cfg()
+    }
+
+    /// This state carried over to a changed config of the same cluster: the host choice
+    /// carries host by host (see `HostChoice::carry`); the pool stays unless its limits
+    /// or its TLS origination changed (it is keyed by address; `new_pool` makes a fresh
+    /// one).
+    fn carry(self, cfg: Arc<Cluster>, new_pool: impl FnOnce(&Cluster) -> Pool<N>, now: Duration) -> Self {
         let tls = |c: &Cluster| -> (Vec<(String, u16)>, Vec<SpiffeId>) {
             let mtls = c.endpoints.iter().filter(|e| e.mtls).map(|e| (e.host.clone(), e.port)).collect();
             (mtls, c.peer_identities.clone())
         };
-        let pool = if self.cfg.limits == cfg.limits && tls(&self.cfg) == tls(&cfg) {
-            self.pool
-        } else {
-            Arc::new(new_pool(&cfg))
-        };
-        ClusterRt { cfg, active, balancer: self.balancer, detector, hash: None, pool }
+        let old = self.cfg();
+        let pool = if old.limits == cfg.limits && tls(old) == tls(&cfg) { self.pool } else { Arc::new(new_pool(&cfg)) };
+        ClusterRt { choice: self.choice.carry(cfg, now), pool }
     }
 }
 
@@ -227,6 +202,15 @@ pub const INBOUND_CERT_WAIT: std::time::Duration = std::time::Duration::from_sec
 
 const HOP_BY_HOP: [HeaderName; 5] =
     [header::CONNECTION, HeaderName::from_static("keep-alive"), header::TRANSFER_ENCODING, header::TE, header::UPGRADE];
+
+/// The flag of a failed upstream exchange, and why a connect failed.
+fn failure_flag(e: UpstreamError) -> (Flag, Option<local_reply::ConnectFailure>) {
+    match e {
+        UpstreamError::Connect(why) => (Flag::UpstreamConnectionFailure, Some(why)),
+        UpstreamError::Reset => (Flag::UpstreamConnectionTermination, None),
+        UpstreamError::Overflow(_) => (Flag::UpstreamOverflow, None),
+    }
+}
 
 /// Removes hop-by-hop headers. Scans the (few) names first: removing by name hashes,
 /// and most messages carry none.
@@ -318,10 +302,10 @@ impl<N: Net> Sidecar<N> {
         let mut next = BTreeMap::new();
         for (name, rt) in std::mem::take(&mut *clusters) {
             let Some(cfg) = snapshot.clusters.get(&name) else { continue };
-            let rt = if Arc::ptr_eq(&rt.cfg, cfg) {
+            let rt = if Arc::ptr_eq(rt.cfg(), cfg) {
                 rt
             } else {
-                rt.carry(cfg.clone(), |c| self.cluster_pool_new(c), &self.clock)
+                rt.carry(cfg.clone(), |c| self.cluster_pool_new(c), self.clock.now())
             };
             next.insert(name, rt);
         }
@@ -500,10 +484,8 @@ impl<N: Net> Sidecar<N> {
         let mut clusters = self.clusters.lock().expect("clusters lock");
         for (name, rt) in clusters.iter_mut() {
             let mut out = Vec::new();
-            if let Some(d) = rt.detector.as_mut() {
-                d.advance(now, &mut out);
-            }
-            self.emit(name, &rt.cfg, &out);
+            rt.choice.sweep(now, &mut out);
+            self.emit(name, rt.cfg(), &out);
         }
     }
 
@@ -666,24 +648,15 @@ impl<N: Net> Sidecar<N> {
         reply
     }
 
-    /// The flag of a failed upstream exchange.
-    fn failure_flag(e: UpstreamError) -> (Flag, Option<local_reply::ConnectFailure>) {
-        match e {
-            UpstreamError::Connect(why) => (Flag::UpstreamConnectionFailure, Some(why)),
-            UpstreamError::Reset => (Flag::UpstreamConnectionTermination, None),
-            UpstreamError::Overflow(_) => (Flag::UpstreamOverflow, None),
-        }
-    }
-
     /// Runs `f` on the runtime state of `cluster`, creating it on first use (the outlier
     /// interval timer starts then) from the current snapshot's config of that cluster.
     /// The state's config may be newer than `cluster` (a request that started before
-    /// [`Sidecar::apply`]): host indices then go through [`translate`].
+    /// [`Sidecar::apply`]): host indices then go through `cluster_choice::translate`.
     fn with_cluster<T>(&self, cluster: &Arc<Cluster>, f: impl FnOnce(&mut ClusterRt<N>) -> T) -> T {
         let mut clusters = self.clusters.lock().expect("clusters lock");
         if !clusters.contains_key(&cluster.name) {
             let cfg = self.snapshot().clusters.get(&cluster.name).cloned().unwrap_or_else(|| cluster.clone());
-            clusters.insert(cluster.name.clone(), ClusterRt::new(self.cluster_pool_new(&cfg), cfg, &self.clock));
+            clusters.insert(cluster.name.clone(), ClusterRt::new(self.cluster_pool_new(&cfg), cfg, self.clock.now()));
         }
         f(clusters.get_mut(&cluster.name).expect("inserted above"))
     }
@@ -705,85 +678,99 @@ impl<N: Net> Sidecar<N> {
     fn cluster_pool(&self, cluster: &Arc<Cluster>) -> Arc<Pool<N>> {
         self.with_cluster(cluster, |rt| rt.pool.clone())
     }
+}
 
-    /// Chooses a host of `cluster` without committing to it. `hash`: the request's
-    /// consistent-hash key (`None` = hash randomly, as Envoy does). `None` = no healthy
-    /// upstream.
-    fn choose_host(&self, cluster: &Arc<Cluster>, hash: Option<u64>) -> Option<usize> {
-        let now = self.clock.now();
-        self.with_cluster(cluster, |rt| {
-            let mut candidates = Vec::with_capacity(rt.cfg.endpoints.len());
-            match rt.detector.as_mut() {
-                Some(d) => {
-                    let mut out = Vec::new();
-                    d.advance(now, &mut out);
-                    self.emit(&cluster.name, &rt.cfg, &out);
-                    d.candidates(&mut candidates);
-                }
-                None => candidates.extend(0..rt.cfg.endpoints.len()),
-            }
-            // A request on an older config of the cluster picks among hosts it knows.
-            let stale = !Arc::ptr_eq(&rt.cfg, cluster);
-            if stale {
-                candidates.retain(|&i| translate(&rt.cfg, cluster, i).is_some());
-            }
-            if candidates.is_empty() {
-                return None;
-            }
-            if let Some(h) = &rt.cfg.hash {
-                if rt.hash.as_ref().is_none_or(|(built_for, _)| *built_for != candidates) {
-                    let keys: Vec<String> = candidates
-                        .iter()
-                        .map(|&i| format!("{}:{}", rt.cfg.endpoints[i].host, rt.cfg.endpoints[i].port))
-                        .collect();
-                    let table = match h.table {
-                        HashTable::Ring { min_ring_size } => RingHash::new(&keys, min_ring_size).map(HashTableRt::Ring),
-                        HashTable::Maglev { table_size } => Maglev::new(&keys, table_size).map(HashTableRt::Maglev),
-                    }
-                    .expect("hash table sizes are validated and endpoint keys are unique");
-                    rt.hash = Some((candidates.clone(), table));
-                }
-                let (_, table) = rt.hash.as_ref().expect("built above");
-                let key = hash.unwrap_or_else(|| self.draw());
-                let i = match table {
-                    HashTableRt::Ring(r) => r.pick(key),
-                    HashTableRt::Maglev(m) => m.pick(key),
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+    use crate::proxy::telemetry::MemoryTelemetry;
+    use crate::proxy::test_net::{MemNet, PausedClock};
+    use crate::snapshot::{Endpoint, LbPolicy, OutlierConfig};
+
+    const MS: Duration = Duration::from_millis(1);
+    const S: Duration = Duration::from_secs(1);
+
+    /// A sidecar whose one cluster ejects a host at its 2nd consecutive 5xx, for 5 s.
+    fn sidecar() -> (Arc<Sidecar<MemNet>>, Arc<Cluster>, Arc<MemoryTelemetry>) {
+        let outlier = OutlierConfig {
+            consecutive_5xx: Some(2),
+            consecutive_gateway: None,
+            interval: S,
+            base_ejection_time: 5 * S,
+            max_ejection_time: 300 * S,
+            max_ejection_percent: 100,
+            panic_threshold_percent: 0,
+        };
+        let endpoint = |i: u8| Endpoint { pod: format!("p-{i}"), host: format!("10.0.0.{i}"), port: 80, mtls: false };
+        let cluster = Arc::new(Cluster {
+            name: "c".into(),
+            service: "svc".into(),
+            subset: None,
+            endpoints: vec![endpoint(1), endpoint(2)],
+            lb: LbPolicy::RoundRobin,
+            hash: None,
+            outlier: Some(outlier),
+            connect_timeout: S,
+            limits: pool::Limits::default(),
+            peer_identities: Vec::new(),
+        });
+        let snapshot = Snapshot { clusters: [("c".to_string(), cluster.clone())].into(), ..Snapshot::default() };
+        let cfg = SidecarConfig {
+            pod: "client-0".into(),
+            workload: "client".into(),
+            namespace: "default".into(),
+            service: String::new(),
+            labels: BTreeMap::new(),
+            app_port: 8080,
+            seed: 1,
+            rate_limit: None,
+            tls: None,
+            cost: None,
+        };
+        let telemetry = Arc::new(MemoryTelemetry::default());
+        let sc = Sidecar::new(cfg, MemNet::default(), PausedClock::shared(), telemetry.clone(), Arc::new(snapshot))
+            .expect("no rate limit");
+        (sc, cluster, telemetry)
+    }
+
+    fn eject_host_0(sc: &Sidecar<MemNet>, c: &Arc<Cluster>) {
+        for _ in 0..2 {
+            sc.commit_host(c, 0);
+            sc.release_host(c, 0, Some(503));
+        }
+    }
+
+    fn kinds(t: &MemoryTelemetry) -> Vec<(String, Duration)> {
+        let events = t.events.lock().expect("events lock");
+        events
+            .iter()
+            .map(|e| {
+                let kind = match e.kind {
+                    OutlierKind::Ejected { .. } => "Ejected",
+                    OutlierKind::Overflow { .. } => "Overflow",
+                    OutlierKind::Readmitted => "Readmitted",
                 };
-                let picked = candidates[i];
-                return if stale { translate(&rt.cfg, cluster, picked) } else { Some(picked) };
-            }
-            let mut rng = self.rng.lock().expect("rng lock");
-            let picked = rt.balancer.pick(rt.cfg.lb, &candidates, &rt.active, &mut *rng);
-            if stale { translate(&rt.cfg, cluster, picked) } else { Some(picked) }
-        })
+                (kind.to_string(), e.at)
+            })
+            .collect()
     }
 
-    /// Counts a request to `host` as active.
-    fn commit_host(&self, cluster: &Arc<Cluster>, host: usize) {
-        self.with_cluster(cluster, |rt| {
-            let host = if Arc::ptr_eq(&rt.cfg, cluster) { Some(host) } else { translate(cluster, &rt.cfg, host) };
-            if let Some(h) = host {
-                rt.active[h] += 1;
-            }
-        });
-    }
-
-    /// Ends a request to `host`: no longer active; `status` (if any) feeds outlier
-    /// detection (connect failures count as 503, timeouts as 504).
-    fn release_host(&self, cluster: &Arc<Cluster>, host: usize, status: Option<u16>) {
-        let now = self.clock.now();
-        self.with_cluster(cluster, |rt| {
-            let host = if Arc::ptr_eq(&rt.cfg, cluster) { Some(host) } else { translate(cluster, &rt.cfg, host) };
-            let Some(host) = host else { return };
-            // Saturating: a try committed on a config whose state was replaced (not
-            // carried) is not counted in this one.
-            rt.active[host] = rt.active[host].saturating_sub(1);
-            if let (Some(d), Some(status)) = (rt.detector.as_mut(), status) {
-                let mut out = Vec::new();
-                d.advance(now, &mut out);
-                d.record(host, status, now, &mut out);
-                self.emit(&cluster.name, &rt.cfg, &out);
-            }
-        });
+    #[tokio::test(start_paused = true)]
+    async fn advance_reports_a_readmission_without_any_request() {
+        let (sc, c, telemetry) = sidecar();
+        tokio::time::sleep(500 * MS).await;
+        eject_host_0(&sc, &c);
+        assert_eq!(kinds(&telemetry), [("Ejected".to_string(), 500 * MS)]);
+        // The cluster's state (and its 1 s interval timer) started with the first try at
+        // 0.5 s, which ejected the host for 5 s: the sweep at 5.5 s readmits it.
+        tokio::time::sleep(4900 * MS).await;
+        sc.advance();
+        assert_eq!(kinds(&telemetry).len(), 1, "not yet readmitted at 5.4 s");
+        tokio::time::sleep(100 * MS).await;
+        sc.advance();
+        assert_eq!(kinds(&telemetry)[1], ("Readmitted".to_string(), 5500 * MS));
+        sc.advance();
+        assert_eq!(kinds(&telemetry).len(), 2, "a sweep is reported once");
     }
 }

@@ -1,14 +1,14 @@
-//! HTTP/1.1 connection pool of one cluster, over the `Net` seam, with Envoy's circuit
-//! breakers as Istio configures them (MESH_SEMANTICS 3.2): limits are per client proxy
-//! per cluster, all endpoints together.
+//! HTTP/1.1 connection pool of one cluster, over the `Net` seam, held to the cluster's
+//! circuit breakers (see `circuit_breaker`, which owns the counters and verdicts).
 //!
 //! Owns: connecting (with the cluster's connect timeout), the hyper handshake, idle
 //! connections per endpoint (reused, expired after the idle timeout, retired after
 //! `maxRequestsPerConnection` requests or `maxConnectionDuration`), the pending queue
-//! when `maxConnections` is reached, and the overflow verdicts (`max_requests`,
-//! `max_pending_requests`, `max_retries` / retry budget), and originating mutual TLS to
-//! the endpoints that get it ([`PoolTls`]; the handshake is `tls`'s). Does not own which
-//! endpoint to call or whether to retry (`balance`, `retry`).
+//! when `maxConnections` is reached (a freed connection goes to the first waiter of its
+//! host, a freed slot to the first waiter of any host), the cluster's connection-pool
+//! settings ([`Limits`]), and originating mutual TLS to the endpoints that get it
+//! ([`PoolTls`]; the handshake is `tls`'s). Does not own which endpoint to call or
+//! whether to retry (`cluster_choice`, `retry`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 use tokio_rustls::TlsConnector;
 
+use super::circuit_breaker::Breakers;
 use super::local_reply::ConnectFailure;
 use super::tls::{self, TlsFailure};
 pub use crate::http::server_builder;
@@ -116,14 +117,41 @@ struct HostConns {
     open: u32,
 }
 
-#[derive(Default)]
 struct State {
     hosts: BTreeMap<(String, u16), HostConns>,
-    /// Connections open or being opened, all hosts together (`maxConnections` counts these).
-    open: u32,
-    pending: u32,
-    active: u32,
-    retries: u32,
+    /// The cluster's counters; its connections are the hosts' `open` summed.
+    breakers: Breakers,
+}
+
+impl State {
+    fn new(limits: Limits) -> State {
+        State { hosts: BTreeMap::new(), breakers: Breakers::new(limits) }
+    }
+
+    /// `n` connections to `key` closed (or were never made).
+    fn closed(&mut self, key: &(String, u16), n: u32) {
+        if let Some(h) = self.hosts.get_mut(key) {
+            assert!(n <= h.open, "closed {n} connections to {key:?} of {} open", h.open);
+            h.open -= n;
+        }
+        self.breakers.connections_closed(n);
+        self.check();
+    }
+
+    fn opened(&mut self, key: &(String, u16)) {
+        self.hosts.entry(key.clone()).or_default().open += 1;
+        self.breakers.connection_opened();
+        self.check();
+    }
+
+    /// The cluster's connection count is its hosts' counts summed.
+    fn check(&self) {
+        debug_assert_eq!(
+            self.hosts.values().map(|h| u64::from(h.open)).sum::<u64>(),
+            u64::from(self.breakers.connections()),
+            "the cluster's connections are its hosts' connections"
+        );
+    }
 }
 
 /// Mutual TLS towards some endpoints of a cluster.
@@ -143,12 +171,22 @@ pub struct Pool<N: Net> {
     state: Mutex<State>,
 }
 
-/// Counts a request as active until dropped.
+/// Counts a request in flight until dropped.
 struct Active<'a>(&'a Mutex<State>);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.lock().expect("pool lock").active -= 1;
+        self.0.lock().expect("pool lock").breakers.end_request();
+    }
+}
+
+/// Counts a request as pending until dropped: until connected or handed a connection,
+/// or abandoned (a dropped future drops this guard).
+struct Pending<'a>(&'a Mutex<State>);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("pool lock").breakers.end_pending();
     }
 }
 
@@ -157,7 +195,7 @@ pub struct RetryPermit<'a>(&'a Mutex<State>);
 
 impl Drop for RetryPermit<'_> {
     fn drop(&mut self) {
-        self.0.lock().expect("pool lock").retries -= 1;
+        self.0.lock().expect("pool lock").breakers.end_retry();
     }
 }
 
@@ -181,22 +219,22 @@ impl<N: Net> Pool<N> {
     /// flag `UO`). A freed slot may go to an HTTP request waiting for a connection.
     pub fn try_tcp_connection(self: &Arc<Self>, key: (String, u16)) -> Option<TcpSlot<N>> {
         let mut s = self.lock();
-        if s.open >= self.limits.max_connections {
+        if !s.breakers.has_connection_slot() {
             return None;
         }
-        s.open += 1;
-        s.hosts.entry(key.clone()).or_default().open += 1;
+        s.opened(&key);
         drop(s);
         Some(TcpSlot { pool: self.clone(), key })
     }
 
     /// A pool without limits and without idle expiry (an app's client, the inbound side).
     pub fn new(net: N) -> Self {
-        Pool { net, limits: Limits::default(), clock: None, tls: None, state: Mutex::new(State::default()) }
+        let limits = Limits::default();
+        Pool { net, limits, clock: None, tls: None, state: Mutex::new(State::new(limits)) }
     }
 
     pub fn with_limits(net: N, limits: Limits, clock: Arc<dyn Clock>) -> Self {
-        Pool { net, limits, clock: Some(clock), tls: None, state: Mutex::new(State::default()) }
+        Pool { net, limits, clock: Some(clock), tls: None, state: Mutex::new(State::new(limits)) }
     }
 
     /// Originates mutual TLS to the endpoints `tls` names.
@@ -212,27 +250,15 @@ impl<N: Net> Pool<N> {
         self.clock.as_ref().map(|c| c.now()).unwrap_or_default()
     }
 
-    /// Requests in flight plus requests waiting for a connection.
-    pub fn load(&self) -> (u32, u32) {
-        let s = self.lock();
-        (s.active, s.pending)
+    /// Requests in flight and requests waiting for a connection.
+    #[cfg(test)]
+    fn load(&self) -> (u32, u32) {
+        self.lock().breakers.load()
     }
 
     /// Asks the retry circuit breaker for one more concurrent retry; `None` = overflow.
     pub fn try_retry(&self) -> Option<RetryPermit<'_>> {
-        let mut s = self.lock();
-        let allowed = match self.limits.retry_budget {
-            Some(b) => {
-                let share = (b.percent / 100.0 * f64::from(s.active + s.pending)).floor() as u32;
-                share.max(b.min_concurrency)
-            }
-            None => self.limits.max_retries,
-        };
-        if s.retries >= allowed {
-            return None;
-        }
-        s.retries += 1;
-        Some(RetryPermit(&self.state))
+        self.lock().breakers.admit_retry().then(|| RetryPermit(&self.state))
     }
 
     /// Whether `conn` may carry another request.
@@ -242,7 +268,7 @@ impl<N: Net> Pool<N> {
             && self.limits.max_connection_duration.is_none_or(|d| now.saturating_sub(conn.created) < d)
     }
 
-    /// Drops expired idle connections of every host; returns how many were closed.
+    /// Drops expired idle connections of every host.
     fn expire(&self, s: &mut State, now: Duration) {
         let timeout = self.limits.idle_timeout;
         let mut closed = 0;
@@ -253,25 +279,22 @@ impl<N: Net> Pool<N> {
             h.open -= n;
             closed += n;
         }
-        s.open -= closed;
+        s.breakers.connections_closed(closed);
+        s.check();
     }
 
     /// A connection to `key` closed (or was never made): its slot may go to a request
     /// waiting on any host.
     fn closed(&self, s: &mut State, key: &(String, u16)) {
-        s.open -= 1;
-        if let Some(h) = s.hosts.get_mut(key) {
-            h.open -= 1;
-        }
-        while s.open < self.limits.max_connections {
-            let Some(h) = s.hosts.values_mut().find(|h| !h.waiters.is_empty()) else { return };
+        s.closed(key, 1);
+        while s.breakers.has_connection_slot() {
+            let Some((waiting, h)) = s.hosts.iter_mut().find(|(_, h)| !h.waiters.is_empty()) else { return };
             let w = h.waiters.pop_front().expect("non-empty");
-            h.open += 1;
-            s.open += 1;
+            let waiting = waiting.clone();
+            s.opened(&waiting);
             if w.send(Grant::Connect).is_err() {
                 // That waiter gave up; try the next.
-                h.open -= 1;
-                s.open -= 1;
+                s.closed(&waiting, 1);
             }
         }
     }
@@ -381,22 +404,17 @@ impl<N: Net> Pool<N> {
                 }
                 stale += 1;
             }
-            h.open -= stale;
-            let host_open = h.open;
-            s.open -= stale;
+            let host_open = h.open - stale;
+            s.closed(key, stale);
             if let Some(c) = ready {
                 return Ok(c);
             }
             // No ready connection: the request becomes pending (Envoy's `newStreamImpl`
             // checks `max_pending_requests` before anything else), whether it then opens a
             // connection or waits for one.
-            if s.pending >= self.limits.max_pending_requests {
-                return Err(UpstreamError::Overflow(Overflow::Pending));
-            }
-            s.pending += 1;
-            if s.open < self.limits.max_connections || host_open == 0 {
-                s.open += 1;
-                s.hosts.get_mut(key).expect("entry made above").open += 1;
+            s.breakers.admit_pending().map_err(UpstreamError::Overflow)?;
+            if s.breakers.may_connect(host_open) {
+                s.opened(key);
                 None
             } else {
                 let (tx, rx) = oneshot::channel();
@@ -406,12 +424,6 @@ impl<N: Net> Pool<N> {
         };
         // Pending until connected or handed a connection (or abandoned: a dropped future
         // drops this guard and `rx`).
-        struct Pending<'a>(&'a Mutex<State>);
-        impl Drop for Pending<'_> {
-            fn drop(&mut self) {
-                self.0.lock().expect("pool lock").pending -= 1;
-            }
-        }
         let _pending = Pending(&self.state);
         let Some(rx) = rx else {
             return self.connect(key, connect_timeout).await;
@@ -432,13 +444,7 @@ impl<N: Net> Pool<N> {
         connect_timeout: Duration,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Bytes>, UpstreamError> {
-        {
-            let mut s = self.lock();
-            if s.active >= self.limits.max_requests {
-                return Err(UpstreamError::Overflow(Overflow::Requests));
-            }
-            s.active += 1;
-        }
+        self.lock().breakers.admit_request().map_err(UpstreamError::Overflow)?;
         let _active = Active(&self.state);
         let key = (host.to_string(), port);
         let mut req = req;
@@ -485,115 +491,141 @@ fn refused_h(e: &hyper::Error) -> UpstreamError {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
     use std::net::{Ipv4Addr, SocketAddr};
 
-    use hyper::service::service_fn;
-
     use super::*;
-    use crate::net::{Listener, SystemClock, TokioNet};
-
-    /// An HTTP/1.1 server on loopback answering 200 after `delay`; returns its port.
-    async fn server(delay: Duration) -> u16 {
-        let mut listener = TokioNet.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("bind");
-        let port = listener.local_addr().expect("local addr").port();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req| async move {
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    });
-                    let _ = server_builder().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
-        port
-    }
+    use crate::proxy::test_net::{MemNet, PausedClock, always, upstream};
 
     fn get() -> Request<Full<Bytes>> {
         Request::get("/").body(Full::new(Bytes::new())).expect("request")
     }
 
-    const CONNECT: Duration = Duration::from_secs(1);
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(10, 0, 0, last), 80))
+    }
 
-    #[tokio::test]
+    const CONNECT: Duration = Duration::from_secs(1);
+    /// Every wait in these tests ends by then (paused time: a hang fails at once).
+    const BOUND: Duration = Duration::from_secs(30);
+
+    fn pool<N: Net>(net: N, limits: Limits) -> Arc<Pool<N>> {
+        Arc::new(Pool::with_limits(net, limits, PausedClock::shared()))
+    }
+
+    /// Polls the runtime until `cond` holds, at most [`BOUND`] of (paused) time.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let wait = async {
+            while !cond() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(BOUND, wait).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_host_without_connections_gets_one_even_at_max_connections() {
-        let (a, b) = (server(Duration::ZERO).await, server(Duration::ZERO).await);
+        let net = MemNet::default();
+        upstream(&net, addr(1), always(200, Duration::ZERO)).await;
+        upstream(&net, addr(2), always(200, Duration::ZERO)).await;
         let limits = Limits { max_connections: 1, max_pending_requests: 1, ..Limits::default() };
-        let pool = Pool::with_limits(TokioNet, limits, Arc::new(SystemClock::new()));
-        pool.send("127.0.0.1", a, CONNECT, get()).await.expect("first host");
+        let pool = pool(net, limits);
+        pool.send("10.0.0.1", 80, CONNECT, get()).await.expect("first host");
         // The cluster's one connection is idle on host a. A request for host b must not
         // queue behind it forever: Envoy opens a connection to a host that has none.
-        let to_b = tokio::time::timeout(Duration::from_secs(5), pool.send("127.0.0.1", b, CONNECT, get()));
+        let to_b = tokio::time::timeout(BOUND, pool.send("10.0.0.2", 80, CONNECT, get()));
         to_b.await.expect("host b is not starved").expect("second host");
         assert_eq!(pool.load(), (0, 0));
     }
 
-    /// Loopback sockets whose connects wait until the test opens the gate.
-    #[derive(Clone)]
-    struct GatedNet(Arc<tokio::sync::Semaphore>);
-
-    impl Net for GatedNet {
-        type Stream = <TokioNet as Net>::Stream;
-        type Listener = <TokioNet as Net>::Listener;
-        async fn bind(&self, addr: SocketAddr) -> std::io::Result<Self::Listener> {
-            TokioNet.bind(addr).await
-        }
-        async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Stream> {
-            self.0.acquire().await.expect("gate open").forget();
-            TokioNet.connect(addr).await
-        }
-        async fn resolve(&self, host: &str, port: u16) -> std::io::Result<SocketAddr> {
-            TokioNet.resolve(host, port).await
-        }
-    }
-
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_request_opening_a_connection_is_pending() {
         // Envoy counts a request as pending from the moment no ready connection can take
         // it: with one pending slot, a second request arriving while the first one's
         // connection is being opened overflows even though maxConnections allows another.
-        let port = server(Duration::ZERO).await;
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let net = MemNet::gated(gate.clone());
+        upstream(&net, addr(1), always(200, Duration::ZERO)).await;
         let limits = Limits { max_connections: 10, max_pending_requests: 1, ..Limits::default() };
-        let pool = Arc::new(Pool::with_limits(GatedNet(gate.clone()), limits, Arc::new(SystemClock::new())));
+        let pool = pool(net, limits);
         let first = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.send("127.0.0.1", port, CONNECT, get()).await.map(|r| r.status()) }
+            async move { pool.send("10.0.0.1", 80, CONNECT, get()).await.map(|r| r.status()) }
         });
-        while pool.load().0 == 0 {
-            tokio::task::yield_now().await;
-        }
+        until("the first request to be in flight", || pool.load().0 == 1).await;
         assert_eq!(pool.load(), (1, 1), "the first request waits for its connection: active and pending");
-        let second = pool.send("127.0.0.1", port, CONNECT, get()).await;
+        let second = pool.send("10.0.0.1", 80, CONNECT, get()).await;
         assert_eq!(second.err(), Some(UpstreamError::Overflow(Overflow::Pending)));
         gate.add_permits(1);
-        assert!(first.await.expect("task").is_ok());
+        let first = tokio::time::timeout(BOUND, first).await.expect("the first request ends");
+        assert!(first.expect("task").is_ok());
         // Connected and idle now: reused without the pending check.
-        pool.send("127.0.0.1", port, CONNECT, get()).await.expect("reuses the idle connection");
+        pool.send("10.0.0.1", 80, CONNECT, get()).await.expect("reuses the idle connection");
         assert_eq!(pool.load(), (0, 0));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_host_with_a_busy_connection_queues_then_overflows() {
-        let slow = server(Duration::from_millis(300)).await;
+        let net = MemNet::default();
+        let received = upstream(&net, addr(1), always(200, Duration::from_millis(300))).await;
         let limits = Limits { max_connections: 1, max_pending_requests: 1, ..Limits::default() };
-        let pool = Arc::new(Pool::with_limits(TokioNet, limits, Arc::new(SystemClock::new())));
+        let pool = pool(net, limits);
+        let send = |pool: &Arc<Pool<MemNet>>| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.send("10.0.0.1", 80, CONNECT, get()).await.map(|r| r.status()) })
+        };
+        let first = send(&pool);
+        until("the first request to reach the upstream", || received.count() == 1).await;
+        let queued = send(&pool);
+        until("the second request to queue", || pool.load() == (2, 1)).await;
+        let third = pool.send("10.0.0.1", 80, CONNECT, get()).await;
+        assert_eq!(third.err(), Some(UpstreamError::Overflow(Overflow::Pending)));
+        let (first, queued) =
+            tokio::time::timeout(BOUND, async { (first.await, queued.await) }).await.expect("both end");
+        assert!(first.expect("task").is_ok());
+        assert!(queued.expect("task").is_ok(), "the queued request gets the connection");
+        assert_eq!(received.count(), 2, "both went over the one connection");
+        assert_eq!(pool.lock().breakers.connections(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_to_a_host_nobody_listens_on_fails_and_frees_its_slot() {
+        let pool = pool(MemNet::default(), Limits { max_connections: 1, ..Limits::default() });
+        let err = pool.send("10.0.0.9", 80, CONNECT, get()).await.err();
+        assert_eq!(err, Some(UpstreamError::Connect(ConnectFailure::Refused)));
+        assert_eq!(pool.lock().breakers.connections(), 0);
+        assert_eq!(pool.load(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_beyond_max_requests_overflows_without_connecting() {
+        let net = MemNet::default();
+        let received = upstream(&net, addr(1), always(200, Duration::from_millis(100))).await;
+        let pool = pool(net, Limits { max_requests: 1, ..Limits::default() });
         let first = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.send("127.0.0.1", slow, CONNECT, get()).await.map(|r| r.status()) }
+            async move { pool.send("10.0.0.1", 80, CONNECT, get()).await.map(|r| r.status()) }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let queued = tokio::spawn({
-            let pool = pool.clone();
-            async move { pool.send("127.0.0.1", slow, CONNECT, get()).await.map(|r| r.status()) }
-        });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(pool.load(), (2, 1), "one active on the connection, one pending");
-        let third = pool.send("127.0.0.1", slow, CONNECT, get()).await;
-        assert_eq!(third.err(), Some(UpstreamError::Overflow(Overflow::Pending)));
-        assert!(first.await.expect("task").is_ok());
-        assert!(queued.await.expect("task").is_ok(), "the queued request gets the connection");
+        until("the first request to reach the upstream", || received.count() == 1).await;
+        let second = pool.send("10.0.0.1", 80, CONNECT, get()).await;
+        assert_eq!(second.err(), Some(UpstreamError::Overflow(Overflow::Requests)));
+        assert!(tokio::time::timeout(BOUND, first).await.expect("ends").expect("task").is_ok());
+        assert_eq!(received.count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_past_the_idle_timeout_is_closed_not_reused() {
+        let net = MemNet::default();
+        let received = upstream(&net, addr(1), always(200, Duration::ZERO)).await;
+        let limits = Limits { idle_timeout: Duration::from_secs(10), ..Limits::default() };
+        let pool = pool(net, limits);
+        pool.send("10.0.0.1", 80, CONNECT, get()).await.expect("first");
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        pool.send("10.0.0.1", 80, CONNECT, get()).await.expect("second");
+        assert_eq!(received.connections(), 1, "idle 9 s of 10: reused");
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        pool.send("10.0.0.1", 80, CONNECT, get()).await.expect("third");
+        assert_eq!(received.connections(), 2, "idle 11 s of 10: a new connection");
+        // The expired one was closed before the new one opened.
+        assert_eq!(pool.lock().breakers.connections(), 1);
     }
 }
