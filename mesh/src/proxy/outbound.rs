@@ -633,11 +633,12 @@ mod layer_tests {
     use std::net::{Ipv4Addr, SocketAddr};
 
     use super::*;
+    use crate::config::retry::Condition;
     use crate::proxy::SidecarConfig;
     use crate::proxy::fault::FaultPolicy;
     use crate::proxy::headers::HeaderOps;
     use crate::proxy::pool::Limits;
-    use crate::proxy::retry::{Condition, RetryPolicy};
+    use crate::proxy::retry::RetryPolicy;
     use crate::proxy::telemetry::MemoryTelemetry;
     use crate::proxy::test_net::{MemNet, PausedClock, Received, Script, always, upstream};
     use crate::snapshot::{Endpoint, LbPolicy, Mirror, Rewrite};
