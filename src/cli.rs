@@ -97,9 +97,16 @@ enum Command {
         no_report: bool,
         /// Where to run: `sim` (the deterministic simulator), `real` (meshsim's mesh on
         /// loopback sockets in real time; expectations get a stated slack, see
-        /// scenarios/README.md) or `envoy` (not built yet).
+        /// scenarios/README.md) or `envoy` (real Envoy sidecars configured over xDS by
+        /// meshsim's control plane, on loopback in real time).
         #[arg(long, default_value = "sim")]
         target: sim::target::Target,
+        /// The Envoy binary for `--target envoy` (default: `$ENVOY`, else `envoy` on PATH).
+        #[arg(long)]
+        envoy: Option<PathBuf>,
+        /// Worker threads of each Envoy sidecar (`--concurrency`; Istio's default is 2).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        envoy_concurrency: u32,
     },
     /// Render a results file as an HTML report and a Markdown summary (beside it), or
     /// compare several runs on one page.
@@ -209,7 +216,10 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> i32 {
         }
     };
     match cli.command {
-        Command::Run { file, seed, out, no_report, target } => cmd_run(&file, seed, &out, !no_report, target),
+        Command::Run { file, seed, out, no_report, target, envoy, envoy_concurrency } => {
+            let envoy = Envoy { binary: envoy, concurrency: envoy_concurrency };
+            cmd_run(&file, seed, &out, !no_report, target, &envoy)
+        }
         Command::Report { files, compare, out } => cmd_report(&files, compare, out),
         Command::Validate { files } => cmd_validate(&files),
         Command::Control { file, at } => cmd_component(&file, Component::Control, &at),
@@ -279,19 +289,33 @@ fn cmd_validate(files: &[PathBuf]) -> i32 {
     code
 }
 
-fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool, target: Target) -> i32 {
+/// How `--target envoy` runs Envoy.
+struct Envoy {
+    binary: Option<PathBuf>,
+    concurrency: u32,
+}
+
+fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool, target: Target, envoy: &Envoy) -> i32 {
     let mut plan = match load(file, Style::Compiler) {
         Ok(p) => p,
         Err(c) => return c,
     };
-    if target == Target::Envoy {
-        eprintln!("error: --target envoy: real Envoy sidecars are not built yet; run --target sim or --target real");
-        return EXIT_INVALID;
-    }
-    if target == Target::Real && plan.latency_max > plan.latency_min {
+    let envoy_options = if target == Target::Envoy {
+        match xds::find_envoy(envoy.binary.as_deref()) {
+            Ok(binary) => Some(sim::envoy::Options { binary, concurrency: envoy.concurrency }),
+            Err(e) => {
+                eprintln!("error: --target envoy: {e}");
+                return EXIT_INVALID;
+            }
+        }
+    } else {
+        None
+    };
+    if target != Target::Sim && plan.latency_max > plan.latency_min {
         eprintln!(
-            "warning: {}: network.jitter is not applied on --target real: its links have the fixed network.latency ({:?})",
+            "warning: {}: network.jitter is not applied on --target {}: its links have the fixed network.latency ({:?})",
             file.display(),
+            target.name(),
             plan.latency_min
         );
     }
@@ -304,7 +328,10 @@ fn cmd_run(file: &Path, seed: Option<u64>, out_dir: &Path, report: bool, target:
         Target::Sim => sim::world::run(plan.clone(), seed),
         _ => {
             let progress = Progress::new();
-            let out = sim::real::run(plan.clone(), seed, &|p| progress.tell(p));
+            let out = match &envoy_options {
+                Some(o) => sim::envoy::run(plan.clone(), seed, o, &|p| progress.tell(p)),
+                None => sim::real::run(plan.clone(), seed, &|p| progress.tell(p)),
+            };
             progress.finish();
             out
         }

@@ -7,6 +7,7 @@ pub mod bad_identity;
 pub mod cost;
 pub mod crypto;
 pub mod driver;
+pub mod envoy;
 pub mod expect;
 pub mod metric_query;
 pub mod net;

@@ -38,6 +38,10 @@ pub struct Results {
     pub metrics: MetricsOut,
     pub traces: crate::traces::Summary,
     pub expectations: Vec<Check>,
+    /// Indices of `expectations` the target cannot check (neither passed nor failed:
+    /// each one's `observed` says why).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_checkable: Vec<usize>,
     pub passed: bool,
     pub warnings: Vec<String>,
     pub requests: Vec<RequestOut>,
@@ -45,6 +49,10 @@ pub struct Results {
     /// when an expectation compared against it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Box<Results>>,
+    /// On the envoy target: the Envoy version, what the translation to xDS could not
+    /// express, and each proxy's config as its Envoy reported it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy: Option<crate::envoy::EnvoyInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -176,8 +184,16 @@ fn latencies(records: &[&Record]) -> Option<Latencies> {
 pub fn build(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
     let base = out.baseline.as_deref();
     let checks = expect::check(plan, &out.records, &out.events, &out.metrics, base.map(|b| b.records.as_slice()));
+    let mut checks = checks;
     let mut r = build_unchecked(plan, seed, out);
-    r.passed = checks.iter().all(|c| c.pass);
+    for (i, (c, e)) in checks.iter_mut().zip(&plan.expectations).enumerate() {
+        if let Some(reason) = crate::target::not_checkable(e, out.target) {
+            c.observed = format!("not checkable on {}: {reason}", out.target.name());
+            c.pass = false;
+            r.not_checkable.push(i);
+        }
+    }
+    r.passed = checks.iter().enumerate().all(|(i, c)| c.pass || r.not_checkable.contains(&i));
     r.expectations = checks;
     if let (Some(p), Some(b)) = (plan.baseline.as_deref(), base) {
         r.baseline = Some(Box::new(build_unchecked(p, seed, b)));
@@ -279,6 +295,7 @@ fn build_unchecked(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
             .collect(),
         metrics: MetricsOut { buckets_le: BUCKETS.to_vec(), pods: out.metrics.clone() },
         traces: crate::traces::Summary::of(plan, &out.records),
+        not_checkable: Vec::new(),
         passed: true,
         expectations: Vec::new(),
         warnings: plan.warnings.iter().map(|w| w.to_string()).collect(),
@@ -308,6 +325,7 @@ fn build_unchecked(plan: &Plan, seed: u64, out: &RunOutput) -> Results {
             })
             .collect(),
         baseline: None,
+        envoy: out.envoy.clone(),
     }
 }
 
@@ -329,6 +347,14 @@ pub fn summary(r: &Results) -> String {
         r.issued,
         r.recorded
     );
+    if let Some(e) = &r.envoy {
+        let _ = writeln!(s, "sidecars: Envoy {} (--concurrency {}), configured over xDS", e.version, e.concurrency);
+        for (proxy, lines) in &e.untranslated {
+            for l in lines {
+                let _ = writeln!(s, "  not translated for {proxy}: {l}");
+            }
+        }
+    }
     let placement: Vec<String> = r
         .placement
         .iter()
@@ -410,11 +436,17 @@ pub fn summary(r: &Results) -> String {
     }
     if !r.expectations.is_empty() {
         let _ = writeln!(s, "\nexpectations");
-        for c in &r.expectations {
+        for (i, c) in r.expectations.iter().enumerate() {
             let _ = writeln!(
                 s,
                 "  {} {}: expected {}, observed {}",
-                if c.pass { "PASS" } else { "FAIL" },
+                if r.not_checkable.contains(&i) {
+                    "N/A "
+                } else if c.pass {
+                    "PASS"
+                } else {
+                    "FAIL"
+                },
                 c.expectation,
                 c.expected,
                 c.observed

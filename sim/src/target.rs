@@ -55,6 +55,33 @@ impl std::str::FromStr for Target {
     }
 }
 
+/// Why `target` cannot check expectation `e`, when it cannot. The envoy target's
+/// sidecars are plain Envoys: Istio's standard metrics come from Istio's stats
+/// extension, which they lack; meshsim does not configure their tracing; their
+/// certificates arrive over SDS, not from meshsim's certificate agent, and a refused
+/// TLS handshake is not an event Envoy logs.
+pub fn not_checkable(e: &Expectation, target: Target) -> Option<&'static str> {
+    if target != Target::Envoy {
+        return None;
+    }
+    match e {
+        Expectation::Metric(_) => {
+            Some("Istio's standard metrics need Istio's stats extension, which a plain Envoy lacks")
+        }
+        Expectation::TracesComplete => Some("meshsim does not configure Envoy's tracing"),
+        Expectation::Certs { .. } => {
+            Some("certificate events come from meshsim's certificate agent; Envoy gets its certificates over SDS")
+        }
+        Expectation::Events { kind, .. } if kind.starts_with("cert_") || kind == "ca_unreachable" => {
+            Some("certificate events come from meshsim's certificate agent; Envoy gets its certificates over SDS")
+        }
+        Expectation::Events { kind, .. } if kind == "connection_refused" => {
+            Some("a refused TLS handshake is not an event a plain Envoy logs")
+        }
+        _ => None,
+    }
+}
+
 /// How far real time moves an instant (see the module doc).
 pub const REAL_TIME_SLACK: Duration = Duration::from_millis(100);
 /// How far real time moves a latency percentile (see the module doc).

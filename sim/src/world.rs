@@ -65,6 +65,8 @@ pub struct RunOutput {
     pub baseline: Option<Box<RunOutput>>,
     /// Where it ran.
     pub target: crate::target::Target,
+    /// What the envoy target adds: the Envoy version, each proxy's config.
+    pub envoy: Option<crate::envoy::EnvoyInfo>,
 }
 
 #[derive(Debug)]
@@ -353,6 +355,7 @@ fn run_world(plan: Arc<Plan>, seed: u64) -> Result<RunOutput, RunError> {
         wall: wall.now(),
         baseline: None,
         target: crate::target::Target::Sim,
+        envoy: None,
     })
 }
 

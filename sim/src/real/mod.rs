@@ -69,6 +69,12 @@ pub struct RealSeam {
     errors: Mutex<Vec<String>>,
 }
 
+impl RealSeam {
+    pub fn new(shared: Arc<Shared>, clock: Arc<RealClock>) -> RealSeam {
+        RealSeam { shared, clock, errors: Mutex::new(Vec::new()) }
+    }
+}
+
 impl Seam for RealSeam {
     type Net = RealNet;
     fn net(&self, pod: usize) -> RealNet {
@@ -185,7 +191,7 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
     let addrs = Addrs::reserve(plan.pods.len()).map_err(|e| RunError::Setup(e.to_string()))?;
     let node_of = plan.pods.iter().map(|p| p.node).collect();
     let shared = Shared::new(addrs, faults.clone(), node_of, plan.latency_min);
-    let seam = Arc::new(RealSeam { shared: shared.clone(), clock: clock.clone(), errors: Mutex::new(Vec::new()) });
+    let seam = Arc::new(RealSeam::new(shared.clone(), clock.clone()));
     let istiod_errors = Arc::new(Mutex::new(Vec::new()));
     let (istiod_tx, istiod_rx) = mpsc::unbounded_channel();
     tokio::spawn(istiod(
@@ -279,6 +285,7 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
         wall: wall.now(),
         baseline: None,
         target: crate::target::Target::Real,
+        envoy: None,
     })
 }
 

@@ -40,6 +40,9 @@ use crate::scenario::ISTIOD;
 
 /// Pods per /24 of a run's loopback slice.
 const PODS_PER_SUBNET: usize = 250;
+/// The most pods the envoy target runs: its Envoys' own addresses take the upper part
+/// of the slice ([`Addrs::envoy`]).
+pub const ENVOY_MAX_PODS: usize = PODS_PER_SUBNET * 100;
 /// The port on istiod's address a run holds for its whole length: the slice is taken.
 const LOCK_PORT: u16 = 15_000;
 /// Bytes a delayed stream reads ahead of its reader at most.
@@ -92,6 +95,20 @@ impl Addrs {
     pub fn pod(&self, pod: usize) -> Ipv4Addr {
         assert!(pod < self.pods, "pod {pod} of {}", self.pods);
         Ipv4Addr::new(127, self.second_octet, (1 + pod / PODS_PER_SUBNET) as u8, (1 + pod % PODS_PER_SUBNET) as u8)
+    }
+
+    /// Where the envoy target puts pod `pod`'s Envoy listeners (admin, inbound): an
+    /// address of its own, behind the relay on the pod's address (`127.B.(101 +
+    /// i/250).(1 + i%250)`; the envoy target runs at most [`ENVOY_MAX_PODS`] pods).
+    pub fn envoy(&self, pod: usize) -> Ipv4Addr {
+        assert!(pod < self.pods.min(ENVOY_MAX_PODS), "pod {pod} of {}", self.pods);
+        Ipv4Addr::new(127, self.second_octet, (101 + pod / PODS_PER_SUBNET) as u8, (1 + pod % PODS_PER_SUBNET) as u8)
+    }
+
+    /// Where the envoy target's control plane really listens, behind the relay on
+    /// istiod's address.
+    pub fn istiod_hidden(&self) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.second_octet, 0, 2)
     }
 
     /// The pod whose address `ip` is, if any.
@@ -164,7 +181,7 @@ impl Shared {
     }
 
     /// Who is at `ip`: a pod, istiod, or (`None`) something outside the run.
-    fn at(&self, ip: IpAddr) -> Option<usize> {
+    pub fn at(&self, ip: IpAddr) -> Option<usize> {
         if ip == IpAddr::V4(self.addrs.istiod()) { Some(self.istiod) } else { self.addrs.pod_at(ip) }
     }
 }
@@ -216,6 +233,22 @@ impl RealNet {
     async fn dial(&self, addr: SocketAddr, on_bound: impl FnOnce(SocketAddr)) -> io::Result<RealStream> {
         let addr = self.translate(addr);
         let peer = self.shared.at(addr.ip()).filter(|&p| p != self.me);
+        self.dial_peer(addr, peer, on_bound).await
+    }
+
+    /// Connects to `addr`, where `peer` (a pod, or istiod) listens, under the fault
+    /// table's rules for this pod and `peer`: a relay in front of a process that is not
+    /// on the seam (an Envoy) dials its hidden address this way, as the calling pod.
+    pub async fn dial_as(&self, addr: SocketAddr, peer: usize) -> io::Result<RealStream> {
+        self.dial_peer(addr, Some(peer).filter(|&p| p != self.me), |_| {}).await
+    }
+
+    async fn dial_peer(
+        &self,
+        addr: SocketAddr,
+        peer: Option<usize>,
+        on_bound: impl FnOnce(SocketAddr),
+    ) -> io::Result<RealStream> {
         if let Some(peer) = peer {
             // A partition blackholes the SYN: wait until it heals (or the caller gives up).
             std::future::poll_fn(|cx| {
