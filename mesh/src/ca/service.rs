@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{Authority, CaError, Der};
+use super::{Authority, CaError, Der, Issued};
 use crate::http::{Client, SendError, server_builder};
 use crate::identity::SpiffeId;
 use crate::net::{Clock, Listener, Net};
@@ -125,6 +125,13 @@ impl CaServer {
         let out = step(&mut self.authority.lock().expect("authority lock"))?;
         self.roots_version.send_modify(|v| *v += 1);
         Ok(out)
+    }
+
+    /// Signs a workload CSR for `caller` without the network hop: for a sidecar whose
+    /// agent runs in the same process as the CA (the envoy target plays istio-agent for
+    /// each Envoy and serves it the certificate over SDS).
+    pub fn sign(&self, csr: &[u8], caller: &SpiffeId, ttl: Option<Duration>, now: Duration) -> Result<Issued, CaError> {
+        self.authority.lock().expect("authority lock").sign_csr(csr, caller, ttl, now)
     }
 
     /// Changes whenever the roots change: the agents' cue to fetch a new chain and bundle

@@ -35,6 +35,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh::ca::service::CaServer;
 use mesh::control::Store;
 use mesh::net::{Clock, SystemClock};
 use mesh::snapshot::Snapshot;
@@ -319,6 +320,27 @@ async fn ads_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListen
     tokio::net::TcpListener::bind(addr).await
 }
 
+/// Pod `pod`'s workload certificate, as istio-agent gets one for its Envoy: a fresh
+/// P-256 key (Envoy loads RSA and ECDSA keys, not meshsim's Ed25519 ones), a CSR for
+/// the pod's SPIFFE ID, signed by the mesh CA for the scenario's workload TTL.
+fn issue(plan: &Plan, pod: usize, ca: &CaServer, now: Duration) -> Result<xds::translate::Identity, RunError> {
+    let id = crate::pod::identity(plan, pod);
+    let fail = |e: String| RunError::Setup(format!("certificate for {}: {e}", plan.pods[pod].name));
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| fail(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let uri = id.to_string().try_into().map_err(|e: rcgen::Error| fail(e.to_string()))?;
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    let csr = params.serialize_request(&key).map_err(|e| fail(e.to_string()))?;
+    let issued = ca.sign(csr.der(), &id, plan.ca.workload_cert_ttl, now).map_err(|e| fail(e.to_string()))?;
+    let pem_of = |der: &[u8]| pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+    Ok(xds::translate::Identity {
+        cert_chain: issued.chain.iter().map(|d| pem_of(d)).collect(),
+        private_key: key.serialize_pem(),
+        trust_bundle: ca.trust_bundle().iter().map(|d| pem_of(d)).collect(),
+    })
+}
+
 /// A per-run folder for bootstraps and logs.
 fn work_dir(addrs: &Addrs) -> Result<PathBuf, RunError> {
     let dir = std::env::temp_dir().join(format!("meshsim-envoy-{}-{}", std::process::id(), addrs.istiod()));
@@ -357,6 +379,7 @@ async fn run_world(
         })
         .collect();
     let mut placements = BTreeMap::new();
+    let mut no_identity = Vec::new();
     let mut sidecars = BTreeMap::new();
     let mut tailer_files = Vec::new();
     for (i, p) in plan.pods.iter().enumerate().filter(|(_, p)| p.sidecar) {
@@ -377,7 +400,13 @@ async fn run_world(
                 source: IpAddr::V4(ip),
                 peers: peers.clone(),
                 access_log: access_log.clone(),
-                identity: None,
+                identity: match p.bad_identity {
+                    None => Some(issue(&plan, i, &ca, clock.unix_time())?),
+                    Some(_) => {
+                        no_identity.push(p.name.clone());
+                        None
+                    }
+                },
             },
         );
         let admin = SocketAddr::from((envoy_ip, ADMIN_PORT));
