@@ -54,7 +54,7 @@ pub struct MatchInput<'a> {
 
 /// A value matcher (Envoy's `StringMatcher`, or `present_match`).
 #[derive(Clone, Debug)]
-enum Matcher {
+pub enum Matcher {
     Present,
     Exact(String),
     Prefix(String),
@@ -87,7 +87,7 @@ impl Matcher {
 
 /// Envoy's route path specifier.
 #[derive(Clone, Debug)]
-enum PathMatch {
+pub enum PathMatch {
     Exact(String),
     Prefix(String),
     Regex(Regex),
@@ -95,7 +95,7 @@ enum PathMatch {
 
 /// One header condition (Envoy `HeaderMatcher`, or a JWT claim's metadata matcher).
 #[derive(Clone, Debug)]
-enum Cond {
+pub enum Cond {
     Header {
         /// Lower case; pseudo-headers (`:method`, `:authority`, `:scheme`, `:path`) too.
         name: String,
@@ -112,16 +112,16 @@ enum Cond {
 /// One compiled `HTTPMatchRequest`.
 #[derive(Clone, Debug)]
 pub struct RouteMatch {
-    name: Option<String>,
-    path: PathMatch,
-    ignore_uri_case: bool,
-    conds: Vec<Cond>,
-    query_params: Vec<(String, Matcher)>,
+    pub name: Option<String>,
+    pub path: PathMatch,
+    pub ignore_uri_case: bool,
+    pub conds: Vec<Cond>,
+    pub query_params: Vec<(String, Matcher)>,
     /// `None` = any port.
-    port: Option<u32>,
-    source_labels: BTreeMap<String, String>,
-    source_namespace: Option<String>,
-    gateways: Vec<String>,
+    pub port: Option<u32>,
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
 }
 
 impl RouteMatch {
