@@ -139,7 +139,7 @@ workload:
   - {name: browse, from: frontend, to: reviews, rate: 250}
 expect:
   - success_rate: {workload: browse, at_least: 1.0}
-  - share: {workload: browse, pods: [reviews-v2-0], expected: 0.2, tolerance: 0.05}
+  - share: {workload: browse, subset: v2, expected: 0.2, tolerance: 0.05}
 "#,
     )) else {
         return;
