@@ -19,12 +19,12 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; co
 h1 { font-size: 26px; margin: 8px 0; } h2 { font-size: 20px; margin: 32px 0 8px; border-bottom: 1px solid #ddd; }
 .badge { display: inline-block; padding: 2px 10px; border-radius: 4px; font-size: 16px; font-weight: bold;
          vertical-align: middle; color: #fff; }
-.pass { background: #117733; } .fail { background: #882255; }
-td.pass, td.fail { color: #fff; font-weight: bold; text-align: center; }
+.pass { background: #117733; } .fail { background: #882255; } .na { background: #777777; }
+td.pass, td.fail, td.na { color: #fff; font-weight: bold; text-align: center; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }
 th { background: #f4f4f4; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr:nth-child(even) td:not(.pass):not(.fail) { background: #fafafa; }
+tr:nth-child(even) td:not(.pass):not(.fail):not(.na) { background: #fafafa; }
 code { background: #f4f4f4; padding: 1px 4px; border-radius: 3px; }
 figure { margin: 12px 0; } svg { max-width: 100%; height: auto; }
 .note { color: #555; font-size: 13px; margin: 2px 0; } .meta td:first-child { font-weight: bold; }
@@ -109,8 +109,14 @@ pub fn run_page(run: &Run) -> String {
         let _ = writeln!(s, "<p>The scenario states no expectations.</p>");
     } else {
         let _ = writeln!(s, "<table><tr><th>result</th><th>expectation</th><th>expected</th><th>observed</th></tr>");
-        for c in &run.expectations {
-            let (class, word) = if c.pass { ("pass", "PASS") } else { ("fail", "FAIL") };
+        for (i, c) in run.expectations.iter().enumerate() {
+            let (class, word) = if run.not_checkable.contains(&i) {
+                ("na", "N/A")
+            } else if c.pass {
+                ("pass", "PASS")
+            } else {
+                ("fail", "FAIL")
+            };
             let _ = writeln!(
                 s,
                 "<tr><td class=\"{class}\">{word}</td><td>{}</td><td>{}</td><td>{}</td></tr>",

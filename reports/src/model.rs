@@ -26,6 +26,8 @@ pub struct Run {
     pub workloads: Vec<Workload>,
     pub events: Vec<Event>,
     pub expectations: Vec<Check>,
+    /// Indices of `expectations` the target could not check (neither passed nor failed).
+    pub not_checkable: Vec<usize>,
     pub passed: bool,
     pub warnings: Vec<String>,
     pub requests: Vec<Request>,

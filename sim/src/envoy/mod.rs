@@ -43,10 +43,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use xds::translate::{Placement, Resources};
 
-use crate::driver::{Command, Context, Driver, Effects, Prepared, prepare};
+use crate::driver::{Command, Context, Effects, Prepared, prepare};
 use crate::pod::Pods;
 use crate::real::net::{Addrs, ENVOY_MAX_PODS, RealClock, Shared};
-use crate::real::{BOOT_LIMIT, Progress, RealSeam};
+use crate::real::{BOOT_LIMIT, Progress, RealSeam, drive};
 use crate::recorder::Recorder;
 use crate::scenario::Plan;
 use crate::workload::Generator;
@@ -56,8 +56,6 @@ use crate::world::{RunError, RunOutput};
 pub const ADMIN_PORT: u16 = 15_000;
 /// The ADS port on istiod's address (istiod's plaintext xDS port).
 pub const ADS_PORT: u16 = 15_010;
-/// How often the run looks at the clock and the logs.
-const POLL: Duration = Duration::from_millis(20);
 
 /// How to run Envoy.
 #[derive(Clone, Debug)]
@@ -528,30 +526,12 @@ async fn run_world(
     tokio::spawn(generator.run(async {}));
 
     let effects = EnvoyEffects { pods: pods_tx, istiod: istiod_tx, nodes: plan.nodes.len(), shared: shared.clone() };
-    let mut driver = Driver::new(&plan);
-    let mut told = Duration::ZERO;
-    loop {
-        let now = clock.now();
-        driver.advance(
-            now,
-            &Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca },
-            &effects,
-        );
+    let ctx = Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca };
+    drive(&ctx, &clock, &effects, &intended, hard_stop, progress, || {
         tailer.poll();
-        if now >= told + Duration::from_secs(1) || told.is_zero() {
-            told = now.max(Duration::from_millis(1));
-            let sent = intended.partition_point(|&t| t <= now);
-            progress(Progress { at: now, duration: plan.duration, sent, issued });
-        }
-        if (now >= plan.duration && recorder.is_complete()) || now >= hard_stop {
-            break;
-        }
-        if let Some(e) = errors.lock().expect("errors lock").first() {
-            return Err(RunError::Setup(e.clone()));
-        }
-        let next = driver.next_due(&plan).map_or(POLL, |due| due.saturating_sub(now)).min(POLL);
-        tokio::time::sleep(next).await;
-    }
+        errors.lock().expect("errors lock").first().cloned()
+    })
+    .await?;
     let sim_elapsed = clock.now();
     // Envoy flushes its logs every FLUSH_INTERVAL: read until they are quiet.
     for _ in 0..50 {

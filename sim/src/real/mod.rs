@@ -250,29 +250,11 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
     tokio::spawn(generator.run(async {}));
 
     let effects = RealEffects { pods: pods_tx, istiod: istiod_tx, nodes: plan.nodes.len(), shared: shared.clone() };
-    let mut driver = Driver::new(&plan);
-    let mut told = Duration::ZERO;
-    loop {
-        let now = clock.now();
-        driver.advance(
-            now,
-            &Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca },
-            &effects,
-        );
-        if now >= told + Duration::from_secs(1) || told.is_zero() {
-            told = now.max(Duration::from_millis(1));
-            let sent = intended.partition_point(|&t| t <= now);
-            progress(Progress { at: now, duration: plan.duration, sent, issued });
-        }
-        if (now >= plan.duration && recorder.is_complete()) || now >= hard_stop {
-            break;
-        }
-        if let Some(e) = seam.errors.lock().expect("errors lock").first() {
-            return Err(RunError::Setup(e.clone()));
-        }
-        let next = driver.next_due(&plan).map_or(POLL, |due| due.saturating_sub(now)).min(POLL);
-        tokio::time::sleep(next).await;
-    }
+    let ctx = Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca };
+    drive(&ctx, &*clock, &effects, &intended, hard_stop, progress, || {
+        seam.errors.lock().expect("errors lock").first().cloned()
+    })
+    .await?;
     let sim_elapsed = clock.now();
     let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
     let metrics = pod_metrics(&started.lock().expect("started lock"));
@@ -287,6 +269,41 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
         target: crate::target::Target::Real,
         envoy: None,
     })
+}
+
+/// A real run's main loop, from the scenario's clock start to its end (the duration with
+/// every request recorded, or the hard stop): fires faults and control steps when they
+/// are due, tells `progress` about once a second, and calls `tick` every poll — an
+/// operating error it returns ends the run.
+pub(crate) async fn drive(
+    ctx: &Context<'_>,
+    clock: &RealClock,
+    effects: &impl Effects,
+    intended: &[Duration],
+    hard_stop: Duration,
+    progress: &(dyn Fn(Progress) + Sync),
+    mut tick: impl FnMut() -> Option<String>,
+) -> Result<(), RunError> {
+    let plan = ctx.plan;
+    let mut driver = Driver::new(plan);
+    let mut told = Duration::ZERO;
+    loop {
+        let now = clock.now();
+        driver.advance(now, ctx, effects);
+        if now >= told + Duration::from_secs(1) || told.is_zero() {
+            told = now.max(Duration::from_millis(1));
+            let sent = intended.partition_point(|&t| t <= now);
+            progress(Progress { at: now, duration: plan.duration, sent, issued: intended.len() });
+        }
+        if (now >= plan.duration && ctx.recorder.is_complete()) || now >= hard_stop {
+            return Ok(());
+        }
+        if let Some(e) = tick() {
+            return Err(RunError::Setup(e));
+        }
+        let next = driver.next_due(plan).map_or(POLL, |due| due.saturating_sub(now)).min(POLL);
+        tokio::time::sleep(next).await;
+    }
 }
 
 /// Waits until every running sidecar has applied its first config and every agent has
