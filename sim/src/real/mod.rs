@@ -251,7 +251,7 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
 
     let effects = RealEffects { pods: pods_tx, istiod: istiod_tx, nodes: plan.nodes.len(), shared: shared.clone() };
     let ctx = Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca };
-    drive(&ctx, &*clock, &effects, &intended, hard_stop, progress, || {
+    drive(&ctx, &clock, &effects, &intended, hard_stop, progress, || {
         seam.errors.lock().expect("errors lock").first().cloned()
     })
     .await?;
