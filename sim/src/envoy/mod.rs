@@ -363,6 +363,7 @@ async fn run_world(
     let dir = work_dir(&addrs)?;
     let node_of = plan.pods.iter().map(|p| p.node).collect();
     let shared = Shared::new(addrs, faults.clone(), node_of, plan.latency_min);
+    shared.send_proxy_protocol();
     let seam = Arc::new(RealSeam::new(shared.clone(), clock.clone()));
     let errors = Arc::new(Mutex::new(Vec::new()));
 

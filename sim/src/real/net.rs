@@ -138,6 +138,10 @@ pub struct Shared {
     links: Mutex<BTreeMap<(usize, usize), Duration>>,
     /// Captured connections not yet accepted: client address → original destination.
     captured: Mutex<BTreeMap<SocketAddr, SocketAddr>>,
+    /// Whether a captured connection tells its original destination in a PROXY
+    /// protocol header (the envoy target: Envoy reads it with its `proxy_protocol`
+    /// listener filter, where a sidecar in a pod reads `SO_ORIGINAL_DST`).
+    proxy_protocol: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -151,7 +155,14 @@ impl Shared {
             base_latency,
             links: Mutex::new(BTreeMap::new()),
             captured: Mutex::new(BTreeMap::new()),
+            proxy_protocol: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Captured connections start with a PROXY protocol (v1) header naming their
+    /// original destination.
+    pub fn send_proxy_protocol(&self) {
+        self.proxy_protocol.store(true, Ordering::SeqCst);
     }
 
     /// Sets (`Some`) or clears the one-way latency between nodes `a` and `b`.
@@ -344,7 +355,21 @@ impl PodNet for RealNet {
         {
             self.shared.captured.lock().expect("capture lock").remove(&c);
         }
-        r
+        let mut stream = r?;
+        if self.shared.proxy_protocol.load(Ordering::SeqCst)
+            && let Some(c) = client
+        {
+            self.shared.captured.lock().expect("capture lock").remove(&c);
+            let header = format!(
+                "PROXY TCP4 {} {} {} {}\r\n",
+                c.ip(),
+                original_dst.ip(),
+                c.port(),
+                original_dst.port()
+            );
+            tokio::io::AsyncWriteExt::write_all(&mut stream, header.as_bytes()).await?;
+        }
+        Ok(stream)
     }
 }
 
