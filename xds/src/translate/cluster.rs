@@ -38,7 +38,18 @@ pub(super) fn outbound(
     let mut clusters = Vec::new();
     let mut assignments = Vec::new();
     for c in snapshot.clusters.values() {
-        clusters.push(cluster(c, p));
+        let mut envoy = cluster(c, p);
+        if c.endpoints.iter().any(|e| e.mtls) {
+            if p.identity.is_some() {
+                super::tls::auto_mtls(&mut envoy, c);
+            } else {
+                untranslated.push(format!(
+                    "mTLS to the endpoints of cluster {}: the placement has no identity (certificate), so they are called in plaintext",
+                    c.name
+                ));
+            }
+        }
+        clusters.push(envoy);
         assignments.push(load_assignment(c, p, untranslated));
     }
     (clusters, assignments)

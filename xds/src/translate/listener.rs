@@ -13,7 +13,7 @@
 
 use crate::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use crate::pb::envoy::config::core::v3 as core;
-use crate::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use crate::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, ListenerFilter, filter};
 use crate::pb::envoy::config::route::v3 as route;
 use crate::pb::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
 use crate::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
@@ -96,12 +96,14 @@ pub(super) fn inbound_manager(p: &Placement, filters: Vec<hcm::HttpFilter>) -> h
     }
 }
 
-/// The inbound listener, plaintext (mTLS replaces its filter chains: `tls`).
-pub(super) fn inbound(p: &Placement, manager: &hcm::HttpConnectionManager) -> Listener {
+/// The inbound listener: `chains` (by the pod's mTLS mode, see `tls`) behind
+/// `listener_filters`.
+pub(super) fn inbound(p: &Placement, listener_filters: Vec<ListenerFilter>, chains: Vec<FilterChain>) -> Listener {
     Listener {
         name: INBOUND_LISTENER.to_string(),
         address: Some(super::address(p.inbound.ip(), p.inbound.port())),
-        filter_chains: vec![FilterChain { filters: vec![network_filter(HCM_FILTER, manager)], ..Default::default() }],
+        listener_filters,
+        filter_chains: chains,
         traffic_direction: core::TrafficDirection::Inbound as i32,
         ..Default::default()
     }

@@ -7,7 +7,8 @@
 //!
 //! One module per resource kind: `listener` (the `outbound` and `inbound` listeners and
 //! their HTTP connection managers), `route` (the `outbound` route configuration),
-//! `cluster` (clusters and their endpoints). [`static_bootstrap`] folds a translation
+//! `cluster` (clusters and their endpoints), `tls` (secrets, auto-mTLS, the inbound
+//! side's PeerAuthentication mode). [`static_bootstrap`] folds a translation
 //! into one bootstrap with every resource inline, for `envoy --mode validate` and for
 //! runs without a control plane.
 //!
@@ -22,7 +23,7 @@ mod cluster;
 mod listener;
 mod route;
 mod static_bootstrap;
-mod tls;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -125,7 +126,10 @@ pub fn translate(snapshot: &Snapshot, placement: &Placement) -> Translation {
     let (mut clusters, endpoints) = cluster::outbound(snapshot, placement, &mut untranslated);
     clusters.push(cluster::inbound(placement));
     let inbound = listener::inbound_manager(placement, Vec::new());
-    let listeners = vec![listener::outbound(placement), listener::inbound(placement, &inbound)];
+    let hcm = listener::network_filter(listener::HCM_FILTER, &inbound);
+    let (listener_filters, chains) = tls::inbound_chains(snapshot, placement, hcm, &mut untranslated);
+    let listeners = vec![listener::outbound(placement), listener::inbound(placement, listener_filters, chains)];
+    let secrets = placement.identity.as_ref().map(tls::secrets).unwrap_or_default();
     for fqdn in &snapshot.tcp_services {
         untranslated.push(format!(
             "TCP service {fqdn}: meshsim's sidecar proxies it on the outbound capture by its \
@@ -133,7 +137,7 @@ pub fn translate(snapshot: &Snapshot, placement: &Placement) -> Translation {
              connections (and its `tcp` routes) are not translated"
         ));
     }
-    Translation { resources: Resources { listeners, routes, clusters, endpoints, secrets: Vec::new() }, untranslated }
+    Translation { resources: Resources { listeners, routes, clusters, endpoints, secrets }, untranslated }
 }
 
 /// The inbound cluster's name: Istio's `inbound|<port>||`, on the app's port.

@@ -63,8 +63,24 @@ pub(super) fn placement() -> Placement {
             .map(|(p, i)| (p.to_string(), SocketAddr::new(ip(i), 15006)))
             .collect(),
         access_log: "/tmp/a-0.log".into(),
-        identity: None,
+        identity: Some(identity("spiffe://cluster.local/ns/default/sa/a")),
     }
+}
+
+/// A root and a workload certificate for `spiffe_id` signed by it (ECDSA P-256).
+pub(super) fn identity(spiffe_id: &str) -> Identity {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+    let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("root key");
+    let mut root = CertificateParams::new(Vec::<String>::new()).expect("root params");
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root_cert = root.self_signed(&root_key).expect("root certificate");
+    let issuer = Issuer::new(root, root_key);
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("workload key");
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+    leaf.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().expect("a URI"))];
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    let cert = leaf.signed_by(&key, &issuer).expect("workload certificate");
+    Identity { cert_chain: cert.pem(), private_key: key.serialize_pem(), trust_bundle: root_cert.pem() }
 }
 
 #[test]
@@ -392,5 +408,125 @@ fn envoy_accepts_the_static_bootstrap_of_a_rich_translation() {
     assert_eq!(listeners.len(), 2);
     if let Some(result) = envoy_validate("rich", &b) {
         result.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- mTLS
+
+fn peer_authentication(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: {mode}}}}}\n"
+    )
+}
+
+fn decode<M: prost::Message + Default>(any: &crate::pb::google::protobuf::Any) -> M {
+    M::decode(any.value.as_slice()).expect("decodes")
+}
+
+fn socket_config(ts: &crate::pb::envoy::config::core::v3::TransportSocket) -> &crate::pb::google::protobuf::Any {
+    match &ts.config_type {
+        Some(crate::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(a)) => a,
+        None => panic!("no config"),
+    }
+}
+
+use crate::pb::envoy::extensions::transport_sockets::tls::v3 as tlspb;
+
+#[test]
+fn secrets_are_the_workload_certificate_and_the_root_over_sds() {
+    let t = translate(&snapshot(""), &placement());
+    let names: Vec<&str> = t.resources.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["default", "ROOTCA"]);
+    let Some(tlspb::secret::Type::TlsCertificate(cert)) = &t.resources.secrets[0].r#type else { panic!("cert") };
+    assert!(format!("{:?}", cert.certificate_chain).contains("BEGIN CERTIFICATE"));
+}
+
+#[test]
+fn auto_mtls_matches_istio_endpoints_and_checks_the_peers_spiffe_ids() {
+    let t = translate(&snapshot(""), &placement());
+    assert!(t.untranslated.is_empty(), "{:?}", t.untranslated);
+    let c = cluster(&t, "outbound|80||b.default.svc.cluster.local");
+    let [istio, plain] = &c.transport_socket_matches[..] else { panic!("two matches") };
+    assert_eq!(istio.r#match.as_ref().unwrap().fields["tlsMode"], super::tls::tests_tls_mode_value());
+    assert!(plain.r#match.as_ref().unwrap().fields.is_empty());
+    assert_eq!(plain.transport_socket.as_ref().unwrap().name, "envoy.transport_sockets.raw_buffer");
+    let up: tlspb::UpstreamTlsContext = decode(socket_config(istio.transport_socket.as_ref().unwrap()));
+    assert_eq!(up.sni, "outbound|80||b.default.svc.cluster.local");
+    let common = up.common_tls_context.unwrap();
+    assert_eq!(common.alpn_protocols, ["istio-peer-exchange", "istio"]);
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "default");
+    assert!(common.tls_certificate_sds_secret_configs[0].sds_config.is_some(), "over ADS");
+    let Some(tlspb::common_tls_context::ValidationContextType::CombinedValidationContext(v)) =
+        common.validation_context_type
+    else {
+        panic!("combined validation")
+    };
+    assert_eq!(v.validation_context_sds_secret_config.unwrap().name, "ROOTCA");
+    let sans = v.default_validation_context.unwrap().match_typed_subject_alt_names;
+    let sans: Vec<String> = sans.iter().map(|m| format!("{:?}", m.matcher)).collect();
+    assert_eq!(sans.len(), 1);
+    assert!(sans[0].contains("spiffe://cluster.local/ns/default/sa/b"), "{sans:?}");
+    let cla = t.resources.endpoints.iter().find(|e| e.cluster_name == c.name).unwrap();
+    assert!(cla.endpoints[0].lb_endpoints.iter().all(|e| e.metadata.is_some()), "sidecar endpoints are tlsMode: istio");
+}
+
+#[test]
+fn inbound_chains_follow_the_peer_authentication_mode() {
+    let inbound = |t: &Translation| t.resources.listeners.iter().find(|l| l.name == "inbound").unwrap().clone();
+    // No PeerAuthentication: PERMISSIVE.
+    let l = inbound(&translate(&snapshot(""), &placement()));
+    assert_eq!(l.listener_filters[0].name, "envoy.filters.listener.tls_inspector");
+    let chains: Vec<(&str, Option<String>)> = l
+        .filter_chains
+        .iter()
+        .map(|c| (c.name.as_str(), c.filter_chain_match.as_ref().map(|m| m.transport_protocol.clone())))
+        .collect();
+    assert_eq!(chains, [("mtls", Some("tls".to_string())), ("plaintext", None)]);
+
+    let l = inbound(&translate(&snapshot(&peer_authentication("STRICT")), &placement()));
+    assert!(l.listener_filters.is_empty());
+    let [chain] = &l.filter_chains[..] else { panic!("one chain") };
+    let down: tlspb::DownstreamTlsContext = decode(socket_config(chain.transport_socket.as_ref().unwrap()));
+    assert_eq!(down.require_client_certificate.map(|v| v.value), Some(true));
+    assert_eq!(down.common_tls_context.unwrap().alpn_protocols, ["h2", "http/1.1"]);
+
+    let t = translate(&snapshot(&peer_authentication("DISABLE")), &placement());
+    let l = inbound(&t);
+    let [chain] = &l.filter_chains[..] else { panic!("one chain") };
+    assert!(chain.transport_socket.is_none());
+    // Peers without mTLS inbound are called in plaintext: no transport socket matches.
+    assert!(cluster(&t, "outbound|80||b.default.svc.cluster.local").transport_socket_matches.is_empty());
+}
+
+#[test]
+fn without_an_identity_mtls_is_untranslated_and_named() {
+    let mut p = placement();
+    p.identity = None;
+    let t = translate(&snapshot(""), &p);
+    assert!(t.resources.secrets.is_empty());
+    assert!(t.untranslated.iter().any(|u| u.starts_with("inbound mTLS of a-0")), "{:?}", t.untranslated);
+    assert!(t.untranslated.iter().any(|u| u.contains("cluster outbound|80||b.default.svc.cluster.local")));
+}
+
+#[test]
+fn envoy_accepts_the_static_bootstraps_with_strict_and_permissive_mtls() {
+    for mode in ["STRICT", "PERMISSIVE"] {
+        let t = translate(&snapshot(&format!("{RICH}---\n{}", peer_authentication(mode))), &placement());
+        let b = static_bootstrap(&t.resources, "a-0");
+        assert_eq!(b.static_resources.as_ref().unwrap().secrets.len(), 2);
+        if let Some(result) = envoy_validate(&format!("mtls-{mode}"), &b) {
+            result.unwrap();
+        }
+    }
+}
+
+#[test]
+fn envoy_rejects_a_broken_private_key() {
+    let mut p = placement();
+    p.identity.as_mut().unwrap().private_key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+    let t = translate(&snapshot(&peer_authentication("STRICT")), &p);
+    if let Some(result) = envoy_validate("broken-key", &static_bootstrap(&t.resources, "a-0")) {
+        let err = result.expect_err("a key that does not parse is refused");
+        assert!(err.contains("key") || err.contains("Key"), "{err}");
     }
 }
