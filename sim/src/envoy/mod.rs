@@ -545,7 +545,12 @@ async fn run_world(
     let _ = pod_set.await;
     let (records, events) = recorder.finish().map_err(|l| RunError::Lost { missing: l.missing })?;
     let untranslated = views.untranslated.lock().expect("views lock").clone();
-    let _ = std::fs::remove_dir_all(&dir);
+    // `MESHSIM_KEEP_ENVOY_DIR=1` keeps the bootstraps and logs for inspection.
+    if std::env::var_os("MESHSIM_KEEP_ENVOY_DIR").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("envoy files kept in {}", dir.display());
+    }
     Ok(RunOutput {
         records,
         events,

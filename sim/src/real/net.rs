@@ -360,13 +360,8 @@ impl PodNet for RealNet {
             && let Some(c) = client
         {
             self.shared.captured.lock().expect("capture lock").remove(&c);
-            let header = format!(
-                "PROXY TCP4 {} {} {} {}\r\n",
-                c.ip(),
-                original_dst.ip(),
-                c.port(),
-                original_dst.port()
-            );
+            let header =
+                format!("PROXY TCP4 {} {} {} {}\r\n", c.ip(), original_dst.ip(), c.port(), original_dst.port());
             tokio::io::AsyncWriteExt::write_all(&mut stream, header.as_bytes()).await?;
         }
         Ok(stream)

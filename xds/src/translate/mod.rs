@@ -23,6 +23,7 @@ mod cluster;
 mod listener;
 mod route;
 mod static_bootstrap;
+mod tcp;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -125,18 +126,21 @@ pub fn translate(snapshot: &Snapshot, placement: &Placement) -> Translation {
     let routes = vec![route::outbound(snapshot, placement, &mut untranslated)];
     let (mut clusters, endpoints) = cluster::outbound(snapshot, placement, &mut untranslated);
     clusters.push(cluster::inbound(placement));
-    let inbound = listener::inbound_manager(placement, Vec::new());
-    let hcm = listener::network_filter(listener::HCM_FILTER, &inbound);
-    let (listener_filters, chains) = tls::inbound_chains(snapshot, placement, hcm, &mut untranslated);
-    let listeners = vec![listener::outbound(placement), listener::inbound(placement, listener_filters, chains)];
-    let secrets = placement.identity.as_ref().map(tls::secrets).unwrap_or_default();
-    for fqdn in &snapshot.tcp_services {
-        untranslated.push(format!(
-            "TCP service {fqdn}: meshsim's sidecar proxies it on the outbound capture by its \
-             VIP, but this Envoy has one HTTP listener on one address and port, so its \
-             connections (and its `tcp` routes) are not translated"
-        ));
+    let inbound = if tcp::is_tcp(snapshot, placement) {
+        tcp::inbound_filter(placement)
+    } else {
+        listener::network_filter(listener::HCM_FILTER, &listener::inbound_manager(placement, Vec::new()))
+    };
+    let (listener_filters, chains) = tls::inbound_chains(snapshot, placement, inbound, &mut untranslated);
+    let mut outbound = listener::outbound(placement);
+    if !snapshot.tcp_vips.is_empty() {
+        outbound.listener_filters.push(tcp::proxy_protocol());
+        let http = std::mem::take(&mut outbound.filter_chains);
+        outbound.filter_chains = tcp::outbound_chains(snapshot, placement);
+        outbound.filter_chains.extend(http);
     }
+    let listeners = vec![outbound, listener::inbound(placement, listener_filters, chains)];
+    let secrets = placement.identity.as_ref().map(tls::secrets).unwrap_or_default();
     Translation { resources: Resources { listeners, routes, clusters, endpoints, secrets }, untranslated }
 }
 
