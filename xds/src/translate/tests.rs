@@ -530,3 +530,13 @@ fn envoy_rejects_a_broken_private_key() {
         assert!(err.contains("key") || err.contains("Key"), "{err}");
     }
 }
+
+/// The HTTP connection manager of a filter chain.
+pub(super) fn hcm_of(
+    chain: &crate::pb::envoy::config::listener::v3::FilterChain,
+) -> crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager {
+    match &chain.filters[0].config_type {
+        Some(crate::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a)) => decode(a),
+        other => panic!("not a typed config: {other:?}"),
+    }
+}
