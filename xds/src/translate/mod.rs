@@ -199,6 +199,8 @@ pub(crate) fn address(ip: IpAddr, port: u16) -> core::Address {
 }
 
 #[cfg(test)]
+mod live_tests;
+#[cfg(test)]
 mod rbac_tests;
 #[cfg(test)]
 mod tests;
