@@ -38,7 +38,7 @@ fn request(to: SocketAddr, host: &str, path: &str, request_id: &str) -> String {
 
 /// Starts Envoy on the static bootstrap of `t`, waiting (bounded) until `listen` accepts.
 /// `None`: no Envoy binary here (the caller skips).
-fn start(t: &super::Translation, dir: &std::path::Path, listen: SocketAddr) -> Option<Running> {
+fn start(t: &super::Translation, node: &str, dir: &std::path::Path, listen: SocketAddr) -> Option<Running> {
     let envoy = match crate::find_envoy(None) {
         Ok(e) => e,
         Err(why) => {
@@ -46,8 +46,9 @@ fn start(t: &super::Translation, dir: &std::path::Path, listen: SocketAddr) -> O
             return None;
         }
     };
+    std::fs::create_dir_all(dir).expect("config dir");
     let config = dir.join("bootstrap.pb");
-    std::fs::write(&config, prost::Message::encode_to_vec(&super::static_bootstrap(&t.resources, "a-0")))
+    std::fs::write(&config, prost::Message::encode_to_vec(&super::static_bootstrap(&t.resources, node)))
         .expect("write bootstrap");
     let child = Command::new(envoy)
         .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error", "--file-flush-interval-msec", "50", "-c"])
@@ -98,7 +99,7 @@ fn envoy_answers_from_the_translated_routes_and_logs_them() {
     p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
     p.access_log = dir.join("access.log");
     let t = super::translate(&snapshot(RICH), &p);
-    let Some(envoy) = start(&t, &dir, p.outbound) else { return };
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
 
     let teapot = request(p.outbound, "b", "/teapot/pot", "live-1");
     assert!(teapot.starts_with("HTTP/1.1 418"), "{teapot}");
@@ -118,6 +119,7 @@ fn envoy_answers_from_the_translated_routes_and_logs_them() {
     let l = fields("live-3");
     assert_eq!((l["status"].as_i64(), l["flags"].as_str()), (Some(404), Some("NR")), "{l}");
     drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A plaintext HTTP/1.1 server answering `200 <name>` to every request, each on its own
@@ -163,14 +165,16 @@ fn envoy_forwards_outbound_to_a_peer_from_the_source_address_and_inbound_to_the_
     let mesh_wide_disable = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
     let t = super::translate(&snapshot(mesh_wide_disable), &p);
     assert!(t.untranslated.is_empty(), "{:?}", t.untranslated);
-    let Some(envoy) = start(&t, &dir, p.outbound) else { return };
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
 
     let out = request(p.outbound, "b", "/x", "fwd-1");
     assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("peer"), "{out}");
     let (from, head) = peer_rx.recv_timeout(Duration::from_secs(10)).expect("the peer got the request");
     assert_eq!(from.ip(), p.source, "upstream connections leave from the placement's source address");
     assert!(head.starts_with("GET /x HTTP/1.1"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("x-request-id: fwd-1"), "the caller's request id is kept: {head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-request-id: fwd-1"), "the caller's request id is kept: {head}");
+    assert!(lower.contains("x-envoy-attempt-count: 1"), "{head}");
 
     let inb = request(p.inbound, "a", "/y", "fwd-2");
     assert!(inb.starts_with("HTTP/1.1 200") && inb.ends_with("app"), "{inb}");
@@ -187,4 +191,82 @@ fn envoy_forwards_outbound_to_a_peer_from_the_source_address_and_inbound_to_the_
     assert_eq!((l["direction"].as_str(), l["route"].as_str()), (Some("inbound"), Some("inbound")), "{l}");
     assert_eq!(l["cluster"], format!("inbound|{}||", app.port()), "{l}");
     drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two Envoys under STRICT mTLS: `a-0` calling service `b`, whose only reachable
+/// sidecar (`b-0`, in front of a fake app) presents `b_identity`. Runs `check` with
+/// both running.
+fn two_envoys(name: &str, b_identity: &str, check: impl FnOnce(&Pair)) {
+    let dir = temp_dir(name);
+    let (app, app_rx) = serve("app-b");
+    let ids = super::tests::identities(&["spiffe://cluster.local/ns/default/sa/a", b_identity]);
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+    let snap = snapshot(strict);
+    let b_inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut a = placement();
+    a.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    a.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    a.peers = ["a-0", "b-0", "b-1"]
+        .into_iter()
+        .map(|n| (n.to_string(), if n == "a-0" { a.inbound } else { b_inbound }))
+        .collect();
+    a.access_log = dir.join("a.log");
+    a.identity = Some(ids[0].clone());
+    let mut b = a.clone();
+    b.pod = "b-0".into();
+    b.labels = [("app", "b"), ("version", "v1")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    b.service = "b.default.svc.cluster.local".into();
+    b.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    b.inbound = b_inbound;
+    b.app = app;
+    b.access_log = dir.join("b.log");
+    b.identity = Some(ids[1].clone());
+    let (ta, tb) = (super::translate(&snap, &a), super::translate(&snap, &b));
+    assert!(ta.untranslated.is_empty() && tb.untranslated.is_empty(), "{:?} {:?}", ta.untranslated, tb.untranslated);
+    let Some(envoy_b) = start(&tb, "b-0", &dir.join("b"), b.inbound) else { return };
+    let Some(envoy_a) = start(&ta, "a-0", &dir.join("a"), a.outbound) else { return };
+    check(&Pair { a, b, app: app_rx });
+    drop((envoy_a, envoy_b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Pair {
+    a: super::Placement,
+    b: super::Placement,
+    app: std::sync::mpsc::Receiver<(SocketAddr, String)>,
+}
+
+#[test]
+fn two_envoys_speak_istio_mtls_with_spiffe_checks_and_strict_refuses_plaintext() {
+    two_envoys("mtls", "spiffe://cluster.local/ns/default/sa/b", |p| {
+        let resp = request(p.a.outbound, "b", "/hello", "mtls-1");
+        assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("app-b"), "{resp}");
+        p.app.recv_timeout(Duration::from_secs(10)).expect("b's app got the request");
+        let lines = log_lines(&p.b.access_log, 1);
+        let l = lines.iter().find(|l| l["request_id"] == "mtls-1").expect("b logged the request");
+        assert_eq!(l["direction"], "inbound", "{l}");
+        assert_eq!(l["peer_san"], "spiffe://cluster.local/ns/default/sa/a", "b saw a's verified identity: {l}");
+        assert_eq!(l["tls"], "TLSv1.3", "{l}");
+
+        // STRICT: a plaintext request to b's inbound side gets no HTTP answer.
+        let mut s = TcpStream::connect_timeout(&p.b.inbound, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        write!(s, "GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").expect("send");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(!String::from_utf8_lossy(&out).starts_with("HTTP/1.1"), "STRICT answered plaintext: {out:?}");
+    });
+}
+
+#[test]
+fn a_server_presenting_another_identity_is_refused() {
+    two_envoys("impostor", "spiffe://cluster.local/ns/default/sa/impostor", |p| {
+        let resp = request(p.a.outbound, "b", "/hello", "impostor-1");
+        assert!(resp.starts_with("HTTP/1.1 503"), "the SAN check refuses sa/impostor: {resp}");
+        assert!(p.app.try_recv().is_err(), "nothing reached b's app");
+        let lines = log_lines(&p.a.access_log, 1);
+        let l = lines.iter().find(|l| l["request_id"] == "impostor-1").expect("a logged the request");
+        assert_eq!((l["status"].as_i64(), l["flags"].as_str()), (Some(503), Some("URX,UF")), "{l}");
+    });
 }
