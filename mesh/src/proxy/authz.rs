@@ -79,7 +79,7 @@ pub enum Decision {
 
 /// Istio's string rule: exact, `abc*` prefix, `*abc` suffix, `*` presence (non-empty).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum StrMatch {
+pub enum StrMatch {
     Exact(String),
     Prefix(String),
     Suffix(String),
@@ -115,9 +115,9 @@ impl StrMatch {
 
 /// An IP address block; a single address is a full-length block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Cidr {
-    net: IpAddr,
-    len: u8,
+pub struct Cidr {
+    pub net: IpAddr,
+    pub len: u8,
 }
 
 impl Cidr {
@@ -163,7 +163,7 @@ fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
 
 /// One attribute with the values that make it match.
 #[derive(Clone, Debug)]
-enum Matcher {
+pub enum Matcher {
     /// The peer's mTLS principal.
     Principal(Vec<StrMatch>),
     /// The namespace in the peer's principal.
@@ -247,9 +247,9 @@ impl Matcher {
 
 /// A matcher, or its negation (`not*`, `notValues`).
 #[derive(Clone, Debug)]
-struct Field {
-    matcher: Matcher,
-    negated: bool,
+pub struct Field {
+    pub matcher: Matcher,
+    pub negated: bool,
 }
 
 impl Field {
@@ -260,7 +260,7 @@ impl Field {
 
 /// Every field must hold: one source, one operation or one condition.
 #[derive(Clone, Debug, Default)]
-struct All(Vec<Field>);
+pub struct All(pub Vec<Field>);
 
 impl All {
     fn holds(&self, cx: &Ctx<'_>) -> bool {
@@ -278,12 +278,12 @@ impl All {
 }
 
 #[derive(Clone, Debug, Default)]
-struct Rule {
+pub struct Rule {
     /// Any entry; empty = every source.
-    from: Vec<All>,
+    pub from: Vec<All>,
     /// Any entry; empty = every operation.
-    to: Vec<All>,
-    when: All,
+    pub to: Vec<All>,
+    pub when: All,
 }
 
 impl Rule {
@@ -327,7 +327,7 @@ pub struct Policy {
     pub selector: Option<BTreeMap<String, String>>,
     pub action: Action,
     /// No rule: the policy never matches (an ALLOW policy without rules allows nothing).
-    rules: Vec<Rule>,
+    pub rules: Vec<Rule>,
 }
 
 impl Policy {

@@ -8,7 +8,8 @@
 //! One module per resource kind: `listener` (the `outbound` and `inbound` listeners and
 //! their HTTP connection managers), `route` (the `outbound` route configuration),
 //! `cluster` (clusters and their endpoints), `tls` (secrets, auto-mTLS, the inbound
-//! side's PeerAuthentication mode). [`static_bootstrap`] folds a translation
+//! side's PeerAuthentication mode), `rbac` (AuthorizationPolicy) and `ratelimit` (the
+//! EnvoyFilter local rate limit). [`static_bootstrap`] folds a translation
 //! into one bootstrap with every resource inline, for `envoy --mode validate` and for
 //! runs without a control plane.
 //!
@@ -21,6 +22,8 @@
 
 mod cluster;
 mod listener;
+mod ratelimit;
+mod rbac;
 mod route;
 mod static_bootstrap;
 mod tcp;
@@ -127,9 +130,26 @@ pub fn translate(snapshot: &Snapshot, placement: &Placement) -> Translation {
     let (mut clusters, endpoints) = cluster::outbound(snapshot, placement, &mut untranslated);
     clusters.push(cluster::inbound(placement));
     let inbound = if tcp::is_tcp(snapshot, placement) {
+        if snapshot.authz.contains_key(&placement.pod) {
+            untranslated.push(format!(
+                "AuthorizationPolicy of TCP pod {}: Envoy's network-level RBAC filter is not generated",
+                placement.pod
+            ));
+        }
         tcp::inbound_filter(placement)
     } else {
-        listener::network_filter(listener::HCM_FILTER, &listener::inbound_manager(placement, Vec::new()))
+        let mut http_filters: Vec<_> = snapshot
+            .authz
+            .get(&placement.pod)
+            .map(|w| rbac::filters(w))
+            .unwrap_or_default()
+            .iter()
+            .map(|f| listener::http_filter(rbac::RBAC_FILTER, f))
+            .collect();
+        if let Some(rl) = ratelimit::inbound(snapshot, placement, &mut untranslated) {
+            http_filters.push(listener::http_filter(ratelimit::LOCAL_RATE_LIMIT_FILTER, &rl));
+        }
+        listener::network_filter(listener::HCM_FILTER, &listener::inbound_manager(placement, http_filters))
     };
     let (listener_filters, chains) = tls::inbound_chains(snapshot, placement, inbound, &mut untranslated);
     let mut outbound = listener::outbound(placement);
@@ -188,5 +208,9 @@ pub(crate) fn address(ip: IpAddr, port: u16) -> core::Address {
     }
 }
 
+#[cfg(test)]
+mod live_tests;
+#[cfg(test)]
+mod rbac_tests;
 #[cfg(test)]
 mod tests;

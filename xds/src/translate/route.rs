@@ -59,6 +59,8 @@ pub(super) fn outbound(snapshot: &Snapshot, p: &Placement, untranslated: &mut Ve
             name: format!("{fqdn}:{port}"),
             domains: domains(fqdn, port, &p.namespace),
             routes,
+            // Istio sets it: each try carries `x-envoy-attempt-count`, as meshsim's do.
+            include_request_attempt_count: true,
             ..Default::default()
         });
     }

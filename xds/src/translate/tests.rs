@@ -69,18 +69,32 @@ pub(super) fn placement() -> Placement {
 
 /// A root and a workload certificate for `spiffe_id` signed by it (ECDSA P-256).
 pub(super) fn identity(spiffe_id: &str) -> Identity {
+    identities(&[spiffe_id]).remove(0)
+}
+
+/// One root, and a workload certificate signed by it for each SPIFFE ID (ECDSA P-256).
+pub(super) fn identities(spiffe_ids: &[&str]) -> Vec<Identity> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
     let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("root key");
     let mut root = CertificateParams::new(Vec::<String>::new()).expect("root params");
     root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.distinguished_name.push(rcgen::DnType::OrganizationName, "cluster.local");
+    root.distinguished_name.push(rcgen::DnType::CommonName, "meshsim test root");
     let root_cert = root.self_signed(&root_key).expect("root certificate");
     let issuer = Issuer::new(root, root_key);
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("workload key");
-    let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
-    leaf.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().expect("a URI"))];
-    leaf.is_ca = IsCa::ExplicitNoCa;
-    let cert = leaf.signed_by(&key, &issuer).expect("workload certificate");
-    Identity { cert_chain: cert.pem(), private_key: key.serialize_pem(), trust_bundle: root_cert.pem() }
+    spiffe_ids
+        .iter()
+        .map(|id| {
+            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("workload key");
+            let mut leaf = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
+            leaf.subject_alt_names = vec![SanType::URI((*id).try_into().expect("a URI"))];
+            leaf.is_ca = IsCa::ExplicitNoCa;
+            // No subject: the identity is the URI SAN alone, as Istio's workload certificates.
+            leaf.distinguished_name = rcgen::DistinguishedName::new();
+            let cert = leaf.signed_by(&key, &issuer).expect("workload certificate");
+            Identity { cert_chain: cert.pem(), private_key: key.serialize_pem(), trust_bundle: root_cert.pem() }
+        })
+        .collect()
 }
 
 #[test]
@@ -182,6 +196,7 @@ fn cluster<'r>(t: &'r Translation, name: &str) -> &'r crate::pb::envoy::config::
 fn virtual_hosts_carry_istio_domains_relative_to_the_proxy_namespace() {
     let t = translate(&snapshot(""), &placement());
     let b = vhost(&t, "b.default.svc.cluster.local:80");
+    assert!(b.include_request_attempt_count);
     assert_eq!(
         b.domains,
         [
@@ -528,5 +543,15 @@ fn envoy_rejects_a_broken_private_key() {
     if let Some(result) = envoy_validate("broken-key", &static_bootstrap(&t.resources, "a-0")) {
         let err = result.expect_err("a key that does not parse is refused");
         assert!(err.contains("key") || err.contains("Key"), "{err}");
+    }
+}
+
+/// The HTTP connection manager of a filter chain.
+pub(super) fn hcm_of(
+    chain: &crate::pb::envoy::config::listener::v3::FilterChain,
+) -> crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager {
+    match &chain.filters[0].config_type {
+        Some(crate::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a)) => decode(a),
+        other => panic!("not a typed config: {other:?}"),
     }
 }

@@ -1,0 +1,272 @@
+//! One real Envoy run on a static bootstrap of a translation: requests through the
+//! outbound listener, answered by the routes themselves, and the access log lines they
+//! leave. Skipped (with a message) without an Envoy binary; every wait is bounded and
+//! the Envoy is stopped at the end.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::tests::{RICH, placement, snapshot};
+
+/// A port free on 127.0.0.1 just now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Stops the Envoy this test started, however the test ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends one HTTP/1.1 request and returns the whole response (the connection closes).
+fn request(to: SocketAddr, host: &str, path: &str, request_id: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect to envoy");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nx-request-id: {request_id}\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the response");
+    out
+}
+
+/// Starts Envoy on the static bootstrap of `t`, waiting (bounded) until `listen` accepts.
+/// `None`: no Envoy binary here (the caller skips).
+fn start(t: &super::Translation, node: &str, dir: &std::path::Path, listen: SocketAddr) -> Option<Running> {
+    let envoy = match crate::find_envoy(None) {
+        Ok(e) => e,
+        Err(why) => {
+            println!("SKIPPED: live Envoy test: {why}");
+            return None;
+        }
+    };
+    std::fs::create_dir_all(dir).expect("config dir");
+    let config = dir.join("bootstrap.pb");
+    std::fs::write(&config, prost::Message::encode_to_vec(&super::static_bootstrap(&t.resources, node)))
+        .expect("write bootstrap");
+    let child = Command::new(envoy)
+        .args(["--disable-hot-restart", "--concurrency", "1", "-l", "error", "--file-flush-interval-msec", "50", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start envoy");
+    let mut envoy = Running(child);
+    // Up when the listener accepts: at most 200 tries, 50ms apart.
+    for _ in 0..200 {
+        if let Some(status) = envoy.0.try_wait().expect("poll envoy") {
+            panic!("envoy exited early: {status}");
+        }
+        if TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_ok() {
+            return Some(envoy);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("envoy's listener {listen} did not come up in 10s");
+}
+
+/// The access log's lines once there are `n` (flushed every 50ms: at most 200 looks).
+fn log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        lines = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line")).collect();
+        if lines.len() >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lines
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("xds-live-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+#[test]
+fn envoy_answers_from_the_translated_routes_and_logs_them() {
+    let dir = temp_dir("routes");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.access_log = dir.join("access.log");
+    let t = super::translate(&snapshot(RICH), &p);
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
+
+    let teapot = request(p.outbound, "b", "/teapot/pot", "live-1");
+    assert!(teapot.starts_with("HTTP/1.1 418"), "{teapot}");
+    assert!(teapot.ends_with("short and stout"), "{teapot}");
+    let moved = request(p.outbound, "b.default:80", "/moved", "live-2");
+    assert!(moved.starts_with("HTTP/1.1 302"), "{moved}");
+    assert!(moved.contains("location: http://elsewhere/new"), "{moved}");
+    let no_route = request(p.outbound, "nowhere", "/", "live-3");
+    assert!(no_route.starts_with("HTTP/1.1 404"), "{no_route}");
+
+    let lines = log_lines(&p.access_log, 3);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let fields = |id: &str| lines.iter().find(|l| l["request_id"] == id).cloned().expect("a line per request");
+    let l = fields("live-1");
+    assert_eq!((l["direction"].as_str(), l["status"].as_i64()), (Some("outbound"), Some(418)), "{l}");
+    assert_eq!(l["route"], "default/b/2", "{l}");
+    let l = fields("live-3");
+    assert_eq!((l["status"].as_i64(), l["flags"].as_str()), (Some(404), Some("NR")), "{l}");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A plaintext HTTP/1.1 server answering `200 <name>` to every request, each on its own
+/// connection; what it received goes to the channel, with the caller's address.
+fn serve(name: &'static str) -> (SocketAddr, std::sync::mpsc::Receiver<(SocketAddr, String)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let peer = conn.peer_addr().expect("peer");
+            conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let _ =
+                write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}", name.len());
+            if tx.send((peer, String::from_utf8_lossy(&head).into_owned())).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn envoy_forwards_outbound_to_a_peer_from_the_source_address_and_inbound_to_the_app() {
+    let dir = temp_dir("forward");
+    let (peer, peer_rx) = serve("peer");
+    let (app, app_rx) = serve("app");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.app = app;
+    // Not the address Envoy would pick by itself (127.0.0.1): the bind config must set it.
+    p.source = std::net::IpAddr::from([127, 0, 0, 9]);
+    p.peers = ["a-0", "b-0", "b-1"].into_iter().map(|n| (n.to_string(), peer)).collect();
+    p.access_log = dir.join("access.log");
+    // Plaintext between sidecars, so the fake peer can read the request.
+    let mesh_wide_disable = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
+    let t = super::translate(&snapshot(mesh_wide_disable), &p);
+    assert!(t.untranslated.is_empty(), "{:?}", t.untranslated);
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
+
+    let out = request(p.outbound, "b", "/x", "fwd-1");
+    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("peer"), "{out}");
+    let (from, head) = peer_rx.recv_timeout(Duration::from_secs(10)).expect("the peer got the request");
+    assert_eq!(from.ip(), p.source, "upstream connections leave from the placement's source address");
+    assert!(head.starts_with("GET /x HTTP/1.1"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-request-id: fwd-1"), "the caller's request id is kept: {head}");
+    assert!(lower.contains("x-envoy-attempt-count: 1"), "{head}");
+
+    let inb = request(p.inbound, "a", "/y", "fwd-2");
+    assert!(inb.starts_with("HTTP/1.1 200") && inb.ends_with("app"), "{inb}");
+    assert!(inb.to_ascii_lowercase().contains("server: istio-envoy"), "{inb}");
+    app_rx.recv_timeout(Duration::from_secs(10)).expect("the app got the request");
+
+    let lines = log_lines(&p.access_log, 2);
+    let line = |id: &str| lines.iter().find(|l| l["request_id"] == id).cloned().expect("a line per request");
+    let l = line("fwd-1");
+    assert_eq!(l["direction"], "outbound", "{l}");
+    assert_eq!(l["cluster"], "outbound|80||b.default.svc.cluster.local", "{l}");
+    assert_eq!(l["upstream_host"], peer.to_string(), "{l}");
+    let l = line("fwd-2");
+    assert_eq!((l["direction"].as_str(), l["route"].as_str()), (Some("inbound"), Some("inbound")), "{l}");
+    assert_eq!(l["cluster"], format!("inbound|{}||", app.port()), "{l}");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two Envoys under STRICT mTLS: `a-0` calling service `b`, whose only reachable
+/// sidecar (`b-0`, in front of a fake app) presents `b_identity`. Runs `check` with
+/// both running.
+fn two_envoys(name: &str, b_identity: &str, check: impl FnOnce(&Pair)) {
+    let dir = temp_dir(name);
+    let (app, app_rx) = serve("app-b");
+    let ids = super::tests::identities(&["spiffe://cluster.local/ns/default/sa/a", b_identity]);
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
+    let snap = snapshot(strict);
+    let b_inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut a = placement();
+    a.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    a.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    a.peers = ["a-0", "b-0", "b-1"]
+        .into_iter()
+        .map(|n| (n.to_string(), if n == "a-0" { a.inbound } else { b_inbound }))
+        .collect();
+    a.access_log = dir.join("a.log");
+    a.identity = Some(ids[0].clone());
+    let mut b = a.clone();
+    b.pod = "b-0".into();
+    b.labels = [("app", "b"), ("version", "v1")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    b.service = "b.default.svc.cluster.local".into();
+    b.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    b.inbound = b_inbound;
+    b.app = app;
+    b.access_log = dir.join("b.log");
+    b.identity = Some(ids[1].clone());
+    let (ta, tb) = (super::translate(&snap, &a), super::translate(&snap, &b));
+    assert!(ta.untranslated.is_empty() && tb.untranslated.is_empty(), "{:?} {:?}", ta.untranslated, tb.untranslated);
+    let Some(envoy_b) = start(&tb, "b-0", &dir.join("b"), b.inbound) else { return };
+    let Some(envoy_a) = start(&ta, "a-0", &dir.join("a"), a.outbound) else { return };
+    check(&Pair { a, b, app: app_rx });
+    drop((envoy_a, envoy_b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Pair {
+    a: super::Placement,
+    b: super::Placement,
+    app: std::sync::mpsc::Receiver<(SocketAddr, String)>,
+}
+
+#[test]
+fn two_envoys_speak_istio_mtls_with_spiffe_checks_and_strict_refuses_plaintext() {
+    two_envoys("mtls", "spiffe://cluster.local/ns/default/sa/b", |p| {
+        let resp = request(p.a.outbound, "b", "/hello", "mtls-1");
+        assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("app-b"), "{resp}");
+        p.app.recv_timeout(Duration::from_secs(10)).expect("b's app got the request");
+        let lines = log_lines(&p.b.access_log, 1);
+        let l = lines.iter().find(|l| l["request_id"] == "mtls-1").expect("b logged the request");
+        assert_eq!(l["direction"], "inbound", "{l}");
+        assert_eq!(l["peer_san"], "spiffe://cluster.local/ns/default/sa/a", "b saw a's verified identity: {l}");
+        assert_eq!(l["tls"], "TLSv1.3", "{l}");
+
+        // STRICT: a plaintext request to b's inbound side gets no HTTP answer.
+        let mut s = TcpStream::connect_timeout(&p.b.inbound, Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        write!(s, "GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").expect("send");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(!String::from_utf8_lossy(&out).starts_with("HTTP/1.1"), "STRICT answered plaintext: {out:?}");
+    });
+}
+
+#[test]
+fn a_server_presenting_another_identity_is_refused() {
+    two_envoys("impostor", "spiffe://cluster.local/ns/default/sa/impostor", |p| {
+        let resp = request(p.a.outbound, "b", "/hello", "impostor-1");
+        assert!(resp.starts_with("HTTP/1.1 503"), "the SAN check refuses sa/impostor: {resp}");
+        assert!(p.app.try_recv().is_err(), "nothing reached b's app");
+        let lines = log_lines(&p.a.access_log, 1);
+        let l = lines.iter().find(|l| l["request_id"] == "impostor-1").expect("a logged the request");
+        assert_eq!((l["status"].as_i64(), l["flags"].as_str()), (Some(503), Some("URX,UF")), "{l}");
+    });
+}
