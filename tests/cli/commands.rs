@@ -141,3 +141,25 @@ fn run_seed_flag_overrides_the_scenario_seed() {
     }
     assert_ne!(json[0]["requests"], json[1]["requests"], "a different seed gives different requests");
 }
+
+#[test]
+fn target_envoy_without_an_envoy_binary_is_refused_with_exit_2() {
+    let scratch = Scratch::new("envoy-missing");
+    let missing = scratch.dir.join("no-such-envoy");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/basic.yaml");
+    let ran = meshsim([
+        OsStr::new("run"),
+        scenario.as_os_str(),
+        OsStr::new("--target"),
+        OsStr::new("envoy"),
+        OsStr::new("--envoy"),
+        missing.as_os_str(),
+        OsStr::new("--out"),
+        scratch.dir.as_os_str(),
+    ]);
+    ran.assert_no_panic();
+    assert_eq!(ran.code, Some(2), "{}", ran.dump());
+    assert!(ran.stderr.contains("--envoy") && ran.stderr.contains("no such file"), "{}", ran.dump());
+    // Refused before any run: no results were written.
+    assert!(!scratch.dir.join("basic-seed1.json").exists());
+}
