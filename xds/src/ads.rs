@@ -83,6 +83,17 @@ fn of_type(r: &Resources, type_url: &str) -> Vec<(String, Any)> {
     }
 }
 
+/// The part of an Envoy NACK message that says what is wrong: Envoy 1.40 prints the
+/// rejected resource's protobuf debug dump (`goo.gle/debugonly …`) before the error
+/// itself, which follows the dump's last `\n: `.
+pub fn nack_reason(message: &str) -> String {
+    let reason = match message.rsplit_once("\n: ") {
+        Some((_, after)) => after,
+        None => message,
+    };
+    reason.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The ADS service, for tonic's server.
 pub struct Ads {
     source: Arc<dyn Source>,
@@ -219,7 +230,7 @@ impl ProxyStream {
                 return true;
             }
             if let Some(error) = &req.error_detail {
-                let reason = error.message.clone();
+                let reason = nack_reason(&error.message);
                 if version > self.reported {
                     self.reported = version;
                     self.event(version, ControlEventKind::Nacked { reason });
@@ -305,4 +316,16 @@ pub async fn serve(
         .add_service(Ads::new(source, events, clock))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nack_reason;
+
+    #[test]
+    fn a_nack_reason_is_the_error_after_envoys_proto_dump() {
+        let m = "goo.gle/debugonly  \nname: \"c\"\nconnect_timeout {\n  seconds: 10\n}\n: Proto constraint validation failed (X: value must be less than or equal to 8388608)";
+        assert_eq!(nack_reason(m), "Proto constraint validation failed (X: value must be less than or equal to 8388608)");
+        assert_eq!(nack_reason("plain  reason\nsecond"), "plain reason second");
+    }
 }
