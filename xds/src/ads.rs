@@ -325,7 +325,10 @@ mod tests {
     #[test]
     fn a_nack_reason_is_the_error_after_envoys_proto_dump() {
         let m = "goo.gle/debugonly  \nname: \"c\"\nconnect_timeout {\n  seconds: 10\n}\n: Proto constraint validation failed (X: value must be less than or equal to 8388608)";
-        assert_eq!(nack_reason(m), "Proto constraint validation failed (X: value must be less than or equal to 8388608)");
+        assert_eq!(
+            nack_reason(m),
+            "Proto constraint validation failed (X: value must be less than or equal to 8388608)"
+        );
         assert_eq!(nack_reason("plain  reason\nsecond"), "plain reason second");
     }
 }

@@ -68,6 +68,9 @@ pub struct Placement {
     pub access_log: PathBuf,
     /// This proxy's mTLS material, served over SDS; `None`: no certificate (plaintext only).
     pub identity: Option<Identity>,
+    /// The pod's own inbound local rate limit (a scenario's `services[].rate_limit`),
+    /// when no EnvoyFilter selects it.
+    pub rate_limit: Option<mesh::config::ratelimit::LocalRateLimitConfig>,
 }
 
 /// PEM material of a workload identity.

@@ -24,7 +24,9 @@ pub(super) const LOCAL_RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratel
 /// The rate limit of the pod at `p`, if an EnvoyFilter selects it.
 pub(super) fn inbound(snapshot: &Snapshot, p: &Placement, untranslated: &mut Vec<String>) -> Option<LocalRateLimit> {
     let mut selected = snapshot.inbound_rate_limits_for(&p.namespace, &p.labels);
-    let first = selected.next()?;
+    let Some(first) = selected.next() else {
+        return p.rate_limit.as_ref().map(local_rate_limit);
+    };
     for other in selected {
         untranslated.push(format!(
             "{}: it selects pod {} too, but {} already rate-limits it and meshsim runs one local rate limit per proxy",

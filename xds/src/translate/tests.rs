@@ -64,6 +64,7 @@ pub(super) fn placement() -> Placement {
             .collect(),
         access_log: "/tmp/a-0.log".into(),
         identity: Some(identity("spiffe://cluster.local/ns/default/sa/a")),
+        rate_limit: None,
     }
 }
 
