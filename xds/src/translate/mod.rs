@@ -8,8 +8,8 @@
 //! One module per resource kind: `listener` (the `outbound` and `inbound` listeners and
 //! their HTTP connection managers), `route` (the `outbound` route configuration),
 //! `cluster` (clusters and their endpoints), `tls` (secrets, auto-mTLS, the inbound
-//! side's PeerAuthentication mode), `rbac` (AuthorizationPolicy) and `ratelimit` (the
-//! EnvoyFilter local rate limit). [`static_bootstrap`] folds a translation
+//! side's PeerAuthentication mode), `rbac` (AuthorizationPolicy), `ratelimit` (the
+//! EnvoyFilter local rate limit) and `tcp` (TCP services). [`static_bootstrap`] folds a translation
 //! into one bootstrap with every resource inline, for `envoy --mode validate` and for
 //! runs without a control plane.
 //!
@@ -26,6 +26,7 @@ mod ratelimit;
 mod rbac;
 mod route;
 mod static_bootstrap;
+mod tcp;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -128,6 +129,32 @@ pub fn translate(snapshot: &Snapshot, placement: &Placement) -> Translation {
     let routes = vec![route::outbound(snapshot, placement, &mut untranslated)];
     let (mut clusters, endpoints) = cluster::outbound(snapshot, placement, &mut untranslated);
     clusters.push(cluster::inbound(placement));
+    let (tcp_listener_filters, tcp_chains) = tcp::outbound(snapshot, placement, &mut untranslated);
+    let outbound = listener::outbound(placement, tcp_listener_filters, tcp_chains);
+    let inbound_filters = if snapshot.tcp_services.contains(&placement.service) {
+        if snapshot.inbound_rate_limits_for(&placement.namespace, &placement.labels).next().is_some() {
+            untranslated.push(format!(
+                "local rate limit of {}: its service is a TCP one, and the rate limit is an HTTP filter",
+                placement.pod
+            ));
+        }
+        tcp::inbound_filters(snapshot, placement)
+    } else {
+        vec![listener::network_filter(listener::HCM_FILTER, &inbound_manager(snapshot, placement, &mut untranslated))]
+    };
+    let (listener_filters, chains) = tls::inbound_chains(snapshot, placement, inbound_filters, &mut untranslated);
+    let listeners = vec![outbound, listener::inbound(placement, listener_filters, chains)];
+    let secrets = placement.identity.as_ref().map(tls::secrets).unwrap_or_default();
+    Translation { resources: Resources { listeners, routes, clusters, endpoints, secrets }, untranslated }
+}
+
+/// The inbound HTTP connection manager: RBAC (DENY, then ALLOW), the local rate limit,
+/// the router.
+fn inbound_manager(
+    snapshot: &Snapshot,
+    placement: &Placement,
+    untranslated: &mut Vec<String>,
+) -> crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager {
     let mut http_filters: Vec<_> = snapshot
         .authz
         .get(&placement.pod)
@@ -136,22 +163,10 @@ pub fn translate(snapshot: &Snapshot, placement: &Placement) -> Translation {
         .iter()
         .map(|f| listener::http_filter(rbac::RBAC_FILTER, f))
         .collect();
-    if let Some(rl) = ratelimit::inbound(snapshot, placement, &mut untranslated) {
+    if let Some(rl) = ratelimit::inbound(snapshot, placement, untranslated) {
         http_filters.push(listener::http_filter(ratelimit::LOCAL_RATE_LIMIT_FILTER, &rl));
     }
-    let inbound = listener::inbound_manager(placement, http_filters);
-    let hcm = listener::network_filter(listener::HCM_FILTER, &inbound);
-    let (listener_filters, chains) = tls::inbound_chains(snapshot, placement, hcm, &mut untranslated);
-    let listeners = vec![listener::outbound(placement), listener::inbound(placement, listener_filters, chains)];
-    let secrets = placement.identity.as_ref().map(tls::secrets).unwrap_or_default();
-    for fqdn in &snapshot.tcp_services {
-        untranslated.push(format!(
-            "TCP service {fqdn}: meshsim's sidecar proxies it on the outbound capture by its \
-             VIP, but this Envoy has one HTTP listener on one address and port, so its \
-             connections (and its `tcp` routes) are not translated"
-        ));
-    }
-    Translation { resources: Resources { listeners, routes, clusters, endpoints, secrets }, untranslated }
+    listener::inbound_manager(placement, http_filters)
 }
 
 /// The inbound cluster's name: Istio's `inbound|<port>||`, on the app's port.
@@ -202,5 +217,7 @@ pub(crate) fn address(ip: IpAddr, port: u16) -> core::Address {
 mod live_tests;
 #[cfg(test)]
 mod rbac_tests;
+#[cfg(test)]
+mod tcp_tests;
 #[cfg(test)]
 mod tests;

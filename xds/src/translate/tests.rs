@@ -9,7 +9,7 @@ use mesh::snapshot::{Snapshot, Sourced, compile};
 
 use super::*;
 
-fn pod(name: &str, service: &str, labels: &[(&str, &str)]) -> Pod {
+pub(super) fn pod(name: &str, service: &str, labels: &[(&str, &str)]) -> Pod {
     let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     l.insert("app".into(), service.into());
     Pod {
@@ -25,7 +25,7 @@ fn pod(name: &str, service: &str, labels: &[(&str, &str)]) -> Pod {
 }
 
 /// Services `a` and `b` (port 80) in `default`: pod `a-0`; pods `b-0` (v1), `b-1` (v2).
-fn registry() -> Registry {
+pub(super) fn registry() -> Registry {
     let mut r = Registry::default();
     r.add_service(Service::http("a", "default", 80));
     r.add_service(Service::http("b", "default", 80));
@@ -36,9 +36,13 @@ fn registry() -> Registry {
 }
 
 pub(super) fn snapshot(yaml: &str) -> Snapshot {
+    snapshot_with(&registry(), yaml)
+}
+
+pub(super) fn snapshot_with(registry: &Registry, yaml: &str) -> Snapshot {
     let resources = parse_resources("mesh.yaml", yaml).expect("valid YAML");
     let sourced: Vec<Sourced<'_>> = resources.iter().map(|r| Sourced { file: "mesh.yaml", resource: r }).collect();
-    let (snap, findings) = compile(&registry(), &sourced);
+    let (snap, findings) = compile(registry, &sourced);
     assert!(findings.0.iter().all(|f| f.level != mesh::config::Level::Error), "{:?}", findings.0);
     snap
 }
