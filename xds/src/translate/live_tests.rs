@@ -270,3 +270,50 @@ fn a_server_presenting_another_identity_is_refused() {
         assert_eq!((l["status"].as_i64(), l["flags"].as_str()), (Some(503), Some("URX,UF")), "{l}");
     });
 }
+
+/// A TCP server echoing what it reads, one connection at a time.
+fn echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_tcp_connection_with_a_proxy_header_reaches_its_service_and_http_still_works() {
+    let dir = temp_dir("tcp");
+    let db = echo();
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.peers.extend(["db-0", "db2-0"].map(|n| (n.to_string(), db)));
+    p.access_log = dir.join("access.log");
+    let disable = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
+    let t = super::translate(&super::tests::snapshot_with(&super::tcp_tests::with_tcp(), disable), &p);
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
+
+    // What a capture would send: the original destination, the service's ClusterIP:port.
+    let mut s = TcpStream::connect_timeout(&p.outbound, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    s.write_all(b"PROXY TCP4 127.0.0.1 10.0.0.9 40000 5432\r\nping over tcp").expect("send");
+    let mut got = [0u8; 13];
+    s.read_exact(&mut got).expect("the echo comes back through envoy");
+    assert_eq!(&got, b"ping over tcp");
+    drop(s);
+
+    let no_route = request(p.outbound, "nowhere", "/", "tcp-http-1");
+    assert!(no_route.starts_with("HTTP/1.1 404"), "HTTP without a PROXY header still works: {no_route}");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
