@@ -25,15 +25,33 @@ impl Drop for Running {
     }
 }
 
-/// Sends one HTTP/1.1 request and returns the whole response (the connection closes).
+/// Sends one HTTP/1.1 request and returns the whole response.
 fn request(to: SocketAddr, host: &str, path: &str, request_id: &str) -> String {
+    send(to, &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nx-request-id: {request_id}\r\n\r\n"))
+}
+
+/// Sends `head` (a request without a body) on a new connection and reads one response:
+/// its head, then `content-length` bytes of body (Envoy delays its close by up to a
+/// second, so reading to the end would wait for that).
+fn send(to: SocketAddr, head: &str) -> String {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect to envoy");
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nx-request-id: {request_id}\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read the response");
-    out
+    s.write_all(head.as_bytes()).expect("send");
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("read the response head");
+        assert_eq!(n, 1, "the connection closed inside the response head: {:?}", String::from_utf8_lossy(&out));
+        out.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let length = text
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+        .map_or(0, |v| v.parse::<usize>().expect("a length"));
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).expect("read the body");
+    text + &String::from_utf8_lossy(&body)
 }
 
 /// Starts Envoy on the static bootstrap of `t`, waiting (bounded) until `listen` accepts.
@@ -314,6 +332,106 @@ fn a_tcp_connection_with_a_proxy_header_reaches_its_service_and_http_still_works
 
     let no_route = request(p.outbound, "nowhere", "/", "tcp-http-1");
     assert!(no_route.starts_with("HTTP/1.1 404"), "HTTP without a PROXY header still works: {no_route}");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Routes that answer themselves, each with its own status, so the status names the
+/// route Envoy chose.
+const MATCHES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b}
+spec:
+  hosts: [b]
+  http:
+  - match: [{uri: {exact: /exact}, ignoreUriCase: true}]
+    directResponse: {status: 201}
+  - match: [{uri: {prefix: /pre}, headers: {x-a: {exact: one}}}]
+    directResponse: {status: 202}
+  - match: [{uri: {regex: "/re/[0-9]+"}}, {queryParams: {q: {exact: "1"}}}]
+    directResponse: {status: 203}
+  - match: [{headers: {x-b: {prefix: pp}}, withoutHeaders: {x-c: {exact: "no"}}}]
+    directResponse: {status: 204}
+  - match: [{queryParams: {flag: {}}}, {method: {exact: POST}}]
+    directResponse: {status: 205}
+  - match: [{headers: {x-d: {regex: "a.c"}}}]
+    directResponse: {status: 206}
+  - match: [{withoutHeaders: {x-e: {}}, uri: {prefix: /noe}}]
+    directResponse: {status: 207}
+  - match: [{authority: {prefix: b.default}}]
+    directResponse: {status: 208}
+"#;
+
+#[test]
+fn envoy_picks_the_route_meshsim_picks_on_a_grid_of_requests() {
+    use mesh::proxy::route_match::{MatchInput, route_matches};
+    let dir = temp_dir("matches");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.access_log = dir.join("access.log");
+    let snap = snapshot(MATCHES);
+    let t = super::translate(&snap, &p);
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
+    let routes = &snap.routes["b.default.svc.cluster.local"];
+
+    let paths = ["/exact", "/EXACT", "/exactly", "/pre", "/prefix", "/re/12", "/re/x", "/noe", "/other"];
+    let header_sets: [&[(&str, &str)]; 7] = [
+        &[],
+        &[("x-a", "one")],
+        &[("x-b", "ppx")],
+        &[("x-b", "ppx"), ("x-c", "no")],
+        &[("x-d", "abc")],
+        &[("x-e", "1")],
+        &[("x-c", "yes")],
+    ];
+    let queries = [None, Some("q=1"), Some("flag"), Some("flag=x"), Some("q=2")];
+    let mut checked = 0;
+    for path in paths {
+        for headers in header_sets {
+            for query in queries {
+                for method in ["GET", "POST"] {
+                    for host in ["b", "b.default.svc.cluster.local:80"] {
+                        let mut map = http::HeaderMap::new();
+                        for (k, v) in headers {
+                            map.insert(*k, v.parse().unwrap());
+                        }
+                        let input = MatchInput {
+                            method,
+                            path,
+                            query,
+                            authority: host,
+                            scheme: "http",
+                            headers: &map,
+                            port: 80,
+                            source_labels: &p.labels,
+                            source_namespace: &p.namespace,
+                        };
+                        let want = routes
+                            .iter()
+                            .find(|r| route_matches(&r.matches, &input))
+                            .map(|r| match r.action {
+                                mesh::snapshot::Action::Direct { status, .. } => status,
+                                _ => panic!("every route answers itself"),
+                            })
+                            .unwrap_or(404);
+                        let target = match query {
+                            Some(q) => format!("{path}?{q}"),
+                            None => path.to_string(),
+                        };
+                        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+                        let out =
+                            send(p.outbound, &format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n"));
+                        let got: u16 = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+                        assert_eq!(got, want, "{method} {host} {target} {headers:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 9 * 7 * 5 * 2 * 2);
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }
