@@ -435,3 +435,53 @@ fn envoy_picks_the_route_meshsim_picks_on_a_grid_of_requests() {
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn envoy_rbac_decides_like_meshsim_for_plaintext_peers() {
+    use mesh::proxy::authz;
+    let dir = temp_dir("rbac");
+    let (app, _app_rx) = serve("app");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.app = app;
+    p.access_log = dir.join("access.log");
+    let disable = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
+    let snap = snapshot(&format!("{}{disable}", super::rbac_tests::grid_policies()));
+    let workload = snap.authz["a-0"].clone();
+    let t = super::translate(&snap, &p);
+    let Some(envoy) = start(&t, "a-0", &dir, p.inbound) else { return };
+    let peer = authz::Peer { principal: None, ip: p.inbound.ip() };
+    let (mut checked, mut denied) = (0, 0);
+    for method in ["GET", "POST", "DELETE"] {
+        for path in ["/api/v1", "/health", "/admin/x", "/other"] {
+            for host in ["a.default.svc.cluster.local", "A.default.svc.cluster.local:80", "www.example.com:80", "a"] {
+                for token in [None, Some("secret-1"), Some("nope")] {
+                    let mut headers = http::HeaderMap::new();
+                    let mut extra = String::new();
+                    if let Some(tk) = token {
+                        headers.insert("x-token", tk.parse().unwrap());
+                        extra = format!("x-token: {tk}\r\n");
+                    }
+                    let want = workload.decide(&peer, &authz::Request { method, path, host, headers: &headers });
+                    let out = send(p.inbound, &format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n"));
+                    let got = match out.get(9..12) {
+                        Some("403") => authz::Decision::Deny,
+                        Some("200") => authz::Decision::Allow,
+                        _ => panic!("{out}"),
+                    };
+                    assert_eq!(got, want, "{method} {host}{path} token {token:?}: {out}");
+                    if got == authz::Decision::Deny {
+                        assert!(out.ends_with("RBAC: access denied"), "{out}");
+                        denied += 1;
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 3 * 4 * 4 * 3);
+    assert!(denied > 0 && denied < checked, "both decisions occur: {denied} of {checked} denied");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -119,9 +119,11 @@ fn envoy_decides(filters: &[Rbac], r: &Req<'_>) -> Decision {
 
 const AP: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n";
 
-#[test]
-fn generated_rbac_decides_like_meshsim_on_a_grid_of_requests() {
-    let policies = format!(
+/// The policies the grids decide with: a DENY and an ALLOW policy for `a-0` using
+/// paths, methods, notMethods, hosts, ports, principals, namespaces, notNamespaces,
+/// serviceAccounts, ipBlocks and `when` on a request header and the source namespace.
+pub(super) fn grid_policies() -> String {
+    format!(
         r#"{AP}metadata: {{name: deny-admin}}
 spec:
   selector: {{matchLabels: {{app: a}}}}
@@ -148,7 +150,12 @@ spec:
     to: [{{operation: {{ports: ["80"], hosts: ["*.example.com"]}}}}]
   - to: [{{operation: {{ports: ["9999"]}}}}]
 "#
-    );
+    )
+}
+
+#[test]
+fn generated_rbac_decides_like_meshsim_on_a_grid_of_requests() {
+    let policies = grid_policies();
     let snap = snapshot(&policies);
     let workload = snap.authz.get("a-0").expect("a-0 has policies");
     let t = super::translate(&snap, &placement());
