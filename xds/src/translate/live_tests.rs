@@ -485,3 +485,28 @@ fn envoy_rbac_decides_like_meshsim_for_plaintext_peers() {
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn envoy_enforces_the_envoy_filter_local_rate_limit_on_the_inbound_side() {
+    let dir = temp_dir("ratelimit");
+    let (app, _app_rx) = serve("app");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.app = app;
+    p.access_log = dir.join("access.log");
+    let disable = "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
+    let t = super::translate(&snapshot(&format!("{}{disable}", super::rbac_tests::rate_limit_filter(3))), &p);
+    assert!(t.untranslated.is_empty(), "{:?}", t.untranslated);
+    let Some(envoy) = start(&t, "a-0", &dir, p.inbound) else { return };
+    let statuses: Vec<String> = (0..5)
+        .map(|i| request(p.inbound, "a", "/", &format!("rl-{i}")))
+        .map(|r| {
+            assert!(!r.starts_with("HTTP/1.1 429") || r.ends_with("local_rate_limited"), "{r}");
+            r.get(9..12).unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200", "429", "429"], "3 tokens, none refilled within a minute");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
