@@ -143,6 +143,14 @@ fn envoy_answers_from_the_translated_routes_and_logs_them() {
 /// A plaintext HTTP/1.1 server answering `200 <name>` to every request, each on its own
 /// connection; what it received goes to the channel, with the caller's address.
 fn serve(name: &'static str) -> (SocketAddr, std::sync::mpsc::Receiver<(SocketAddr, String)>) {
+    serve_status(name, "200 OK")
+}
+
+/// As [`serve`], answering `status` (`503 Service Unavailable`).
+fn serve_status(
+    name: &'static str,
+    status: &'static str,
+) -> (SocketAddr, std::sync::mpsc::Receiver<(SocketAddr, String)>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -157,7 +165,7 @@ fn serve(name: &'static str) -> (SocketAddr, std::sync::mpsc::Receiver<(SocketAd
                 head.push(byte[0]);
             }
             let _ =
-                write!(conn, "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}", name.len());
+                write!(conn, "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}", name.len());
             if tx.send((peer, String::from_utf8_lossy(&head).into_owned())).is_err() {
                 return;
             }
@@ -507,6 +515,33 @@ fn envoy_enforces_the_envoy_filter_local_rate_limit_on_the_inbound_side() {
         })
         .collect();
     assert_eq!(statuses, ["200", "200", "200", "429", "429"], "3 tokens, none refilled within a minute");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn envoy_retries_a_503_on_the_other_host_as_the_route_says() {
+    let dir = temp_dir("retry");
+    let (bad, bad_rx) = serve_status("bad", "503 Service Unavailable");
+    let (good, _good_rx) = serve("good");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.peers = [("a-0", p.inbound), ("b-0", bad), ("b-1", good)].into_iter().map(|(n, a)| (n.to_string(), a)).collect();
+    p.access_log = dir.join("access.log");
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec:\n  hosts: [b]\n  http:\n  - route: [{destination: {host: b}}]\n    retries: {attempts: 2, retryOn: \"503\"}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec:\n  host: b\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
+    let t = super::translate(&snapshot(yaml), &p);
+    assert!(t.untranslated.is_empty(), "{:?}", t.untranslated);
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
+    for i in 0..4 {
+        let r = request(p.outbound, "b", "/", &format!("retry-{i}"));
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("good"), "every request ends on the good host: {r}");
+    }
+    bad_rx.recv_timeout(Duration::from_secs(5)).expect("round robin sent some first try to the 503 host");
+    let lines = log_lines(&p.access_log, 4);
+    let attempts: Vec<i64> = lines.iter().map(|l| l["attempts"].as_i64().expect("attempts")).collect();
+    assert!(attempts.iter().all(|&a| a == 1 || a == 2), "{attempts:?}");
+    assert!(attempts.contains(&2), "a 503 was retried, on the other host: {attempts:?}");
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }
