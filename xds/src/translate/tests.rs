@@ -115,6 +115,9 @@ fn no_resources_give_the_two_listeners_one_route_config_and_every_cluster() {
         ["outbound|80||a.default.svc.cluster.local", "outbound|80||b.default.svc.cluster.local", "inbound|8080||"]
     );
     assert_eq!(r.endpoints.len(), 2);
+    let inbound = r.clusters.last().unwrap();
+    let th = &inbound.circuit_breakers.as_ref().expect("Istio's thresholds, not Envoy's 1024").thresholds[0];
+    assert_eq!(th.max_pending_requests.map(|v| v.value), Some(u32::MAX));
 }
 
 /// Routes for `b` exercising most of what a route holds, and a DestinationRule with
