@@ -545,3 +545,27 @@ fn envoy_retries_a_503_on_the_other_host_as_the_route_says() {
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn envoy_ejects_a_host_after_its_consecutive_5xx_as_the_destination_rule_says() {
+    let dir = temp_dir("outlier");
+    let (bad, _bad_rx) = serve_status("bad", "503 Service Unavailable");
+    let (good, _good_rx) = serve("good");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.peers = [("a-0", p.inbound), ("b-0", bad), ("b-1", good)].into_iter().map(|(n, a)| (n.to_string(), a)).collect();
+    p.access_log = dir.join("access.log");
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec:\n  hosts: [b]\n  http:\n  - route: [{destination: {host: b}}]\n    retries: {attempts: 0}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec:\n  host: b\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 1, interval: 10s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: DISABLE}}\n";
+    let t = super::translate(&snapshot(yaml), &p);
+    assert!(t.untranslated.is_empty(), "{:?}", t.untranslated);
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
+    let statuses: Vec<String> = (0..6)
+        .map(|i| request(p.outbound, "b", "/", &format!("od-{i}")).get(9..12).unwrap_or_default().to_string())
+        .collect();
+    // Round robin reaches the bad host within two requests; its first 503 ejects it.
+    assert_eq!(statuses.iter().filter(|s| *s == "503").count(), 1, "{statuses:?}");
+    assert!(statuses[..2].contains(&"503".to_string()), "{statuses:?}");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
