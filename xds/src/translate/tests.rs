@@ -392,7 +392,7 @@ pub(super) fn envoy_validate(
             return None;
         }
     };
-    let dir = std::env::temp_dir().join(format!("xds-translate-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xds-translate-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join(format!("{name}.pb"));
     std::fs::write(&file, prost::Message::encode_to_vec(bootstrap)).expect("write bootstrap");
@@ -418,6 +418,7 @@ pub(super) fn envoy_validate(
         return Some(Err("envoy --mode validate did not finish in 60s".into()));
     };
     let out = child.wait_with_output().expect("envoy output");
+    let _ = std::fs::remove_dir_all(&dir);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     Some(if status.success() { Ok(()) } else { Err(format!("{}: {status}\n{text}", file.display())) })
 }
