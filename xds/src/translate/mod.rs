@@ -9,9 +9,14 @@
 //! their HTTP connection managers), `route` (the `outbound` route configuration),
 //! `cluster` (clusters and their endpoints), `tls` (secrets, auto-mTLS, the inbound
 //! side's PeerAuthentication mode), `rbac` (AuthorizationPolicy), `ratelimit` (the
-//! EnvoyFilter local rate limit) and `tcp` (TCP services). [`static_bootstrap`] folds a translation
-//! into one bootstrap with every resource inline, for `envoy --mode validate` and for
-//! runs without a control plane.
+//! EnvoyFilter local rate limit) and `tcp` (TCP services). [`static_bootstrap`] folds a
+//! translation into one bootstrap with every resource inline, for `envoy --mode
+//! validate` and for runs without a control plane.
+//!
+//! The resources are deterministic as values, not as bytes: the generated types keep
+//! protobuf maps (`Struct` fields, RBAC policies, per-filter configs) in `HashMap`s, so
+//! two encodings of one translation may order map entries differently. Compare resources
+//! as values (or decoded), not by their encoded bytes.
 //!
 //! Where meshsim's sidecar and Istio's generated config differ, the translation follows
 //! meshsim's sidecar (it is what the conformance harness compares against), and says so
