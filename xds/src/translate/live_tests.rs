@@ -569,3 +569,57 @@ fn envoy_ejects_a_host_after_its_consecutive_5xx_as_the_destination_rule_says() 
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn header_edits_run_destination_first_then_route_and_a_fault_aborts() {
+    let dir = temp_dir("headers");
+    let (peer, peer_rx) = serve("peer");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.peers = ["a-0", "b-0", "b-1"].into_iter().map(|n| (n.to_string(), peer)).collect();
+    p.access_log = dir.join("access.log");
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b}
+spec:
+  hosts: [b]
+  http:
+  - match: [{uri: {prefix: /fault}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: b}}]
+  - route:
+    - destination: {host: b}
+      headers: {request: {add: {x-both: dest}, set: {x-dest: d}}}
+    headers:
+      request: {add: {x-r: "1"}, set: {x-r: "2"}, remove: [x-both, x-gone]}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: DISABLE}}
+"#;
+    let t = super::translate(&snapshot(yaml), &p);
+    assert!(t.untranslated.is_empty(), "{:?}", t.untranslated);
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
+
+    let aborted = request(p.outbound, "b", "/fault", "hdr-1");
+    assert!(aborted.starts_with("HTTP/1.1 418") && aborted.ends_with("fault filter abort"), "{aborted}");
+    let r = send(p.outbound, "GET /x HTTP/1.1\r\nHost: b\r\nx-gone: 1\r\nx-both: caller\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let (_, head) = peer_rx.recv_timeout(Duration::from_secs(10)).expect("the peer got the request");
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let values = |name: &str| headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    // meshsim: destination (remove, add, set), then route (remove, add, set).
+    assert_eq!(values("x-dest"), ["d"], "{head}");
+    assert!(values("x-both").is_empty(), "the route's remove runs after the destination's add: {head}");
+    assert!(values("x-gone").is_empty(), "{head}");
+    assert_eq!(values("x-r"), ["2"], "add then set leaves the set value alone: {head}");
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}

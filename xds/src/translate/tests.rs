@@ -563,3 +563,17 @@ pub(super) fn hcm_of(
         other => panic!("not a typed config: {other:?}"),
     }
 }
+
+#[test]
+fn an_add_of_a_header_the_same_level_sets_is_dropped_as_meshsim_lets_the_set_win() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec:\n  hosts: [b]\n  http:\n  - route: [{destination: {host: b}}]\n    headers: {request: {add: {x-r: \"1\", x-a: \"1\"}, set: {x-r: \"2\"}}}\n";
+    let t = translate(&snapshot(yaml), &placement());
+    let r = &vhost(&t, "b.default.svc.cluster.local:80").routes[0];
+    let adds: Vec<(&str, &str)> = r
+        .request_headers_to_add
+        .iter()
+        .map(|h| h.header.as_ref().unwrap())
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect();
+    assert_eq!(adds, [("x-a", "1"), ("x-r", "2")]);
+}
