@@ -623,3 +623,40 @@ spec: {mtls: {mode: DISABLE}}
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rewrites_replace_the_matched_prefix_or_the_exact_path_and_the_authority() {
+    let dir = temp_dir("rewrite");
+    let (peer, peer_rx) = serve("peer");
+    let mut p = placement();
+    p.outbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.inbound = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    p.peers = ["a-0", "b-0", "b-1"].into_iter().map(|n| (n.to_string(), peer)).collect();
+    p.access_log = dir.join("access.log");
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b}
+spec:
+  hosts: [b]
+  http:
+  - match: [{uri: {prefix: /old}}, {uri: {exact: /exact}}]
+    rewrite: {uri: /new, authority: b-new}
+    route: [{destination: {host: b}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: DISABLE}}
+"#;
+    let t = super::translate(&snapshot(yaml), &p);
+    let Some(envoy) = start(&t, "a-0", &dir, p.outbound) else { return };
+    for (path, want_line) in [("/old/x?q=1", "GET /new/x?q=1 HTTP/1.1"), ("/exact", "GET /new HTTP/1.1")] {
+        let r = request(p.outbound, "b", path, "rw");
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let (_, head) = peer_rx.recv_timeout(Duration::from_secs(10)).expect("the peer got the request");
+        assert_eq!(head.lines().next(), Some(want_line), "{head}");
+        assert!(head.to_ascii_lowercase().contains("host: b-new\r\n"), "{head}");
+    }
+    drop(envoy);
+    let _ = std::fs::remove_dir_all(&dir);
+}
