@@ -125,11 +125,13 @@ fn envoy_answers_from_the_translated_routes_and_logs_them() {
     let moved = request(p.outbound, "b.default:80", "/moved", "live-2");
     assert!(moved.starts_with("HTTP/1.1 302"), "{moved}");
     assert!(moved.contains("location: http://elsewhere/new"), "{moved}");
+    let other_port = request(p.outbound, "b:8080", "/teapot/pot", "live-4");
+    assert!(other_port.starts_with("HTTP/1.1 418"), "the port in Host does not pick the service: {other_port}");
     let no_route = request(p.outbound, "nowhere", "/", "live-3");
     assert!(no_route.starts_with("HTTP/1.1 404"), "{no_route}");
 
-    let lines = log_lines(&p.access_log, 3);
-    assert_eq!(lines.len(), 3, "{lines:?}");
+    let lines = log_lines(&p.access_log, 4);
+    assert_eq!(lines.len(), 4, "{lines:?}");
     let fields = |id: &str| lines.iter().find(|l| l["request_id"] == id).cloned().expect("a line per request");
     let l = fields("live-1");
     assert_eq!((l["direction"].as_str(), l["status"].as_i64()), (Some("outbound"), Some(418)), "{l}");

@@ -72,6 +72,9 @@ pub(super) fn outbound(snapshot: &Snapshot, p: &Placement, untranslated: &mut Ve
         // them 503 NC instead of rejecting the configuration, as under Istio.
         validate_clusters: super::boolv(false),
         max_direct_response_body_size_bytes: super::u32v(MAX_DIRECT_RESPONSE_BODY_BYTES),
+        // One listener serves every service port here (Istio has one per port): meshsim's
+        // sidecar picks the service by the host alone, whatever port `Host` names.
+        ignore_port_in_host_matching: true,
         ..Default::default()
     }
 }

@@ -204,6 +204,7 @@ fn virtual_hosts_carry_istio_domains_relative_to_the_proxy_namespace() {
     let t = translate(&snapshot(""), &placement());
     let b = vhost(&t, "b.default.svc.cluster.local:80");
     assert!(b.include_request_attempt_count);
+    assert!(t.resources.routes[0].ignore_port_in_host_matching, "meshsim picks the service by host alone");
     assert_eq!(
         b.domains,
         [
