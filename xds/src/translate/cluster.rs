@@ -222,6 +222,8 @@ pub(super) fn inbound(p: &Placement) -> Cluster {
         )),
         connect_timeout: Some(duration(DEFAULT_CONNECT_TIMEOUT)),
         lb_policy: cl::cluster::LbPolicy::RoundRobin as i32,
+        // Istio's defaults on every cluster (2^32−1), not Envoy's 1024 per threshold.
+        circuit_breakers: Some(circuit_breakers(&Limits::default())),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: name,
             endpoints: vec![ep::LocalityLbEndpoints { lb_endpoints: vec![app], ..Default::default() }],

@@ -32,7 +32,8 @@ const INBOUND_SERVER_NAME: &str = "istio-envoy";
 
 /// The outbound listener: every request of the app, routed by `Host` with route
 /// configuration [`OUTBOUND_ROUTE_CONFIG`] over ADS.
-pub(super) fn outbound(p: &Placement) -> Listener {
+/// `tcp_filters` and `tcp_chains`: the TCP services' (see `tcp`), before the HTTP chain.
+pub(super) fn outbound(p: &Placement, tcp_filters: Vec<ListenerFilter>, tcp_chains: Vec<FilterChain>) -> Listener {
     let rds = hcm::Rds { config_source: Some(super::ads()), route_config_name: OUTBOUND_ROUTE_CONFIG.to_string() };
     let manager = hcm::HttpConnectionManager {
         stat_prefix: format!("outbound_{}_{}", p.outbound.ip(), p.outbound.port()),
@@ -48,7 +49,15 @@ pub(super) fn outbound(p: &Placement) -> Listener {
     Listener {
         name: OUTBOUND_LISTENER.to_string(),
         address: Some(super::address(p.outbound.ip(), p.outbound.port())),
-        filter_chains: vec![FilterChain { filters: vec![network_filter(HCM_FILTER, &manager)], ..Default::default() }],
+        listener_filters: tcp_filters,
+        filter_chains: tcp_chains
+            .into_iter()
+            .chain([FilterChain {
+                name: "http".to_string(),
+                filters: vec![network_filter(HCM_FILTER, &manager)],
+                ..Default::default()
+            }])
+            .collect(),
         traffic_direction: core::TrafficDirection::Outbound as i32,
         ..Default::default()
     }

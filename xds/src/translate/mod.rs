@@ -8,10 +8,15 @@
 //! One module per resource kind: `listener` (the `outbound` and `inbound` listeners and
 //! their HTTP connection managers), `route` (the `outbound` route configuration),
 //! `cluster` (clusters and their endpoints), `tls` (secrets, auto-mTLS, the inbound
-//! side's PeerAuthentication mode), `rbac` (AuthorizationPolicy) and `ratelimit` (the
-//! EnvoyFilter local rate limit). [`static_bootstrap`] folds a translation
-//! into one bootstrap with every resource inline, for `envoy --mode validate` and for
-//! runs without a control plane.
+//! side's PeerAuthentication mode), `rbac` (AuthorizationPolicy), `ratelimit` (the
+//! EnvoyFilter local rate limit) and `tcp` (TCP services). [`static_bootstrap`] folds a
+//! translation into one bootstrap with every resource inline, for `envoy --mode
+//! validate` and for runs without a control plane.
+//!
+//! The resources are deterministic as values, not as bytes: the generated types keep
+//! protobuf maps (`Struct` fields, RBAC policies, per-filter configs) in `HashMap`s, so
+//! two encodings of one translation may order map entries differently. Compare resources
+//! as values (or decoded), not by their encoded bytes.
 //!
 //! Where meshsim's sidecar and Istio's generated config differ, the translation follows
 //! meshsim's sidecar (it is what the conformance harness compares against), and says so
@@ -132,39 +137,46 @@ pub fn translate(snapshot: &Snapshot, placement: &Placement) -> Translation {
     let routes = vec![route::outbound(snapshot, placement, &mut untranslated)];
     let (mut clusters, endpoints) = cluster::outbound(snapshot, placement, &mut untranslated);
     clusters.push(cluster::inbound(placement));
-    let inbound = if tcp::is_tcp(snapshot, placement) {
-        if snapshot.authz.contains_key(&placement.pod) {
+    let (tcp_listener_filters, tcp_chains) = tcp::outbound(snapshot, placement, &mut untranslated);
+    let outbound = listener::outbound(placement, tcp_listener_filters, tcp_chains);
+    let inbound_filters = if snapshot.tcp_services.contains(&placement.service) {
+        if placement.rate_limit.is_some()
+            || snapshot.inbound_rate_limits_for(&placement.namespace, &placement.labels).next().is_some()
+        {
             untranslated.push(format!(
-                "AuthorizationPolicy of TCP pod {}: Envoy's network-level RBAC filter is not generated",
+                "local rate limit of {}: its service is a TCP one, and the rate limit is an HTTP filter",
                 placement.pod
             ));
         }
-        tcp::inbound_filter(placement)
+        tcp::inbound_filters(snapshot, placement)
     } else {
-        let mut http_filters: Vec<_> = snapshot
-            .authz
-            .get(&placement.pod)
-            .map(|w| rbac::filters(w))
-            .unwrap_or_default()
-            .iter()
-            .map(|f| listener::http_filter(rbac::RBAC_FILTER, f))
-            .collect();
-        if let Some(rl) = ratelimit::inbound(snapshot, placement, &mut untranslated) {
-            http_filters.push(listener::http_filter(ratelimit::LOCAL_RATE_LIMIT_FILTER, &rl));
-        }
-        listener::network_filter(listener::HCM_FILTER, &listener::inbound_manager(placement, http_filters))
+        vec![listener::network_filter(listener::HCM_FILTER, &inbound_manager(snapshot, placement, &mut untranslated))]
     };
-    let (listener_filters, chains) = tls::inbound_chains(snapshot, placement, inbound, &mut untranslated);
-    let mut outbound = listener::outbound(placement);
-    if !snapshot.tcp_vips.is_empty() {
-        outbound.listener_filters.push(tcp::proxy_protocol());
-        let http = std::mem::take(&mut outbound.filter_chains);
-        outbound.filter_chains = tcp::outbound_chains(snapshot, placement);
-        outbound.filter_chains.extend(http);
-    }
+    let (listener_filters, chains) = tls::inbound_chains(snapshot, placement, inbound_filters, &mut untranslated);
     let listeners = vec![outbound, listener::inbound(placement, listener_filters, chains)];
     let secrets = placement.identity.as_ref().map(tls::secrets).unwrap_or_default();
     Translation { resources: Resources { listeners, routes, clusters, endpoints, secrets }, untranslated }
+}
+
+/// The inbound HTTP connection manager: RBAC (DENY, then ALLOW), the local rate limit,
+/// the router.
+fn inbound_manager(
+    snapshot: &Snapshot,
+    placement: &Placement,
+    untranslated: &mut Vec<String>,
+) -> crate::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager {
+    let mut http_filters: Vec<_> = snapshot
+        .authz
+        .get(&placement.pod)
+        .map(|w| rbac::filters(w))
+        .unwrap_or_default()
+        .iter()
+        .map(|f| listener::http_filter(rbac::RBAC_FILTER, f))
+        .collect();
+    if let Some(rl) = ratelimit::inbound(snapshot, placement, untranslated) {
+        http_filters.push(listener::http_filter(ratelimit::LOCAL_RATE_LIMIT_FILTER, &rl));
+    }
+    listener::inbound_manager(placement, http_filters)
 }
 
 /// The inbound cluster's name: Istio's `inbound|<port>||`, on the app's port.
@@ -215,5 +227,7 @@ pub(crate) fn address(ip: IpAddr, port: u16) -> core::Address {
 mod live_tests;
 #[cfg(test)]
 mod rbac_tests;
+#[cfg(test)]
+mod tcp_tests;
 #[cfg(test)]
 mod tests;

@@ -29,9 +29,11 @@ use crate::pb::envoy::config::core::v3::CidrRange;
 use crate::pb::envoy::config::rbac::v3 as rbac;
 use crate::pb::envoy::config::route::v3::{HeaderMatcher, header_matcher};
 use crate::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+use crate::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use crate::pb::envoy::r#type::matcher::v3::{PathMatcher, RegexMatcher, StringMatcher, path_matcher, string_matcher};
 
 pub(super) const RBAC_FILTER: &str = "envoy.filters.http.rbac";
+pub(super) const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
 
 /// The RBAC filters for `w`: DENY first (if any DENY policy), then ALLOW (if any).
 pub(super) fn filters(w: &Workload) -> Vec<Rbac> {
@@ -57,6 +59,66 @@ pub(super) fn filters(w: &Workload) -> Vec<Rbac> {
         });
     }
     out
+}
+
+/// The network RBAC filters of a TCP inbound side: HTTP-only fields (hosts, methods,
+/// paths, request headers, request principals and claims) cannot be seen on a
+/// connection, so an ALLOW rule using one is left out and a DENY rule drops them (a
+/// broader deny), as Istio's builder does for TCP filter chains and meshsim's
+/// `decide_tcp`.
+pub(super) fn network_filters(w: &Workload) -> Vec<NetworkRbac> {
+    let tcp_rule = |rule: &Rule, deny: bool| -> Option<Rule> {
+        let keep = |all: &All| All(all.0.iter().filter(|f| !http_only(&f.matcher)).cloned().collect());
+        if deny {
+            Some(Rule {
+                from: rule.from.iter().map(keep).collect(),
+                to: rule.to.iter().map(keep).collect(),
+                when: keep(&rule.when),
+            })
+        } else {
+            let uses_http =
+                rule.from.iter().chain(&rule.to).chain([&rule.when]).any(|a| a.0.iter().any(|f| http_only(&f.matcher)));
+            (!uses_http).then(|| rule.clone())
+        }
+    };
+    let mut out = Vec::new();
+    for (action, policies) in [(rbac::rbac::Action::Deny, &w.deny), (rbac::rbac::Action::Allow, &w.allow)] {
+        if policies.is_empty() {
+            continue;
+        }
+        let deny = action == rbac::rbac::Action::Deny;
+        let mut map = Vec::new();
+        for p in policies {
+            for (i, rule) in p.rules.iter().enumerate() {
+                if let Some(r) = tcp_rule(rule, deny) {
+                    map.push((policy_name(p, i), policy(&r, w.port)));
+                }
+            }
+        }
+        out.push(NetworkRbac {
+            rules: Some(rbac::Rbac {
+                action: action as i32,
+                policies: map.into_iter().collect(),
+                ..Default::default()
+            }),
+            stat_prefix: "tcp.".to_string(),
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// Whether only an HTTP request has the attribute.
+fn http_only(m: &Matcher) -> bool {
+    match m {
+        Matcher::Host(_) | Matcher::Method(_) | Matcher::Path(_) | Matcher::Header(..) => true,
+        Matcher::Absent { http_only } => *http_only,
+        Matcher::Principal(_)
+        | Matcher::Namespace(_)
+        | Matcher::ServiceAccount(_)
+        | Matcher::SourceIp(_)
+        | Matcher::Port(_) => false,
+    }
 }
 
 /// Istio's policy name: `ns[<ns>]-policy[<name>]-rule[<i>]`.

@@ -119,9 +119,11 @@ fn envoy_decides(filters: &[Rbac], r: &Req<'_>) -> Decision {
 
 const AP: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n";
 
-#[test]
-fn generated_rbac_decides_like_meshsim_on_a_grid_of_requests() {
-    let policies = format!(
+/// The policies the grids decide with: a DENY and an ALLOW policy for `a-0` using
+/// paths, methods, notMethods, hosts, ports, principals, namespaces, notNamespaces,
+/// serviceAccounts, ipBlocks and `when` on a request header and the source namespace.
+pub(super) fn grid_policies() -> String {
+    format!(
         r#"{AP}metadata: {{name: deny-admin}}
 spec:
   selector: {{matchLabels: {{app: a}}}}
@@ -148,7 +150,12 @@ spec:
     to: [{{operation: {{ports: ["80"], hosts: ["*.example.com"]}}}}]
   - to: [{{operation: {{ports: ["9999"]}}}}]
 "#
-    );
+    )
+}
+
+#[test]
+fn generated_rbac_decides_like_meshsim_on_a_grid_of_requests() {
+    let policies = grid_policies();
     let snap = snapshot(&policies);
     let workload = snap.authz.get("a-0").expect("a-0 has policies");
     let t = super::translate(&snap, &placement());
@@ -200,11 +207,19 @@ spec:
     assert_eq!(checked, 5 * 2 * 3 * 4 * 4 * 3);
 }
 
+/// An EnvoyFilter giving `a-0` a local rate limit of `max_tokens`, one more a minute,
+/// enabled and enforced for every request.
+pub(super) fn rate_limit_filter(max_tokens: u32) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: rl}}\nspec:\n  workloadSelector: {{labels: {{app: a}}}}\n  configPatches:\n  - applyTo: HTTP_FILTER\n    match: {{context: SIDECAR_INBOUND, listener: {{filterChain: {{filter: {{name: envoy.filters.network.http_connection_manager}}}}}}}}\n    patch:\n      operation: INSERT_BEFORE\n      value:\n        name: envoy.filters.http.local_ratelimit\n        typed_config:\n          \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n          value:\n            stat_prefix: http_local_rate_limiter\n            token_bucket: {{max_tokens: {max_tokens}, tokens_per_fill: 1, fill_interval: 60s}}\n            filter_enabled: {{runtime_key: e, default_value: {{numerator: 100, denominator: HUNDRED}}}}\n            filter_enforced: {{runtime_key: f, default_value: {{numerator: 100, denominator: HUNDRED}}}}\n"
+    )
+}
+
 #[test]
 fn rbac_then_local_rate_limit_run_before_the_router_and_envoy_accepts_them() {
     let yaml = format!(
-        "{AP}metadata: {{name: allow-b}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/default/sa/b]}}}}]}}]\n---\n\
-apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: rl}}\nspec:\n  workloadSelector: {{labels: {{app: a}}}}\n  configPatches:\n  - applyTo: HTTP_FILTER\n    match: {{context: SIDECAR_INBOUND, listener: {{filterChain: {{filter: {{name: envoy.filters.network.http_connection_manager}}}}}}}}\n    patch:\n      operation: INSERT_BEFORE\n      value:\n        name: envoy.filters.http.local_ratelimit\n        typed_config:\n          \"@type\": type.googleapis.com/udpa.type.v1.TypedStruct\n          type_url: type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit\n          value:\n            stat_prefix: http_local_rate_limiter\n            token_bucket: {{max_tokens: 10, tokens_per_fill: 5, fill_interval: 1s}}\n            filter_enabled: {{runtime_key: e, default_value: {{numerator: 100, denominator: HUNDRED}}}}\n            filter_enforced: {{runtime_key: f, default_value: {{numerator: 100, denominator: HUNDRED}}}}\n"
+        "{AP}metadata: {{name: allow-b}}\nspec:\n  selector: {{matchLabels: {{app: a}}}}\n  rules: [{{from: [{{source: {{principals: [cluster.local/ns/default/sa/b]}}}}]}}]\n---\n{}",
+        rate_limit_filter(10)
     );
     let snap = snapshot(&yaml);
     assert_eq!(snap.inbound_rate_limits.len(), 1, "the EnvoyFilter compiles to a rate limit");

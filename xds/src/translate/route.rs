@@ -10,10 +10,11 @@
 //! [route components](https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto).
 //!
 //! Where meshsim's sidecar and Istio differ, this follows meshsim's sidecar: a route's
-//! Envoy name is the meshsim route's name (Istio appends a match entry's name); header
-//! `add`s come before `set`s (meshsim removes, adds, then sets; Istio lists sets first);
-//! a single destination with its own header operations becomes a one-entry
-//! `weighted_clusters`, so its edits run before the route's as meshsim runs them.
+//! Envoy name is the meshsim route's name (Istio appends a match entry's name); an `add`
+//! of a header its level also `set`s is dropped (meshsim removes, adds, then sets; Envoy
+//! removes, overwrites, then appends, so Envoy would keep both values); a single
+//! destination with its own header operations becomes a one-entry `weighted_clusters`,
+//! so its edits run before the route's as meshsim runs them.
 //!
 //! Not here: the clusters routed to (`cluster`).
 
@@ -71,6 +72,9 @@ pub(super) fn outbound(snapshot: &Snapshot, p: &Placement, untranslated: &mut Ve
         // them 503 NC instead of rejecting the configuration, as under Istio.
         validate_clusters: super::boolv(false),
         max_direct_response_body_size_bytes: super::u32v(MAX_DIRECT_RESPONSE_BODY_BYTES),
+        // One listener serves every service port here (Istio has one per port): meshsim's
+        // sidecar picks the service by the host alone, whatever port `Host` names.
+        ignore_port_in_host_matching: true,
         ..Default::default()
     }
 }
@@ -390,7 +394,10 @@ fn fault(f: &mesh::proxy::fault::FaultPolicy) -> HttpFault {
     }
 }
 
-/// `add` (appending) then `set` (overwriting), meshsim's order.
+/// `add`s (appending) and `set`s (overwriting). Envoy applies one level's overwrites
+/// before its appends (`HeaderParser::evaluateHeaders`), meshsim its adds before its sets:
+/// so an `add` of a header the same level also `set`s is left out, which gives meshsim's
+/// result (the set value alone).
 fn header_values(ops: &HeaderOps) -> Vec<core::HeaderValueOption> {
     use core::header_value_option::HeaderAppendAction as A;
     let one = |name: &str, value: &[u8], action: A| core::HeaderValueOption {
@@ -402,7 +409,11 @@ fn header_values(ops: &HeaderOps) -> Vec<core::HeaderValueOption> {
         append_action: action as i32,
         ..Default::default()
     };
-    let adds = ops.add.iter().map(|(n, v)| one(n.as_str(), v.as_bytes(), A::AppendIfExistsOrAdd));
+    let adds = ops
+        .add
+        .iter()
+        .filter(|(n, _)| !ops.set.iter().any(|(s, _)| s == n))
+        .map(|(n, v)| one(n.as_str(), v.as_bytes(), A::AppendIfExistsOrAdd));
     adds.chain(ops.set.iter().map(|(n, v)| one(n.as_str(), v.as_bytes(), A::OverwriteIfExistsOrAdd))).collect()
 }
 

@@ -9,7 +9,7 @@ use mesh::snapshot::{Snapshot, Sourced, compile};
 
 use super::*;
 
-fn pod(name: &str, service: &str, labels: &[(&str, &str)]) -> Pod {
+pub(super) fn pod(name: &str, service: &str, labels: &[(&str, &str)]) -> Pod {
     let mut l: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     l.insert("app".into(), service.into());
     Pod {
@@ -25,7 +25,7 @@ fn pod(name: &str, service: &str, labels: &[(&str, &str)]) -> Pod {
 }
 
 /// Services `a` and `b` (port 80) in `default`: pod `a-0`; pods `b-0` (v1), `b-1` (v2).
-fn registry() -> Registry {
+pub(super) fn registry() -> Registry {
     let mut r = Registry::default();
     r.add_service(Service::http("a", "default", 80));
     r.add_service(Service::http("b", "default", 80));
@@ -36,9 +36,13 @@ fn registry() -> Registry {
 }
 
 pub(super) fn snapshot(yaml: &str) -> Snapshot {
+    snapshot_with(&registry(), yaml)
+}
+
+pub(super) fn snapshot_with(registry: &Registry, yaml: &str) -> Snapshot {
     let resources = parse_resources("mesh.yaml", yaml).expect("valid YAML");
     let sourced: Vec<Sourced<'_>> = resources.iter().map(|r| Sourced { file: "mesh.yaml", resource: r }).collect();
-    let (snap, findings) = compile(&registry(), &sourced);
+    let (snap, findings) = compile(registry, &sourced);
     assert!(findings.0.iter().all(|f| f.level != mesh::config::Level::Error), "{:?}", findings.0);
     snap
 }
@@ -112,6 +116,9 @@ fn no_resources_give_the_two_listeners_one_route_config_and_every_cluster() {
         ["outbound|80||a.default.svc.cluster.local", "outbound|80||b.default.svc.cluster.local", "inbound|8080||"]
     );
     assert_eq!(r.endpoints.len(), 2);
+    let inbound = r.clusters.last().unwrap();
+    let th = &inbound.circuit_breakers.as_ref().expect("Istio's thresholds, not Envoy's 1024").thresholds[0];
+    assert_eq!(th.max_pending_requests.map(|v| v.value), Some(u32::MAX));
 }
 
 /// Routes for `b` exercising most of what a route holds, and a DestinationRule with
@@ -198,6 +205,7 @@ fn virtual_hosts_carry_istio_domains_relative_to_the_proxy_namespace() {
     let t = translate(&snapshot(""), &placement());
     let b = vhost(&t, "b.default.svc.cluster.local:80");
     assert!(b.include_request_attempt_count);
+    assert!(t.resources.routes[0].ignore_port_in_host_matching, "meshsim picks the service by host alone");
     assert_eq!(
         b.domains,
         [
@@ -386,7 +394,7 @@ pub(super) fn envoy_validate(
             return None;
         }
     };
-    let dir = std::env::temp_dir().join(format!("xds-translate-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("xds-translate-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join(format!("{name}.pb"));
     std::fs::write(&file, prost::Message::encode_to_vec(bootstrap)).expect("write bootstrap");
@@ -412,6 +420,7 @@ pub(super) fn envoy_validate(
         return Some(Err("envoy --mode validate did not finish in 60s".into()));
     };
     let out = child.wait_with_output().expect("envoy output");
+    let _ = std::fs::remove_dir_all(&dir);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     Some(if status.success() { Ok(()) } else { Err(format!("{}: {status}\n{text}", file.display())) })
 }
@@ -555,4 +564,18 @@ pub(super) fn hcm_of(
         Some(crate::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(a)) => decode(a),
         other => panic!("not a typed config: {other:?}"),
     }
+}
+
+#[test]
+fn an_add_of_a_header_the_same_level_sets_is_dropped_as_meshsim_lets_the_set_win() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec:\n  hosts: [b]\n  http:\n  - route: [{destination: {host: b}}]\n    headers: {request: {add: {x-r: \"1\", x-a: \"1\"}, set: {x-r: \"2\"}}}\n";
+    let t = translate(&snapshot(yaml), &placement());
+    let r = &vhost(&t, "b.default.svc.cluster.local:80").routes[0];
+    let adds: Vec<(&str, &str)> = r
+        .request_headers_to_add
+        .iter()
+        .map(|h| h.header.as_ref().unwrap())
+        .map(|h| (h.key.as_str(), h.value.as_str()))
+        .collect();
+    assert_eq!(adds, [("x-a", "1"), ("x-r", "2")]);
 }

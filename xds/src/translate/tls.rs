@@ -167,14 +167,14 @@ pub(super) fn auto_mtls(envoy: &mut Cluster, c: &MeshCluster) {
 }
 
 /// The inbound listener's filter chains for this pod's PeerAuthentication mode, each
-/// running `manager`'s filters; notes what cannot be secured.
+/// running `filters`; notes what cannot be secured.
 pub(super) fn inbound_chains(
     snapshot: &Snapshot,
     p: &Placement,
-    hcm: crate::pb::envoy::config::listener::v3::Filter,
+    filters: Vec<crate::pb::envoy::config::listener::v3::Filter>,
     untranslated: &mut Vec<String>,
 ) -> (Vec<ListenerFilter>, Vec<FilterChain>) {
-    let plain = || FilterChain { filters: vec![hcm.clone()], name: "plaintext".to_string(), ..Default::default() };
+    let plain = || FilterChain { filters: filters.clone(), name: "plaintext".to_string(), ..Default::default() };
     let mode = match snapshot.inbound_mtls.get(&p.pod) {
         Some(m) => *m,
         None => {
@@ -201,7 +201,7 @@ pub(super) fn inbound_chains(
         ..Default::default()
     };
     let tls = FilterChain {
-        filters: vec![hcm.clone()],
+        filters: filters.clone(),
         transport_socket: Some(transport_socket(TLS_SOCKET, &downstream)),
         name: "mtls".to_string(),
         ..Default::default()
