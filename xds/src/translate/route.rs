@@ -10,9 +10,7 @@
 //! [route components](https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/route/v3/route_components.proto).
 //!
 //! Where meshsim's sidecar and Istio differ, this follows meshsim's sidecar: a route's
-//! Envoy name is the meshsim route's name (Istio appends a match entry's name); an `add`
-//! of a header its level also `set`s is dropped (meshsim removes, adds, then sets; Envoy
-//! removes, overwrites, then appends, so Envoy would keep both values); a single
+//! Envoy name is the meshsim route's name (Istio appends a match entry's name); a single
 //! destination with its own header operations becomes a one-entry `weighted_clusters`,
 //! so its edits run before the route's as meshsim runs them.
 //!
@@ -394,10 +392,9 @@ fn fault(f: &mesh::proxy::fault::FaultPolicy) -> HttpFault {
     }
 }
 
-/// `add`s (appending) and `set`s (overwriting). Envoy applies one level's overwrites
-/// before its appends (`HeaderParser::evaluateHeaders`), meshsim its adds before its sets:
-/// so an `add` of a header the same level also `set`s is left out, which gives meshsim's
-/// result (the set value alone).
+/// `set`s (overwriting) and `add`s (appending), as Istio writes them. Envoy applies one
+/// level's overwrites before its appends (`HeaderParser::evaluateHeaders`), and so does
+/// meshsim's sidecar: an `add` and a `set` of one header leave both values.
 fn header_values(ops: &HeaderOps) -> Vec<core::HeaderValueOption> {
     use core::header_value_option::HeaderAppendAction as A;
     let one = |name: &str, value: &[u8], action: A| core::HeaderValueOption {
@@ -409,12 +406,8 @@ fn header_values(ops: &HeaderOps) -> Vec<core::HeaderValueOption> {
         append_action: action as i32,
         ..Default::default()
     };
-    let adds = ops
-        .add
-        .iter()
-        .filter(|(n, _)| !ops.set.iter().any(|(s, _)| s == n))
-        .map(|(n, v)| one(n.as_str(), v.as_bytes(), A::AppendIfExistsOrAdd));
-    adds.chain(ops.set.iter().map(|(n, v)| one(n.as_str(), v.as_bytes(), A::OverwriteIfExistsOrAdd))).collect()
+    let sets = ops.set.iter().map(|(n, v)| one(n.as_str(), v.as_bytes(), A::OverwriteIfExistsOrAdd));
+    sets.chain(ops.add.iter().map(|(n, v)| one(n.as_str(), v.as_bytes(), A::AppendIfExistsOrAdd))).collect()
 }
 
 fn removed(ops: &HeaderOps) -> Vec<String> {
