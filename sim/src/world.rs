@@ -140,18 +140,6 @@ impl Node {
         for &pod in self.pods.iter().filter(|&&p| self.plan.pods[p].running_at_start) {
             set.start(pod);
         }
-        // Envoy's outlier sweep runs on a timer: replay due sweeps every 100 ms so
-        // readmissions are recorded even without traffic.
-        let sweeper = set.sidecars.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let all: Vec<_> = sweeper.lock().expect("sidecars lock").values().cloned().collect();
-                for s in all {
-                    s.advance();
-                }
-            }
-        });
         tokio::spawn(self.generator.clone().run(crate::net::scenario_start()));
         let Some(mut rx) = self.commands.lock().expect("commands lock").take() else {
             return Ok(());
