@@ -272,7 +272,7 @@ impl Pods {
                 labels: p.labels.clone(),
                 app_port: p.app_port,
                 seed: sub_seed(self.seed, "sidecar", pod as u64),
-                rate_limit: p.rate_limit.clone(),
+                bootstrap_rate_limit: p.bootstrap_rate_limit.clone(),
                 tls: Some(Arc::new(tls)),
                 cost: seam.cost(pod),
             },

@@ -101,8 +101,11 @@ pub struct SidecarConfig {
     pub app_port: u16,
     /// Seed of this proxy's RNG (weighted picks, load balancing, faults, backoff).
     pub seed: u64,
-    /// The inbound local rate limit (Envoy's `local_ratelimit` filter), if any.
-    pub rate_limit: Option<LocalRateLimitConfig>,
+    /// An inbound local rate limit (Envoy's `local_ratelimit` filter) of the sidecar's
+    /// own bootstrap config, not the control plane's (a scenario's service `rate_limit`);
+    /// one that an EnvoyFilter in the pushed config selects the pod for takes its place
+    /// (see [`Sidecar::apply`]).
+    pub bootstrap_rate_limit: Option<LocalRateLimitConfig>,
     /// The sidecar's identity and TLS; `None` = it can neither originate nor accept mTLS.
     pub tls: Option<Arc<SidecarTls>>,
     /// Processing time to spend on top of the real work (a simulated sidecar's cost
@@ -167,7 +170,8 @@ pub struct Sidecar<N: Net> {
     rng: Mutex<ChaCha8Rng>,
     /// Connections to the local app.
     app_pool: Pool<N>,
-    rate_limit: Mutex<Option<LocalRateLimit>>,
+    /// The inbound local rate limit in effect, and the config it runs.
+    rate_limit: Mutex<Option<(LocalRateLimitConfig, LocalRateLimit)>>,
     metrics: Mutex<Metrics>,
     /// This sidecar's workload metadata, as sent to peers.
     metadata: HeaderValue,
@@ -217,6 +221,12 @@ fn failure_flag(e: UpstreamError) -> (Flag, Option<local_reply::ConnectFailure>)
     }
 }
 
+/// The inbound local rate limit the sidecar `cfg` runs with `snapshot`: the one an
+/// EnvoyFilter selects it for, else its bootstrap one.
+fn rate_limit_of<'a>(cfg: &'a SidecarConfig, snapshot: &'a Snapshot) -> Option<&'a LocalRateLimitConfig> {
+    snapshot.inbound_rate_limit_for(&cfg.namespace, &cfg.labels).or(cfg.bootstrap_rate_limit.as_ref())
+}
+
 /// Removes hop-by-hop headers. Scans the (few) names first: removing by name hashes,
 /// and most messages carry none.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -260,7 +270,10 @@ impl<N: Net> Sidecar<N> {
         snapshot: Arc<Snapshot>,
         ready: bool,
     ) -> Result<Arc<Self>, String> {
-        let rate_limit = cfg.rate_limit.clone().map(|c| LocalRateLimit::new(c, clock.now())).transpose()?;
+        let rate_limit = match rate_limit_of(&cfg, &snapshot) {
+            Some(c) => Some((c.clone(), LocalRateLimit::new(c.clone(), clock.now())?)),
+            None => None,
+        };
         let me = Workload::from_pod(&cfg.workload, &cfg.namespace, &cfg.labels);
         Ok(Arc::new(Sidecar {
             metadata: me.to_header(),
@@ -291,7 +304,10 @@ impl<N: Net> Sidecar<N> {
         *self.ready.borrow()
     }
 
-    /// Runs `snapshot` from now on. Clusters whose config did not change keep their
+    /// Runs `snapshot` from now on. The inbound local rate limit is the one its
+    /// EnvoyFilters select this pod for (else the bootstrap one): a bucket whose config
+    /// did not change goes on, a changed or new one starts full now, as Envoy's filter
+    /// does with a new listener config. Clusters whose config did not change keep their
     /// runtime state as it is (the same `Arc`, so requests in flight see no change);
     /// changed ones carry it over host by host (see `ClusterRt::carry`), after the
     /// outlier sweeps due by now ran on the old config; removed ones lose it. Requests
@@ -315,9 +331,22 @@ impl<N: Net> Sidecar<N> {
                 if Arc::ptr_eq(rt.cfg(), cfg) { rt } else { rt.carry(cfg.clone(), |c| self.cluster_pool_new(c), now) };
             next.insert(name, rt);
         }
+        // The timer wakes only for clusters that detect outliers.
+        if next.values().any(|rt| rt.choice.next_sweep().is_some()) {
+            self.clusters_changed.notify_one();
+        }
         *clusters = next;
         drop(clusters);
-        self.clusters_changed.notify_one();
+        let wanted = rate_limit_of(&self.cfg, &snapshot);
+        let mut rate_limit = self.rate_limit.lock().expect("rate limit lock");
+        if rate_limit.as_ref().map(|(c, _)| c) != wanted {
+            *rate_limit = wanted.map(|c| {
+                let rl =
+                    LocalRateLimit::new(c.clone(), now).expect("control_client::build refuses an invalid rate limit");
+                (c.clone(), rl)
+            });
+        }
+        drop(rate_limit);
         *self.snapshot.lock().expect("snapshot lock") = Arc::new(snapshot);
         self.ready.send_replace(true);
     }
@@ -689,8 +718,11 @@ impl<N: Net> Sidecar<N> {
         let mut clusters = self.clusters.lock().expect("clusters lock");
         if !clusters.contains_key(&cluster.name) {
             let cfg = self.snapshot().clusters.get(&cluster.name).cloned().unwrap_or_else(|| cluster.clone());
-            clusters.insert(cluster.name.clone(), ClusterRt::new(self.cluster_pool_new(&cfg), cfg, self.clock.now()));
-            self.clusters_changed.notify_one();
+            let rt = ClusterRt::new(self.cluster_pool_new(&cfg), cfg, self.clock.now());
+            if rt.choice.next_sweep().is_some() {
+                self.clusters_changed.notify_one();
+            }
+            clusters.insert(cluster.name.clone(), rt);
         }
         f(clusters.get_mut(&cluster.name).expect("inserted above"))
     }
@@ -758,7 +790,7 @@ mod tests {
             labels: BTreeMap::new(),
             app_port: 8080,
             seed: 1,
-            rate_limit: None,
+            bootstrap_rate_limit: None,
             tls: None,
             cost: None,
         };
