@@ -297,4 +297,43 @@ mod tests {
             "t.yaml:17:10: error [MSIM0002] config[0]: a config step has exactly one of apply, apply_file, delete, scale\n"
         );
     }
+    #[test]
+    fn a_step_s_envoy_filter_rate_limit_on_a_pod_that_has_one_is_an_error() {
+        let with_shorthand = BASE.replace(
+            "        replicas: 3\n",
+            "        replicas: 3\n    rate_limit: {max_tokens: 4, fill_interval: 1s}\n",
+        );
+        let step = "\
+config:
+  - at: 1s
+    apply:
+      - apiVersion: networking.istio.io/v1alpha3
+        kind: EnvoyFilter
+        metadata: {name: rl, namespace: default}
+        spec:
+          workloadSelector: {labels: {app: backend}}
+          configPatches:
+            - applyTo: HTTP_FILTER
+              match: {context: SIDECAR_INBOUND}
+              patch:
+                operation: INSERT_BEFORE
+                value:
+                  name: envoy.filters.http.local_ratelimit
+                  typed_config:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: rl
+                    token_bucket: {max_tokens: 2, fill_interval: 1s}
+";
+        let e = errors(&format!("{with_shorthand}{step}"));
+        assert!(
+            e.contains(
+                "error [MSIM0002] spec.configPatches: EnvoyFilter default/rl selects pod backend-v1-0, but its service \"backend\" has a `rate_limit` too"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "reported once for the filter: {e}");
+        // Without the service's own limit the step loads: the sidecars get it when pushed.
+        let p = plan(&format!("{BASE}{step}"));
+        assert!(p.pods.iter().all(|p| p.bootstrap_rate_limit.is_none()), "nothing is frozen into the plan");
+    }
 }
