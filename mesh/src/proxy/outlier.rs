@@ -1,5 +1,6 @@
 //! Outlier detection for one cluster as seen by one client proxy, exactly as Envoy runs
-//! it for Istio (MESH_SEMANTICS 3.3): consecutive 5xx and gateway-error counters that
+//! it for Istio ([Envoy's outlier detection](https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/outlier)):
+//! consecutive 5xx and gateway-error counters that
 //! trigger inline, the `maxEjectionPercent` rule, an interval sweep that readmits hosts
 //! after `min(base × backoff, max)` and decays the backoff of healthy hosts.
 //!
