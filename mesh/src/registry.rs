@@ -109,12 +109,6 @@ impl Registry {
                 && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
         })
     }
-
-    /// Resolves a host as a client in `namespace` writes it (`reviews`, `reviews.prod`,
-    /// `reviews.prod.svc.cluster.local`, optionally with `:port`) to a service FQDN.
-    pub fn resolve_host(&self, host: &str, namespace: &str) -> Option<&Service> {
-        self.services.get(&qualify(host, namespace))
-    }
 }
 
 /// Expands a short host name the way Kubernetes DNS search paths do.

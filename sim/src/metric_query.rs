@@ -1,6 +1,7 @@
 //! Metric expectations: `name{label="value",label!="value",...} op number`, evaluated
 //! over every sidecar's series at the end of a run, summing the series whose labels
-//! match (PromQL's `sum(name{...})`). Labels are Istio's (MESH_SEMANTICS section 6),
+//! match (PromQL's `sum(name{...})`). Labels are Istio's
+//! ([reference](https://istio.io/latest/docs/reference/config/metrics/)),
 //! plus `pod` (the reporting sidecar's pod, as a Prometheus scrape would add it) and,
 //! for `_bucket` series, `le`. It does not own the series (`mesh::proxy::metrics`).
 

@@ -1,7 +1,7 @@
 //! Pod assembly, the same in every world: one function ([`Pods::start`]) turns a pod of
 //! the [`Plan`] into its running tasks — the app model, and for a pod with a sidecar the
-//! sidecar's inbound and outbound listeners, its control-plane client and its
-//! certificate agent (or the fixed material of a `bad_identity`) — given a [`Seam`]: the
+//! sidecar's inbound and outbound listeners, its outlier timer, its control-plane client
+//! and its certificate agent (or the fixed material of a `bad_identity`) — given a [`Seam`]: the
 //! world's sockets, clock, TLS randomness and proxy cost model.
 //!
 //! The simulator's seam is turmoil's (`crate::world`), real mode's is loopback sockets
@@ -93,7 +93,7 @@ pub struct RunningPod<N: Net> {
     pub agent_store: Option<Arc<IdentityStore>>,
 }
 
-/// Sidecars shared between a pod set and its readers (the sweeper, the boot wait).
+/// Sidecars shared between a pod set and its readers (the boot wait).
 pub type SharedSidecars<N> = Arc<Mutex<BTreeMap<usize, Arc<Sidecar<N>>>>>;
 /// Every sidecar a run started, restarts included.
 pub type StartedSidecars<N> = Arc<Mutex<Vec<Arc<Sidecar<N>>>>>;
@@ -252,8 +252,8 @@ impl Pods {
         })
     }
 
-    /// Starts pod `pod`'s sidecar alone: its listeners, control-plane client and
-    /// certificate agent (the pod must have a sidecar).
+    /// Starts pod `pod`'s sidecar alone: its listeners, outlier timer, control-plane
+    /// client and certificate agent (the pod must have a sidecar).
     pub fn start_sidecar<S: Seam>(&self, seam: &Arc<S>, pod: usize) -> RunningPod<S::Net> {
         let p = &self.plan.pods[pod];
         assert!(p.sidecar, "pod {} has no sidecar", p.name);
@@ -272,7 +272,7 @@ impl Pods {
                 labels: p.labels.clone(),
                 app_port: p.app_port,
                 seed: sub_seed(self.seed, "sidecar", pod as u64),
-                rate_limit: p.rate_limit.clone(),
+                bootstrap_rate_limit: p.bootstrap_rate_limit.clone(),
                 tls: Some(Arc::new(tls)),
                 cost: seam.cost(pod),
             },
@@ -300,6 +300,7 @@ impl Pods {
                 let Some(listener) = bind(&*seam2, pod, n3, out_port).await else { return };
                 let _ = s3.run_outbound(listener).await;
             }),
+            tokio::spawn(sidecar.clone().run_outlier_timer()),
         ];
         if let Some(material) = self.bad.get(&pod) {
             let sink: &dyn IdentitySink = &*store;

@@ -142,18 +142,6 @@ impl Node {
         for &pod in self.pods.iter().filter(|&&p| self.plan.pods[p].running_at_start) {
             set.start(pod);
         }
-        // Envoy's outlier sweep runs on a timer: replay due sweeps every 100 ms so
-        // readmissions are recorded even without traffic.
-        let sweeper = set.sidecars.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let all: Vec<_> = sweeper.lock().expect("sidecars lock").values().cloned().collect();
-                for s in all {
-                    s.advance();
-                }
-            }
-        });
         tokio::spawn(self.generator.clone().run(crate::net::scenario_start()));
         let Some(mut rx) = self.commands.lock().expect("commands lock").take() else {
             return Ok(());
@@ -381,5 +369,73 @@ impl Effects for SimEffects<'_> {
                 self.sim.set_link_max_message_latency(a, b, self.plan.latency_max);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::recorder::Outcome;
+
+    /// Each workload's statuses, in send order.
+    fn statuses(plan: &Plan, out: &RunOutput) -> BTreeMap<String, Vec<u16>> {
+        let mut records: Vec<&Record> = out.records.iter().collect();
+        records.sort_by_key(|r| (r.workload, r.intended));
+        let mut by = BTreeMap::new();
+        for r in records {
+            let Outcome::Response { status, .. } = r.outcome else { panic!("no response: {:?}", r.outcome) };
+            by.entry(plan.workloads[r.workload].name.clone()).or_insert_with(Vec::new).push(status);
+        }
+        by
+    }
+
+    /// Issue 11: the EnvoyFilter's rate limit reaches the sidecar with the pushed config,
+    /// not frozen into the sidecar's plan when the scenario loads.
+    #[test]
+    fn an_envoy_filter_rate_limit_applied_mid_run_limits_from_its_push_on() {
+        let text = "\
+name: t
+duration: 5s
+services:
+  - name: frontend
+    pods: [{name: v1}]
+  - name: api
+    pods: [{name: v1}]
+workload:
+  - {name: before, from: frontend, to: api, rate: 100, arrivals: constant, start: 1s, stop: 1.055s}
+  - {name: after, from: frontend, to: api, rate: 100, arrivals: constant, start: 3s, stop: 3.055s}
+config:
+  - at: 2s
+    apply:
+      - apiVersion: networking.istio.io/v1alpha3
+        kind: EnvoyFilter
+        metadata: {name: rl, namespace: default}
+        spec:
+          workloadSelector: {labels: {app: api}}
+          configPatches:
+            - applyTo: HTTP_FILTER
+              match: {context: SIDECAR_INBOUND}
+              patch:
+                operation: INSERT_BEFORE
+                value:
+                  name: envoy.filters.http.local_ratelimit
+                  typed_config:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: http_local_rate_limiter
+                    token_bucket: {max_tokens: 2, tokens_per_fill: 2, fill_interval: 60s}
+                    filter_enabled: {default_value: {numerator: 100, denominator: HUNDRED}}
+                    filter_enforced: {default_value: {numerator: 100, denominator: HUNDRED}}
+";
+        let plan = Arc::new(
+            crate::scenario::load_str("t.yaml", text, Path::new(".")).unwrap_or_else(|e| panic!("does not load:\n{e}")),
+        );
+        let out = run(plan.clone(), 1).expect("the run completes");
+        let by = statuses(&plan, &out);
+        assert_eq!(by["before"], [200; 6], "no limit before the push");
+        assert_eq!(by["after"], [200, 200, 429, 429, 429, 429], "a full bucket of 2 from the push on");
+        let limited = out.records.iter().filter(|r| r.body.as_deref() == Some("local_rate_limited")).count();
+        assert_eq!(limited, 4);
     }
 }

@@ -1,4 +1,5 @@
-//! AuthorizationPolicy validation (MESH_SEMANTICS 5 and 7): the webhook's rules with its
+//! AuthorizationPolicy validation ([Istio's reference](https://istio.io/latest/docs/reference/config/security/authorization-policy/); the webhook's checks are
+//! `pkg/config/validation` in <https://github.com/istio/istio>): the webhook's rules with its
 //! messages, CUSTOM rejected as out of scope, and warnings naming what meshsim evaluates
 //! differently. Each case edits one place of a valid scenario, runs `meshsim validate`
 //! and checks the exit code (79 for an error, 0 for warnings only), the one finding in

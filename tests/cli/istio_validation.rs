@@ -1,4 +1,5 @@
-//! Istio validation: one test per webhook message (MESH_SEMANTICS 7) and analyzer code
+//! Istio validation: one test per webhook message (`pkg/config/validation` in
+//! <https://github.com/istio/istio>) and analyzer code
 //! meshsim implements. Each edits one place of a valid scenario holding a
 //! DestinationRule and a VirtualService, runs `meshsim validate`, and checks the exit
 //! code (79 for an error finding, 0 for warnings only), the one finding printed in

@@ -146,6 +146,7 @@ scenarios! {
     control_scale: "control-scale.yaml",
     direct_response: "direct-response.yaml",
     ejection_percent_default: "ejection-percent-default.yaml",
+    envoyfilter_rate_limit_pushed: "envoyfilter-rate-limit-pushed.yaml",
     fault_abort_50: "fault-abort-50.yaml",
     fault_abort_no_percentage: "fault-abort-no-percentage.yaml",
     fault_delay: "fault-delay.yaml",

@@ -1,7 +1,7 @@
 //! The sidecars' telemetry against what the run recorded, on real scenarios: every
 //! metric count equals the outcomes the clients saw (source reporter) and the tries the
-//! destinations answered (destination reporter), every label set is MESH_SEMANTICS
-//! section 6's (Istio's TCP set for TCP series), and every request's trace tree is
+//! destinations answered (destination reporter), every label set is Istio's
+//! (<https://istio.io/latest/docs/reference/config/metrics/>; its TCP set for TCP series), and every request's trace tree is
 //! complete.
 
 use std::collections::BTreeMap;
@@ -13,7 +13,8 @@ use mesh::proxy::tracing::SpanKind;
 use sim::recorder::{Outcome, Record};
 use sim::world::RunOutput;
 
-/// MESH_SEMANTICS section 6's label list, written out here (not taken from the code
+/// The label list of Istio's reference (<https://istio.io/latest/docs/reference/config/metrics/>), written out
+/// here (not taken from the code
 /// under test).
 const SECTION_6_LABELS: [&str; 25] = [
     "reporter",

@@ -66,14 +66,6 @@ pub enum Spec {
     Unsupported,
 }
 
-pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
-    ("VirtualService", "networking.istio.io"),
-    ("DestinationRule", "networking.istio.io"),
-    ("AuthorizationPolicy", "security.istio.io"),
-    ("EnvoyFilter", "networking.istio.io"),
-    ("PeerAuthentication", "security.istio.io"),
-];
-
 impl Resource {
     pub fn name(&self) -> &str {
         self.metadata.name.as_ref().map(|n| n.value.as_str()).unwrap_or("")

@@ -180,6 +180,11 @@ impl Store {
         self.lock().version
     }
 
+    /// The whole mesh compiled at the current version.
+    pub fn compiled(&self) -> Arc<Snapshot> {
+        self.lock().compiled.clone()
+    }
+
     /// Wakes on every new version.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

@@ -1,4 +1,4 @@
-//! AuthorizationPolicy (MESH_SEMANTICS 5): Istio's webhook validation of
+//! AuthorizationPolicy ([Istio's reference](https://istio.io/latest/docs/reference/config/security/authorization-policy/)): Istio's webhook validation of
 //! `security.istio.io/v1` policies with its messages, their compilation into matchers,
 //! the choice of the policies that apply to one workload, and the decision a server
 //! sidecar makes for each request: any matching DENY policy denies; otherwise, when ALLOW
@@ -368,7 +368,8 @@ impl Workload {
         Some(Workload { port, deny: of(Action::Deny), allow: of(Action::Allow) })
     }
 
-    /// DENY first, then ALLOW (MESH_SEMANTICS 5, steps 2–5).
+    /// DENY first, then ALLOW: steps 2–5 of the evaluation order in Istio's reference
+    /// (<https://istio.io/latest/docs/reference/config/security/authorization-policy/>).
     pub fn decide(&self, peer: &Peer, req: &Request<'_>) -> Decision {
         let cx = Ctx { peer, req, port: self.port };
         if self.deny.iter().any(|p| p.matches(&cx)) {
@@ -381,7 +382,7 @@ impl Workload {
         }
     }
 
-    /// The decision for a TCP connection (MESH_SEMANTICS 5, TCP ports): HTTP-only fields
+    /// The decision for a TCP connection ([Istio: TCP traffic](https://istio.io/latest/docs/tasks/security/authorization/authz-tcp/)): HTTP-only fields
     /// (hosts, methods, paths, request principals, request headers and claims) cannot be
     /// evaluated, so an ALLOW rule using one is dropped and a DENY rule treats them as
     /// matching. Deny ⇒ the connection is closed.

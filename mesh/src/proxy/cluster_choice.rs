@@ -81,6 +81,11 @@ impl HostChoice {
         HostChoice { cfg, active, balancer: self.balancer, detector, hash: None }
     }
 
+    /// When this cluster's next outlier sweep is due (`None`: no outlier detection).
+    pub(super) fn next_sweep(&self) -> Option<Duration> {
+        self.detector.as_ref().map(Detector::next_tick)
+    }
+
     /// Runs the outlier sweeps due by `now` (readmissions, backoff decay).
     pub(super) fn sweep(&mut self, now: Duration, out: &mut Vec<Transition>) {
         if let Some(d) = self.detector.as_mut() {

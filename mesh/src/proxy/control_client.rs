@@ -8,7 +8,8 @@
 //! a view that does not parse, that is a cluster Envoy's own config validation
 //! rejects although Istio's validation accepts it: a consistent-hash ring whose
 //! `minimumRingSize` exceeds Envoy's `maximum_ring_size` (8,388,608), or a maglev
-//! `tableSize` above 5,000,011. Not here: what a config does (the sidecar) or what the
+//! `tableSize` above 5,000,011; or a local rate limit whose token bucket Envoy refuses.
+//! Not here: what a config does (the sidecar) or what the
 //! control plane makes of a NACK (it records it).
 
 use std::sync::Arc;
@@ -53,6 +54,9 @@ pub fn backoff(failures: u32, draw: f64) -> Duration {
 /// Turns a pushed view into a snapshot, or the reason the proxy refuses it.
 pub fn build(config: &ProxyConfig) -> Result<Snapshot, String> {
     let snap = config.compile()?;
+    for f in &snap.inbound_rate_limits {
+        f.filter.config.validate().map_err(|e| format!("{}: local rate limit: {e}", f.resource))?;
+    }
     for c in snap.clusters.values() {
         match c.hash.as_ref().map(|h| h.table) {
             Some(HashTable::Ring { min_ring_size }) if min_ring_size > RingHash::MAX_RING_SIZE => {

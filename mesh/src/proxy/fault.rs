@@ -1,5 +1,5 @@
-//! HTTP fault injection (Envoy's fault filter as Istio configures it, MESH_SEMANTICS
-//! 2.4): an optional fixed delay and an optional abort, each with its own percentage.
+//! HTTP fault injection (Envoy's fault filter as Istio configures it, [Istio's
+//! reference](https://istio.io/latest/docs/reference/config/networking/virtual-service/#HTTPFaultInjection)): an optional fixed delay and an optional abort, each with its own percentage.
 //! A missing percentage means 0% — the fault never fires. Istio converts a percentage
 //! to parts per million (`value × 10,000`); each request draws independently for the
 //! delay, then for the abort. Pure: the caller passes the random draws.

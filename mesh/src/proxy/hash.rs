@@ -1,5 +1,6 @@
 //! Consistent-hash load balancing as Envoy runs it for Istio's
-//! `DestinationRule.trafficPolicy.loadBalancer.consistentHash` (MESH_SEMANTICS 3.1):
+//! `DestinationRule.trafficPolicy.loadBalancer.consistentHash` ([Istio's
+//! reference](https://istio.io/latest/docs/reference/config/networking/destination-rule/#LoadBalancerSettings-ConsistentHashLB)):
 //!
 //! - [`HashPolicy`]: which request property is hashed (`httpHeaderName`, `httpCookie`,
 //!   `useSourceIp`, `httpQueryParameterName`) and how, byte for byte as Envoy's

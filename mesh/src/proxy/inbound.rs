@@ -58,10 +58,10 @@ impl<N: Net> Sidecar<N> {
             }
         }
 
-        // Local rate limit: one bucket for this proxy.
+        // Local rate limit: one bucket for this proxy (the one its current config selects).
         let limited = {
             let mut rl = self.rate_limit.lock().expect("rate limit lock");
-            rl.as_mut().and_then(|rl| {
+            rl.as_mut().and_then(|(_, rl)| {
                 let mut rng = self.rng.lock().expect("rng lock");
                 match rl.decide(self.clock.now(), &mut *rng) {
                     Decision::Limited { enforced: true } => Some((rl.status(), rl.response_headers_to_add().to_vec())),

@@ -1,5 +1,6 @@
 //! Replies the proxy makes itself, with Envoy's exact status, body and response flag
-//! (MESH_SEMANTICS section 0).
+//! ([Envoy's response flags](https://www.envoyproxy.io/docs/envoy/latest/configuration/observability/access_log/usage#config-access-log-format-response-flags),
+//! [local replies](https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/local_reply)).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};

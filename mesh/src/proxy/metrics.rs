@@ -1,4 +1,5 @@
-//! Istio's standard metrics as one sidecar keeps them (MESH_SEMANTICS section 6):
+//! Istio's standard metrics as one sidecar keeps them ([Istio's
+//! reference](https://istio.io/latest/docs/reference/config/metrics/)):
 //! `istio_requests_total`, `istio_request_duration_milliseconds`, `istio_request_bytes`
 //! and `istio_response_bytes` for HTTP; `istio_tcp_sent_bytes_total`,
 //! `istio_tcp_received_bytes_total`, `istio_tcp_connections_opened_total` and
@@ -24,7 +25,8 @@ use serde::Serialize;
 use super::local_reply::{self, Flag};
 use crate::registry::DOMAIN_SUFFIX;
 
-/// Istio's label names, in MESH_SEMANTICS section 6 order.
+/// Istio's label names, in the order of Istio's reference
+/// (<https://istio.io/latest/docs/reference/config/metrics/>).
 pub const LABELS: [&str; 25] = [
     "reporter",
     "source_workload",

@@ -15,7 +15,9 @@
 //! An inbound listener runs the pod's PeerAuthentication mode (see `tls`: mTLS, plaintext
 //! or both, sniffed on the same port), applies AuthorizationPolicy, then the local rate
 //! limit, and forwards to the local app (see `inbound`). An admin listener serves the
-//! sidecar's metrics (`/stats/prometheus`). Each policy is its own module; this one owns
+//! sidecar's metrics (`/stats/prometheus`). An outlier timer runs each cluster's interval
+//! sweep on time ([`Sidecar::run_outlier_timer`]), so readmissions happen (and are
+//! reported) whether or not requests arrive. Each policy is its own module; this one owns
 //! the sidecar's state: the config snapshot, the metrics and, per cluster, hosts' load,
 //! the outlier detector, the hash table and the connection pool; and what every request
 //! does first and last (its id, trace context and peer metadata; its access log,
@@ -99,8 +101,11 @@ pub struct SidecarConfig {
     pub app_port: u16,
     /// Seed of this proxy's RNG (weighted picks, load balancing, faults, backoff).
     pub seed: u64,
-    /// The inbound local rate limit (Envoy's `local_ratelimit` filter), if any.
-    pub rate_limit: Option<LocalRateLimitConfig>,
+    /// An inbound local rate limit (Envoy's `local_ratelimit` filter) of the sidecar's
+    /// own bootstrap config, not the control plane's (a scenario's service `rate_limit`);
+    /// one that an EnvoyFilter in the pushed config selects the pod for takes its place
+    /// (see [`Sidecar::apply`]).
+    pub bootstrap_rate_limit: Option<LocalRateLimitConfig>,
     /// The sidecar's identity and TLS; `None` = it can neither originate nor accept mTLS.
     pub tls: Option<Arc<SidecarTls>>,
     /// Processing time to spend on top of the real work (a simulated sidecar's cost
@@ -159,10 +164,14 @@ pub struct Sidecar<N: Net> {
     /// Whether a config has been applied.
     ready: tokio::sync::watch::Sender<bool>,
     clusters: Mutex<BTreeMap<String, ClusterRt<N>>>,
+    /// A cluster's runtime state was created or replaced: the outlier timer re-reads
+    /// when the next sweep is due.
+    clusters_changed: tokio::sync::Notify,
     rng: Mutex<ChaCha8Rng>,
     /// Connections to the local app.
     app_pool: Pool<N>,
-    rate_limit: Mutex<Option<LocalRateLimit>>,
+    /// The inbound local rate limit in effect, and the config it runs.
+    rate_limit: Mutex<Option<(LocalRateLimitConfig, LocalRateLimit)>>,
     metrics: Mutex<Metrics>,
     /// This sidecar's workload metadata, as sent to peers.
     metadata: HeaderValue,
@@ -212,6 +221,12 @@ fn failure_flag(e: UpstreamError) -> (Flag, Option<local_reply::ConnectFailure>)
     }
 }
 
+/// The inbound local rate limit the sidecar `cfg` runs with `snapshot`: the one an
+/// EnvoyFilter selects it for, else its bootstrap one.
+fn rate_limit_of<'a>(cfg: &'a SidecarConfig, snapshot: &'a Snapshot) -> Option<&'a LocalRateLimitConfig> {
+    snapshot.inbound_rate_limit_for(&cfg.namespace, &cfg.labels).or(cfg.bootstrap_rate_limit.as_ref())
+}
+
 /// Removes hop-by-hop headers. Scans the (few) names first: removing by name hashes,
 /// and most messages carry none.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -255,7 +270,10 @@ impl<N: Net> Sidecar<N> {
         snapshot: Arc<Snapshot>,
         ready: bool,
     ) -> Result<Arc<Self>, String> {
-        let rate_limit = cfg.rate_limit.clone().map(|c| LocalRateLimit::new(c, clock.now())).transpose()?;
+        let rate_limit = match rate_limit_of(&cfg, &snapshot) {
+            Some(c) => Some((c.clone(), LocalRateLimit::new(c.clone(), clock.now())?)),
+            None => None,
+        };
         let me = Workload::from_pod(&cfg.workload, &cfg.namespace, &cfg.labels);
         Ok(Arc::new(Sidecar {
             metadata: me.to_header(),
@@ -269,6 +287,7 @@ impl<N: Net> Sidecar<N> {
             snapshot: Mutex::new(snapshot),
             ready: tokio::sync::watch::channel(ready).0,
             clusters: Mutex::new(BTreeMap::new()),
+            clusters_changed: tokio::sync::Notify::new(),
             rate_limit: Mutex::new(rate_limit),
         }))
     }
@@ -285,12 +304,18 @@ impl<N: Net> Sidecar<N> {
         *self.ready.borrow()
     }
 
-    /// Runs `snapshot` from now on. Clusters whose config did not change keep their
+    /// Runs `snapshot` from now on. The inbound local rate limit is the one its
+    /// EnvoyFilters select this pod for (else the bootstrap one): a bucket whose config
+    /// did not change goes on, a changed or new one starts full now, as Envoy's filter
+    /// does with a new listener config. Clusters whose config did not change keep their
     /// runtime state as it is (the same `Arc`, so requests in flight see no change);
-    /// changed ones carry it over host by host (see `ClusterRt::carry`); removed ones
-    /// lose it. Requests in flight finish on the cluster config they started with.
+    /// changed ones carry it over host by host (see `ClusterRt::carry`), after the
+    /// outlier sweeps due by now ran on the old config; removed ones lose it. Requests
+    /// in flight finish on the cluster config they started with.
     pub fn apply(&self, mut snapshot: Snapshot) {
+        let now = self.clock.now();
         let mut clusters = self.clusters.lock().expect("clusters lock");
+        self.sweep(&mut clusters, now);
         let old = self.snapshot();
         for (name, c) in snapshot.clusters.iter_mut() {
             if let Some(prev) = old.clusters.get(name)
@@ -302,16 +327,55 @@ impl<N: Net> Sidecar<N> {
         let mut next = BTreeMap::new();
         for (name, rt) in std::mem::take(&mut *clusters) {
             let Some(cfg) = snapshot.clusters.get(&name) else { continue };
-            let rt = if Arc::ptr_eq(rt.cfg(), cfg) {
-                rt
-            } else {
-                rt.carry(cfg.clone(), |c| self.cluster_pool_new(c), self.clock.now())
-            };
+            let rt =
+                if Arc::ptr_eq(rt.cfg(), cfg) { rt } else { rt.carry(cfg.clone(), |c| self.cluster_pool_new(c), now) };
             next.insert(name, rt);
         }
+        // The timer wakes only for clusters that detect outliers.
+        if next.values().any(|rt| rt.choice.next_sweep().is_some()) {
+            self.clusters_changed.notify_one();
+        }
         *clusters = next;
+        drop(clusters);
+        let wanted = rate_limit_of(&self.cfg, &snapshot);
+        let mut rate_limit = self.rate_limit.lock().expect("rate limit lock");
+        if rate_limit.as_ref().map(|(c, _)| c) != wanted {
+            *rate_limit = wanted.map(|c| {
+                let rl =
+                    LocalRateLimit::new(c.clone(), now).expect("control_client::build refuses an invalid rate limit");
+                (c.clone(), rl)
+            });
+        }
+        drop(rate_limit);
         *self.snapshot.lock().expect("snapshot lock") = Arc::new(snapshot);
         self.ready.send_replace(true);
+    }
+
+    /// Runs the outlier detectors' interval timers, as Envoy arms one per cluster: at
+    /// each cluster's next tick its sweep runs (readmissions, backoff decay) and its
+    /// transitions are reported, whether or not a request arrives. A cluster's timer
+    /// starts with its runtime state (its first request) and restarts when its outlier
+    /// settings change. Runs until its task is aborted, with the pod's other tasks.
+    pub async fn run_outlier_timer(self: Arc<Self>) {
+        loop {
+            let next = {
+                let clusters = self.clusters.lock().expect("clusters lock");
+                clusters.values().filter_map(|rt| rt.choice.next_sweep()).min()
+            };
+            // A permit stored by a change made since `next` was read ends the wait at once.
+            let changed = self.clusters_changed.notified();
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(at.saturating_sub(self.clock.now())) => {}
+                        () = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+            let now = self.clock.now();
+            self.sweep(&mut self.clusters.lock().expect("clusters lock"), now);
+        }
     }
 
     /// Serves the outbound listener, once a config is applied, until it fails.
@@ -477,11 +541,9 @@ impl<N: Net> Sidecar<N> {
         self.rng.lock().expect("rng lock").next_u64()
     }
 
-    /// Replays due outlier sweeps of every cluster up to now (so readmissions show up
-    /// even when no request arrives).
-    pub fn advance(&self) {
-        let now = self.clock.now();
-        let mut clusters = self.clusters.lock().expect("clusters lock");
+    /// Runs the outlier sweeps of every cluster due by `now` and reports their
+    /// transitions.
+    fn sweep(&self, clusters: &mut BTreeMap<String, ClusterRt<N>>, now: Duration) {
         for (name, rt) in clusters.iter_mut() {
             let mut out = Vec::new();
             rt.choice.sweep(now, &mut out);
@@ -656,7 +718,11 @@ impl<N: Net> Sidecar<N> {
         let mut clusters = self.clusters.lock().expect("clusters lock");
         if !clusters.contains_key(&cluster.name) {
             let cfg = self.snapshot().clusters.get(&cluster.name).cloned().unwrap_or_else(|| cluster.clone());
-            clusters.insert(cluster.name.clone(), ClusterRt::new(self.cluster_pool_new(&cfg), cfg, self.clock.now()));
+            let rt = ClusterRt::new(self.cluster_pool_new(&cfg), cfg, self.clock.now());
+            if rt.choice.next_sweep().is_some() {
+                self.clusters_changed.notify_one();
+            }
+            clusters.insert(cluster.name.clone(), rt);
         }
         f(clusters.get_mut(&cluster.name).expect("inserted above"))
     }
@@ -724,7 +790,7 @@ mod tests {
             labels: BTreeMap::new(),
             app_port: 8080,
             seed: 1,
-            rate_limit: None,
+            bootstrap_rate_limit: None,
             tls: None,
             cost: None,
         };
@@ -757,20 +823,35 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn advance_reports_a_readmission_without_any_request() {
+    async fn the_outlier_timer_readmits_at_the_sweep_tick_without_any_request() {
         let (sc, c, telemetry) = sidecar();
+        let timer = tokio::spawn(sc.clone().run_outlier_timer());
         tokio::time::sleep(500 * MS).await;
         eject_host_0(&sc, &c);
         assert_eq!(kinds(&telemetry), [("Ejected".to_string(), 500 * MS)]);
         // The cluster's state (and its 1 s interval timer) started with the first try at
-        // 0.5 s, which ejected the host for 5 s: the sweep at 5.5 s readmits it.
+        // 0.5 s, which ejected the host for 5 s: the sweep at 5.5 s readmits it, with no
+        // request to replay it.
         tokio::time::sleep(4900 * MS).await;
-        sc.advance();
         assert_eq!(kinds(&telemetry).len(), 1, "not yet readmitted at 5.4 s");
-        tokio::time::sleep(100 * MS).await;
-        sc.advance();
-        assert_eq!(kinds(&telemetry)[1], ("Readmitted".to_string(), 5500 * MS));
-        sc.advance();
+        tokio::time::sleep(200 * MS).await;
+        assert_eq!(kinds(&telemetry), [("Ejected".to_string(), 500 * MS), ("Readmitted".to_string(), 5500 * MS)]);
+        tokio::time::sleep(10 * S).await;
         assert_eq!(kinds(&telemetry).len(), 2, "a sweep is reported once");
+        timer.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_config_change_runs_the_sweeps_due_on_the_old_config_first() {
+        let (sc, c, telemetry) = sidecar();
+        tokio::time::sleep(500 * MS).await;
+        eject_host_0(&sc, &c);
+        // No timer runs: at 5.6 s the sweep due at 5.5 s has not run when host 0 leaves
+        // the cluster. Applying the change runs it first, so the readmission is reported.
+        tokio::time::sleep(5100 * MS).await;
+        let mut shrunk = (*c).clone();
+        shrunk.endpoints.remove(0);
+        sc.apply(Snapshot { clusters: [("c".to_string(), Arc::new(shrunk))].into(), ..Snapshot::default() });
+        assert_eq!(kinds(&telemetry), [("Ejected".to_string(), 500 * MS), ("Readmitted".to_string(), 5500 * MS)]);
     }
 }

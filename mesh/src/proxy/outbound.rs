@@ -710,7 +710,7 @@ mod layer_tests {
             labels: BTreeMap::new(),
             app_port: 8080,
             seed: 7,
-            rate_limit: None,
+            bootstrap_rate_limit: None,
             tls: None,
             cost: None,
         };

@@ -1,11 +1,14 @@
 //! Outlier detection for one cluster as seen by one client proxy, exactly as Envoy runs
-//! it for Istio (MESH_SEMANTICS 3.3): consecutive 5xx and gateway-error counters that
+//! it for Istio ([Envoy's outlier detection](https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/outlier)):
+//! consecutive 5xx and gateway-error counters that
 //! trigger inline, the `maxEjectionPercent` rule, an interval sweep that readmits hosts
 //! after `min(base × backoff, max)` and decays the backoff of healthy hosts.
 //!
-//! Pure: time is passed in. The sweep runs lazily — [`Detector::advance`] replays every
-//! interval tick up to `now` — so results do not depend on a timer task. Which host a
-//! request goes to (panic mode included) is the balancer's and the cluster's business.
+//! Pure: time is passed in. [`Detector::advance`] replays every interval tick up to
+//! `now`, so the state at any instant is the same whoever calls it and when: the
+//! sidecar's outlier timer at each [`Detector::next_tick`], or a request before it.
+//! Which host a request goes to (panic mode included) is the balancer's and the
+//! cluster's business.
 
 use std::time::Duration;
 
@@ -100,6 +103,11 @@ impl Detector {
 
     pub fn state(&self, host: usize) -> HostState {
         self.hosts[host].state
+    }
+
+    /// When the next interval sweep is due.
+    pub fn next_tick(&self) -> Duration {
+        self.next_tick
     }
 
     /// Runs every interval sweep due at or before `now`, in order.

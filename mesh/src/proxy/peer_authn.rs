@@ -1,4 +1,5 @@
-//! PeerAuthentication resolution (MESH_SEMANTICS 1): which mTLS mode a workload's
+//! PeerAuthentication resolution ([Istio's
+//! reference](https://istio.io/latest/docs/reference/config/security/peer_authentication/)): which mTLS mode a workload's
 //! inbound side runs on one port.
 //!
 //! Tiers: mesh (root namespace `istio-system`, no selector), namespace (the workload's

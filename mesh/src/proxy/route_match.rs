@@ -9,6 +9,10 @@
 //! not. `prefix` is a raw string prefix: `/v2` accepts `/v2example`. Regexes are RE2
 //! full matches (run with the `regex` crate, anchored at both ends).
 //!
+//! The compiled matcher is plain data a second reader (a translator to Envoy's route
+//! config) can walk: every field is public, and a regex keeps the pattern as written
+//! ([`SafeRegex::pattern`], Envoy's `safe_regex.regex`) beside the compiled form.
+//!
 //! Pure. This module does not own choosing the route (the first `http[]` entry whose list
 //! accepts), VirtualService-level `hosts`/`gateways`, rewrites, or JWT claims: no
 //! RequestAuthentication is simulated, so a `@request.auth.claims…` header condition sees
@@ -52,13 +56,40 @@ pub struct MatchInput<'a> {
     pub source_namespace: &'a str,
 }
 
+/// An RE2 pattern, matched against a whole value (Envoy's `safe_regex` with Google
+/// RE2, which matches the whole string).
+#[derive(Clone, Debug)]
+pub struct SafeRegex {
+    /// The pattern as the VirtualService wrote it.
+    pattern: String,
+    /// `pattern`, anchored at both ends.
+    full: Regex,
+}
+
+impl SafeRegex {
+    fn new(pattern: &str) -> Result<SafeRegex, String> {
+        let full = full_match_regex(pattern).map_err(|e| e.to_string())?;
+        Ok(SafeRegex { pattern: pattern.to_string(), full })
+    }
+
+    /// The pattern as written (what Envoy's `safe_regex.regex` carries).
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether the pattern matches all of `value`.
+    pub fn is_match(&self, value: &str) -> bool {
+        self.full.is_match(value)
+    }
+}
+
 /// A value matcher (Envoy's `StringMatcher`, or `present_match`).
 #[derive(Clone, Debug)]
 pub enum Matcher {
     Present,
     Exact(String),
     Prefix(String),
-    Regex(Regex),
+    Regex(SafeRegex),
 }
 
 impl Matcher {
@@ -70,7 +101,7 @@ impl Matcher {
             (Some(e), _, _) => Matcher::Exact(e.clone()),
             (None, Some(p), _) => Matcher::Prefix(p.clone()),
             (None, None, Some(r)) if r == "*" => Matcher::Present,
-            (None, None, Some(r)) => Matcher::Regex(full_match_regex(r).map_err(|e| e.to_string())?),
+            (None, None, Some(r)) => Matcher::Regex(SafeRegex::new(r)?),
             (None, None, None) => Matcher::Present,
         })
     }
@@ -90,7 +121,7 @@ impl Matcher {
 pub enum PathMatch {
     Exact(String),
     Prefix(String),
-    Regex(Regex),
+    Regex(SafeRegex),
 }
 
 /// One header condition (Envoy `HeaderMatcher`, or a JWT claim's metadata matcher).
@@ -109,12 +140,14 @@ pub enum Cond {
     Claim { invert: bool },
 }
 
-/// One compiled `HTTPMatchRequest`.
+/// One compiled `HTTPMatchRequest` ([`RouteMatch::compile`] builds it).
 #[derive(Clone, Debug)]
 pub struct RouteMatch {
     pub name: Option<String>,
     pub path: PathMatch,
     pub ignore_uri_case: bool,
+    /// Header conditions: `headers`, then `withoutHeaders` (inverted), then `method`,
+    /// `authority` and `scheme` as pseudo-headers.
     pub conds: Vec<Cond>,
     pub query_params: Vec<(String, Matcher)>,
     /// `None` = any port.
@@ -131,7 +164,7 @@ impl RouteMatch {
         let path = match value(&m.uri).unwrap_or_default() {
             StringMatch { exact: Some(e), .. } => PathMatch::Exact(e),
             StringMatch { prefix: Some(p), .. } => PathMatch::Prefix(p),
-            StringMatch { regex: Some(r), .. } => PathMatch::Regex(full_match_regex(&r).map_err(|e| e.to_string())?),
+            StringMatch { regex: Some(r), .. } => PathMatch::Regex(SafeRegex::new(&r)?),
             _ => PathMatch::Prefix("/".into()),
         };
         let mut conds = Vec::new();
@@ -168,11 +201,6 @@ impl RouteMatch {
             source_namespace: m.source_namespace.as_ref().map(|n| n.value.clone()).filter(|n| !n.is_empty()),
             gateways: m.gateways.iter().map(|g| g.value.clone()).collect(),
         })
-    }
-
-    /// The entry's `name`, if any.
-    pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
     }
 
     /// The `uri` prefix of this entry, if it matches by prefix (what `rewrite.uri` replaces).
@@ -552,7 +580,18 @@ mod tests {
         assert!(route_matches(&entries, &req("/z").header("x-b", "1").input()));
         assert!(!route_matches(&entries, &req("/z").input()));
         assert!(route_matches(&[], &req("/z").input()));
-        assert_eq!(compile("name: v2\n").name(), Some("v2"));
+        assert_eq!(compile("name: v2\n").name.as_deref(), Some("v2"));
+    }
+
+    #[test]
+    fn a_compiled_regex_keeps_its_pattern_as_written() {
+        let m = compile("uri: {regex: \"/users/[0-9]+\"}\nheaders: {x-v: {regex: \"v[12]\"}}\n");
+        assert!(matches!(&m.path, PathMatch::Regex(r) if r.pattern() == "/users/[0-9]+"), "{:?}", m.path);
+        assert!(
+            matches!(&m.conds[..], [Cond::Header { matcher: Matcher::Regex(r), .. }] if r.pattern() == "v[12]"),
+            "{:?}",
+            m.conds
+        );
     }
 
     // ------------------------------------------------ validation

@@ -19,7 +19,6 @@ use rand::RngCore;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
 pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
 pub const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");

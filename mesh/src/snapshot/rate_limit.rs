@@ -11,6 +11,7 @@ use super::{Compiler, Snapshot};
 use crate::config::Pos;
 use crate::config::envoy_filter::{self, EnvoyFilterSpec};
 use crate::config::istio::Resource;
+use crate::config::ratelimit::LocalRateLimitConfig;
 use crate::proxy::authz;
 
 /// An EnvoyFilter's local rate limit and the workloads it selects.
@@ -23,18 +24,33 @@ pub struct InboundRateLimitFilter {
     pub filter: envoy_filter::InboundRateLimit,
 }
 
+/// Whether `f` applies to a workload: same namespace or the root namespace, and a
+/// selector (if any) whose labels the workload all has.
+fn selects(f: &InboundRateLimitFilter, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+    (f.namespace == namespace || f.namespace == authz::ROOT_NAMESPACE)
+        && f.filter.selector.as_ref().is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
 impl Snapshot {
-    /// The EnvoyFilter rate limits that apply to a workload: same namespace or the root
-    /// namespace, and a selector (if any) whose labels the workload all has.
+    /// The EnvoyFilter rate limits that apply to a workload (see [`selects`]), in
+    /// resource order.
     pub fn inbound_rate_limits_for<'s>(
         &'s self,
         namespace: &'s str,
         labels: &'s BTreeMap<String, String>,
     ) -> impl Iterator<Item = &'s InboundRateLimitFilter> + 's {
-        self.inbound_rate_limits.iter().filter(move |f| {
-            (f.namespace == namespace || f.namespace == authz::ROOT_NAMESPACE)
-                && f.filter.selector.as_ref().is_none_or(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
-        })
+        self.inbound_rate_limits.iter().filter(move |f| selects(f, namespace, labels))
+    }
+
+    /// The inbound local rate limit an EnvoyFilter installs in the sidecar of a workload
+    /// in `namespace` with `labels`: the first filter selecting it. meshsim runs one local
+    /// rate limit per proxy (a scenario whose filters select one pod twice is rejected).
+    pub fn inbound_rate_limit_for(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&LocalRateLimitConfig> {
+        self.inbound_rate_limits.iter().find(|f| selects(f, namespace, labels)).map(|f| &f.filter.config)
     }
 }
 

@@ -399,7 +399,7 @@ async fn run_world(
                 source: IpAddr::V4(ip),
                 peers: peers.clone(),
                 access_log: access_log.clone(),
-                rate_limit: p.rate_limit.clone(),
+                rate_limit: p.bootstrap_rate_limit.clone(),
                 identity: match p.bad_identity {
                     None => Some(issue(&plan, i, &ca, clock.unix_time())?),
                     Some(_) => {

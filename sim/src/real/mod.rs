@@ -216,18 +216,6 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
     for pod in (0..plan.pods.len()).filter(|&p| plan.pods[p].running_at_start) {
         set.start(pod);
     }
-    // Envoy's outlier sweep runs on a timer: sweep every 100 ms so readmissions are
-    // recorded even without traffic.
-    let sweeper = set.sidecars.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let all: Vec<_> = sweeper.lock().expect("sidecars lock").values().cloned().collect();
-            for s in all {
-                s.advance();
-            }
-        }
-    });
 
     boot(&set, &seam, &istiod_errors).await?;
     let (pods_tx, mut pods_rx) = mpsc::unbounded_channel::<Command>();

@@ -3,7 +3,7 @@
 //! the `control_plane` settings (readiness delay). It owns [`ConfigStep`] and
 //! [`ConfigChange`]; applying them at their time is `crate::world`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +12,12 @@ use mesh::config::Pos;
 use mesh::config::istio::Resource;
 use mesh::control::StoredResource;
 use mesh::control::store::{ResourceKey, Store};
-use mesh::registry::Registry;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::builder::{Builder, Dur};
 use super::istio::{Suppress, suppressed};
+use super::services::Placement;
 use super::workloads::Workload;
 
 /// How the simulated Kubernetes and control plane behave.
@@ -100,17 +100,20 @@ pub(super) fn scaled_max(defs: &[ConfigStepDef]) -> BTreeMap<&str, u32> {
 
 impl Builder {
     /// The config steps, checked: each applies to the config as the steps before it left
-    /// it, and must validate there (as the control plane will check it during the run).
+    /// it, and must validate there (as the control plane will check it during the run),
+    /// and the local rate limits its EnvoyFilters select pods for must be one per pod
+    /// (`reported`: the filters already reported, see `envoy_filter_rate_limits`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn config_steps(
         &mut self,
         defs: &[ConfigStepDef],
         generic: &serde_json::Value,
         base: &Path,
-        registry: &Registry,
+        placed: &Placement,
         initial: &[StoredResource],
         suppress: &Arc<Vec<Suppress>>,
         run_end: Option<Duration>,
+        reported: &mut BTreeSet<String>,
     ) -> Vec<ConfigStep> {
         let mut steps = Vec::new();
         for (i, d) in defs.iter().enumerate() {
@@ -172,19 +175,21 @@ impl Builder {
         }
         steps.sort_by_key(|s| s.at);
         // Replay the steps on a store holding the initial config (when that is valid).
-        if let Ok(store) = Store::new(registry.clone(), initial.to_vec(), BTreeMap::new(), suppressed(suppress)) {
+        if let Ok(store) = Store::new(placed.registry.clone(), initial.to_vec(), BTreeMap::new(), suppressed(suppress))
+        {
             for s in &steps {
                 let result = match &s.change {
                     ConfigChange::Apply(rs) => store.apply(rs.clone()),
                     ConfigChange::Delete(keys) => store.delete(keys),
                     ConfigChange::Scale { .. } => continue,
                 };
-                if let Err(findings) = result {
-                    self.findings.0.extend(
-                        findings.0.into_iter().filter(|f| {
+                match result {
+                    Ok(_) => self.envoy_filter_rate_limits(&store.compiled(), &placed.pods, reported),
+                    Err(findings) => {
+                        self.findings.0.extend(findings.0.into_iter().filter(|f| {
                             f.level == mesh::config::Level::Error && !suppress.iter().any(|r| r.matches(f))
-                        }),
-                    );
+                        }))
+                    }
                 }
             }
         }
@@ -291,5 +296,44 @@ mod tests {
             errors(&format!("{BASE}config:\n  - {{at: 1s}}\n")),
             "t.yaml:17:10: error [MSIM0002] config[0]: a config step has exactly one of apply, apply_file, delete, scale\n"
         );
+    }
+    #[test]
+    fn a_step_s_envoy_filter_rate_limit_on_a_pod_that_has_one_is_an_error() {
+        let with_shorthand = BASE.replace(
+            "        replicas: 3\n",
+            "        replicas: 3\n    rate_limit: {max_tokens: 4, fill_interval: 1s}\n",
+        );
+        let step = "\
+config:
+  - at: 1s
+    apply:
+      - apiVersion: networking.istio.io/v1alpha3
+        kind: EnvoyFilter
+        metadata: {name: rl, namespace: default}
+        spec:
+          workloadSelector: {labels: {app: backend}}
+          configPatches:
+            - applyTo: HTTP_FILTER
+              match: {context: SIDECAR_INBOUND}
+              patch:
+                operation: INSERT_BEFORE
+                value:
+                  name: envoy.filters.http.local_ratelimit
+                  typed_config:
+                    \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+                    stat_prefix: rl
+                    token_bucket: {max_tokens: 2, fill_interval: 1s}
+";
+        let e = errors(&format!("{with_shorthand}{step}"));
+        assert!(
+            e.contains(
+                "error [MSIM0002] spec.configPatches: EnvoyFilter default/rl selects pod backend-v1-0, but its service \"backend\" has a `rate_limit` too"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "reported once for the filter: {e}");
+        // Without the service's own limit the step loads: the sidecars get it when pushed.
+        let p = plan(&format!("{BASE}{step}"));
+        assert!(p.pods.iter().all(|p| p.bootstrap_rate_limit.is_none()), "nothing is frozen into the plan");
     }
 }

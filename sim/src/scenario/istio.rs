@@ -149,34 +149,37 @@ impl Builder {
         }
     }
 
-    /// Gives each pod the local rate limit an EnvoyFilter selects it for. meshsim runs one
-    /// local rate limit per proxy: a pod selected by two, or by one and its service's
-    /// `rate_limit`, is an error (reported once per filter).
-    pub(super) fn envoy_filter_rate_limits(&mut self, snapshot: &mesh::snapshot::Snapshot, pods: &mut [PlannedPod]) {
-        let mut reported = BTreeSet::new();
-        for p in pods.iter_mut() {
+    /// Checks the local rate limits EnvoyFilters select pods for in `snapshot` (the
+    /// initial config, or the config a step leaves; the sidecars find theirs in the config
+    /// pushed to them). meshsim runs one local rate limit per proxy: a pod selected by two,
+    /// or by one and its service's `rate_limit`, is an error (reported once per filter
+    /// over every call sharing `reported`).
+    pub(super) fn envoy_filter_rate_limits(
+        &mut self,
+        snapshot: &mesh::snapshot::Snapshot,
+        pods: &[PlannedPod],
+        reported: &mut BTreeSet<String>,
+    ) {
+        for p in pods {
             let mut filters = snapshot.inbound_rate_limits_for(&p.namespace, &p.labels);
             let Some(first) = filters.next() else { continue };
-            let clash = match (filters.next(), &p.rate_limit) {
+            let clash = match (filters.next(), &p.bootstrap_rate_limit) {
                 (Some(second), _) => Some((second, format!("{} also selects it", first.resource))),
                 (None, Some(_)) => Some((first, format!("its service {:?} has a `rate_limit` too", p.service))),
                 (None, None) => None,
             };
-            match clash {
-                Some((at, why)) => {
-                    if reported.insert(at.resource.clone()) {
-                        self.findings.push(Finding::error(
-                            at.pos.clone(),
-                            code::SCENARIO,
-                            "spec.configPatches",
-                            format!(
-                                "{} selects pod {}, but {why}: meshsim runs one local rate limit per proxy",
-                                at.resource, p.name
-                            ),
-                        ));
-                    }
-                }
-                None => p.rate_limit = Some(first.filter.config.clone()),
+            if let Some((at, why)) = clash
+                && reported.insert(at.resource.clone())
+            {
+                self.findings.push(Finding::error(
+                    at.pos.clone(),
+                    code::SCENARIO,
+                    "spec.configPatches",
+                    format!(
+                        "{} selects pod {}, but {why}: meshsim runs one local rate limit per proxy",
+                        at.resource, p.name
+                    ),
+                ));
             }
         }
     }

@@ -23,6 +23,7 @@ mod plan;
 mod services;
 mod workloads;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,15 +134,24 @@ impl Builder {
         let latency_min = dur(&def.network.latency, Duration::from_millis(1));
         let latency_max = latency_min + dur(&def.network.jitter, Duration::ZERO);
         let scaled_max = control::scaled_max(&def.config);
-        let mut placed = self.services(&def.services, &def.nodes, &scaled_max, mesh);
+        let placed = self.services(&def.services, &def.nodes, &scaled_max, mesh);
         let (sources, snapshot) =
             self.istio_resources(def.istio, &def.istio_files, generic, base, &placed.registry, &suppress);
-        self.envoy_filter_rate_limits(&snapshot, &mut placed.pods);
+        let mut rate_limits_reported = BTreeSet::new();
+        self.envoy_filter_rate_limits(&snapshot, &placed.pods, &mut rate_limits_reported);
         let (workloads, workload_names) = self.workloads(&def.workload, &placed, duration, run_end);
         let egress = workloads::egress(&placed, &workloads);
         let suppress = Arc::new(suppress);
-        let mut config_steps =
-            self.config_steps(&def.config, generic, base, &placed.registry, &sources, &suppress, run_end);
+        let mut config_steps = self.config_steps(
+            &def.config,
+            generic,
+            base,
+            &placed,
+            &sources,
+            &suppress,
+            run_end,
+            &mut rate_limits_reported,
+        );
         self.plan_scaling(&mut config_steps, &def.config, &placed.deployments, &workloads);
         let faults = self.faults(&def.faults, &placed, duration, run_end);
         let ca = self.ca(def.ca.as_ref());

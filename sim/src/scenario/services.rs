@@ -153,8 +153,10 @@ pub struct PlannedPod {
     pub inbound_port: u16,
     pub outbound_port: u16,
     pub app: AppModel,
-    /// The inbound local rate limit of the pod's sidecar.
-    pub rate_limit: Option<LocalRateLimitConfig>,
+    /// The inbound local rate limit its service's `rate_limit` gives the pod's sidecar
+    /// (in the sidecar's bootstrap config). An EnvoyFilter's reaches the sidecar with the
+    /// control plane's config, not through the plan.
+    pub bootstrap_rate_limit: Option<LocalRateLimitConfig>,
     pub service_account: String,
     /// Whether the pod runs a sidecar.
     pub sidecar: bool,
@@ -398,7 +400,7 @@ impl Builder {
                 inbound_port: FIRST_PORT + 3 * k + 1,
                 outbound_port: FIRST_PORT + 3 * k + 2,
                 app: app.clone(),
-                rate_limit: svc.rate_limit.clone(),
+                bootstrap_rate_limit: svc.rate_limit.clone(),
                 service_account: service_account.clone(),
                 sidecar,
                 bad_identity,

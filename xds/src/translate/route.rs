@@ -152,7 +152,7 @@ fn route_match(m: &RouteMatch, port: u16, p: &Placement) -> Option<rt::RouteMatc
     let path_specifier = match &m.path {
         PathMatch::Exact(e) => rt::route_match::PathSpecifier::Path(e.clone()),
         PathMatch::Prefix(x) => rt::route_match::PathSpecifier::Prefix(x.clone()),
-        PathMatch::Regex(re) => rt::route_match::PathSpecifier::SafeRegex(regex(re.as_str())),
+        PathMatch::Regex(re) => rt::route_match::PathSpecifier::SafeRegex(regex(re.pattern())),
     };
     let mut headers = Vec::new();
     for c in &m.conds {
@@ -204,7 +204,7 @@ fn string_match(m: &Matcher) -> Option<StringMatcher> {
         Matcher::Present => return None,
         Matcher::Exact(e) => string_matcher::MatchPattern::Exact(e.clone()),
         Matcher::Prefix(x) => string_matcher::MatchPattern::Prefix(x.clone()),
-        Matcher::Regex(re) => string_matcher::MatchPattern::SafeRegex(regex(re.as_str())),
+        Matcher::Regex(re) => string_matcher::MatchPattern::SafeRegex(regex(re.pattern())),
     };
     Some(StringMatcher { match_pattern: Some(pattern), ignore_case: false })
 }

@@ -48,6 +48,18 @@ fn a_workload_gets_the_filters_of_its_namespace_and_the_root_namespace_that_sele
     assert_eq!(max("default", &labels(&[("app", "b")])), [1, 2, 3]);
     assert_eq!(max("default", &labels(&[("app", "a")])), [2, 3]);
     assert_eq!(max("other", &labels(&[("app", "b")])), [3, 4]);
+    // A sidecar runs the first that selects it.
+    let one = |ns: &str, l: &BTreeMap<String, String>| snap.inbound_rate_limit_for(ns, l).map(|c| c.max_tokens);
+    assert_eq!(one("default", &labels(&[("app", "b")])), Some(1));
+    assert_eq!(one("default", &labels(&[("app", "a")])), Some(2));
+    assert_eq!(one("other", &labels(&[])), Some(3));
+}
+
+#[test]
+fn a_workload_no_filter_selects_has_no_rate_limit() {
+    let (snap, _) = compile_yaml(&filter("only-b", "default", "workloadSelector: {labels: {app: b}}", 1));
+    assert_eq!(snap.inbound_rate_limit_for("default", &labels(&[("app", "a")])), None);
+    assert_eq!(snap.inbound_rate_limit_for("other", &labels(&[("app", "b")])), None);
 }
 
 #[test]
