@@ -617,11 +617,11 @@ spec: {mtls: {mode: DISABLE}}
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let values = |name: &str| headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
-    // meshsim: destination (remove, add, set), then route (remove, add, set).
+    // As meshsim's sidecar: destination (remove, set, add), then route (remove, set, add).
     assert_eq!(values("x-dest"), ["d"], "{head}");
     assert!(values("x-both").is_empty(), "the route's remove runs after the destination's add: {head}");
     assert!(values("x-gone").is_empty(), "{head}");
-    assert_eq!(values("x-r"), ["2"], "add then set leaves the set value alone: {head}");
+    assert_eq!(values("x-r"), ["2", "1"], "Envoy overwrites, then appends: both values: {head}");
     drop(envoy);
     let _ = std::fs::remove_dir_all(&dir);
 }

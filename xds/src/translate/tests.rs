@@ -299,7 +299,7 @@ fn a_rich_virtual_service_translates_match_by_match_with_its_policies() {
         .map(|h| (h.header.as_ref().unwrap().key.as_str(), h.append_action))
         .collect();
     use crate::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction as A;
-    assert_eq!(adds, [("x-added", A::AppendIfExistsOrAdd as i32), ("x-set", A::OverwriteIfExistsOrAdd as i32)]);
+    assert_eq!(adds, [("x-set", A::OverwriteIfExistsOrAdd as i32), ("x-added", A::AppendIfExistsOrAdd as i32)]);
     assert_eq!(routes[0].request_headers_to_remove, ["x-gone"]);
     let fault = routes[0].typed_per_filter_config.get("envoy.filters.http.fault").expect("per-route fault");
     let fault = <crate::pb::envoy::extensions::filters::http::fault::v3::HttpFault as prost::Message>::decode(
@@ -567,7 +567,7 @@ pub(super) fn hcm_of(
 }
 
 #[test]
-fn an_add_of_a_header_the_same_level_sets_is_dropped_as_meshsim_lets_the_set_win() {
+fn an_add_and_a_set_of_one_header_are_both_written_as_istio_writes_them() {
     let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec:\n  hosts: [b]\n  http:\n  - route: [{destination: {host: b}}]\n    headers: {request: {add: {x-r: \"1\", x-a: \"1\"}, set: {x-r: \"2\"}}}\n";
     let t = translate(&snapshot(yaml), &placement());
     let r = &vhost(&t, "b.default.svc.cluster.local:80").routes[0];
@@ -577,5 +577,5 @@ fn an_add_of_a_header_the_same_level_sets_is_dropped_as_meshsim_lets_the_set_win
         .map(|h| h.header.as_ref().unwrap())
         .map(|h| (h.key.as_str(), h.value.as_str()))
         .collect();
-    assert_eq!(adds, [("x-a", "1"), ("x-r", "2")]);
+    assert_eq!(adds, [("x-r", "2"), ("x-a", "1"), ("x-r", "1")]);
 }
