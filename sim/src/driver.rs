@@ -34,6 +34,32 @@ pub enum Command {
     Restart(usize),
 }
 
+/// Runs one component (istiod's services) started by `start`, crashing it (its task
+/// aborted and awaited, so its sockets are gone) and restarting it on `commands`, until
+/// the sender is dropped. A crash of a stopped component, or a restart of a running one,
+/// is nothing to do.
+pub async fn obey(
+    commands: &mut tokio::sync::mpsc::UnboundedReceiver<Command>,
+    start: impl Fn() -> tokio::task::JoinHandle<()>,
+) {
+    let mut running = Some(start());
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            Command::Crash(_) => {
+                if let Some(t) = running.take() {
+                    t.abort();
+                    let _ = t.await;
+                }
+            }
+            Command::Restart(_) => {
+                if running.is_none() {
+                    running = Some(start());
+                }
+            }
+        }
+    }
+}
+
 /// A fault boundary on the driver's timeline.
 #[derive(Clone, Copy, Debug)]
 struct Action {

@@ -190,26 +190,11 @@ impl Istiod {
     }
 
     async fn run(self: Arc<Self>) -> turmoil::Result {
-        let mut running = Some(self.start());
         let Some(mut rx) = self.commands.lock().expect("commands lock").take() else {
+            drop(self.start());
             return Ok(());
         };
-        while let Some(cmd) = rx.recv().await {
-            match cmd {
-                Command::Crash(_) => {
-                    if let Some(t) = running.take() {
-                        t.abort();
-                        // Its listener and connections go away once the runtime polls it.
-                        let _ = t.await;
-                    }
-                }
-                Command::Restart(_) => {
-                    if running.is_none() {
-                        running = Some(self.start());
-                    }
-                }
-            }
-        }
+        crate::driver::obey(&mut rx, || self.start()).await;
         std::future::pending().await
     }
 }

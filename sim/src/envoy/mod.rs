@@ -295,22 +295,7 @@ async fn istiod(
             }
         })
     };
-    let mut running = Some(start());
-    while let Some(cmd) = commands.recv().await {
-        match cmd {
-            Command::Crash(_) => {
-                if let Some(t) = running.take() {
-                    t.abort();
-                    let _ = t.await;
-                }
-            }
-            Command::Restart(_) => {
-                if running.is_none() {
-                    running = Some(start());
-                }
-            }
-        }
-    }
+    crate::driver::obey(&mut commands, start).await;
 }
 
 #[allow(clippy::disallowed_types, clippy::disallowed_methods)] // the ADS server's listener: a real one

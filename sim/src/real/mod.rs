@@ -164,22 +164,7 @@ async fn istiod(
             let _ = tokio::join!(cp.serve(push), ca.serve(csr, clock));
         })
     };
-    let mut running = Some(start());
-    while let Some(cmd) = commands.recv().await {
-        match cmd {
-            Command::Crash(_) => {
-                if let Some(t) = running.take() {
-                    t.abort();
-                    let _ = t.await;
-                }
-            }
-            Command::Restart(_) => {
-                if running.is_none() {
-                    running = Some(start());
-                }
-            }
-        }
-    }
+    crate::driver::obey(&mut commands, start).await;
 }
 
 async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sync)) -> Result<RunOutput, RunError> {
