@@ -39,9 +39,22 @@ pub fn version(binary: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("{}: not an Envoy binary (--version printed {:?})", binary.display(), text.trim()))
 }
 
-/// Starts one Envoy.
+/// Starts one Envoy. It is killed when its handle is dropped, and (on Linux) when the
+/// thread that started it ends — so a meshsim killed by a signal takes its Envoys along.
 pub fn spawn(l: &Launch) -> io::Result<tokio::process::Child> {
-    tokio::process::Command::new(&l.binary)
+    let mut command = tokio::process::Command::new(&l.binary);
+    #[cfg(target_os = "linux")]
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // prctl(2), which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
         .arg("-c")
         .arg(&l.bootstrap)
         .args(["--disable-hot-restart", "--concurrency"])
