@@ -354,6 +354,10 @@ pub fn summary(r: &Results) -> String {
                 let _ = writeln!(s, "  not translated for {proxy}: {l}");
             }
         }
+        if let Some(first) = e.unreadable_log_lines.first() {
+            let n = e.unreadable_log_lines.len();
+            let _ = writeln!(s, "  {n} Envoy log line(s) could not be read, the first: {first}");
+        }
     }
     let placement: Vec<String> = r
         .placement

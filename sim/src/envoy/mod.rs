@@ -76,7 +76,14 @@ pub struct EnvoyInfo {
     pub config_dumps: BTreeMap<String, serde_json::Value>,
     /// What the translation could not express, per proxy.
     pub untranslated: BTreeMap<String, Vec<String>>,
+    /// Log lines meshsim could not read (at most [`MAX_BAD_LINES`]): each a sign that an
+    /// access or outlier event was lost to the records.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreadable_log_lines: Vec<String>,
 }
+
+/// The most unreadable log lines a run keeps.
+pub const MAX_BAD_LINES: usize = 20;
 
 /// Runs `plan` with `seed` with Envoy sidecars, after its no-mesh baseline (on real
 /// sockets: it has no sidecars) when it has one.
@@ -128,7 +135,11 @@ impl Views {
         let snapshot = match view.config.compile() {
             Ok(s) => s,
             Err(e) => {
-                self.untranslated.lock().expect("views lock").entry(node.to_string()).or_default().push(e);
+                let mut u = self.untranslated.lock().expect("views lock");
+                let mine = u.entry(node.to_string()).or_default();
+                if !mine.contains(&e) {
+                    mine.push(e);
+                }
                 return None;
             }
         };
@@ -228,18 +239,17 @@ impl EnvoyPods {
     }
 
     /// Whether every running Envoy answers `/ready` with 200.
-    async fn all_ready(&self) -> Result<bool, String> {
+    async fn all_ready(&self) -> bool {
         for (pod, s) in &self.sidecars {
             let Some(r) = self.running.get(pod) else { continue };
             if r.envoy.is_none() {
                 continue;
             }
-            match process::admin_get(s.admin, "/ready").await {
-                Ok((200, _)) => {}
-                _ => return Ok(false),
+            if !matches!(process::admin_get(s.admin, "/ready").await, Ok((200, _))) {
+                return false;
             }
         }
-        Ok(true)
+        true
     }
 }
 
@@ -450,7 +460,7 @@ async fn run_world(
             if let Some(e) = errors.lock().expect("errors lock").first() {
                 return Err(RunError::Setup(e.clone()));
             }
-            if set.all_ready().await.unwrap_or(false) {
+            if set.all_ready().await {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -546,7 +556,13 @@ async fn run_world(
         wall: wall.now(),
         baseline: None,
         target: crate::target::Target::Envoy,
-        envoy: Some(EnvoyInfo { version, concurrency: options.concurrency, config_dumps, untranslated }),
+        envoy: Some(EnvoyInfo {
+            version,
+            concurrency: options.concurrency,
+            config_dumps,
+            untranslated,
+            unreadable_log_lines: tailer.bad_lines.iter().take(MAX_BAD_LINES).cloned().collect(),
+        }),
     })
 }
 
