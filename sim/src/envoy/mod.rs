@@ -31,7 +31,6 @@ pub mod relay;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,10 +45,9 @@ use xds::translate::{Placement, Resources};
 use crate::driver::{Command, Context, Effects, Prepared, prepare};
 use crate::pod::Pods;
 use crate::real::net::{Addrs, ENVOY_MAX_PODS, RealClock, Shared};
-use crate::real::{BOOT_LIMIT, Progress, RealSeam, drive};
+use crate::real::{BOOT_LIMIT, Progress, RealSeam, drive, start_generator};
 use crate::recorder::Recorder;
 use crate::scenario::Plan;
-use crate::workload::Generator;
 use crate::world::{RunError, RunOutput};
 
 /// An Envoy's admin port, on its own address.
@@ -511,16 +509,7 @@ async fn run_world(
         tailer.follow(&pod, logs::Kind::Outlier, outlier);
     }
 
-    let in_flight = Arc::new((0..plan.workloads.len()).map(|_| AtomicU32::new(0)).collect::<Vec<_>>());
-    let generator = Arc::new(Generator {
-        plan: plan.clone(),
-        requests,
-        seam: seam.clone(),
-        faults: faults.clone(),
-        recorder: recorder.clone(),
-        in_flight,
-    });
-    tokio::spawn(generator.run(async {}));
+    start_generator(&plan, requests, &seam, &faults, &recorder);
 
     let effects = EnvoyEffects { pods: pods_tx, istiod: istiod_tx, nodes: plan.nodes.len(), shared: shared.clone() };
     let ctx = Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca };

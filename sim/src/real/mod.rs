@@ -211,16 +211,7 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
     });
 
     clock.start();
-    let in_flight = Arc::new((0..plan.workloads.len()).map(|_| AtomicU32::new(0)).collect::<Vec<_>>());
-    let generator = Arc::new(Generator {
-        plan: plan.clone(),
-        requests,
-        seam: seam.clone(),
-        faults: faults.clone(),
-        recorder: recorder.clone(),
-        in_flight,
-    });
-    tokio::spawn(generator.run(async {}));
+    start_generator(&plan, requests, &seam, &faults, &recorder);
 
     let effects = RealEffects { pods: pods_tx, istiod: istiod_tx, nodes: plan.nodes.len(), shared: shared.clone() };
     let ctx = Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca };
@@ -242,6 +233,27 @@ async fn run_world(plan: Arc<Plan>, seed: u64, progress: &(dyn Fn(Progress) + Sy
         target: crate::target::Target::Real,
         envoy: None,
     })
+}
+
+/// Starts a real run's workload generator: `requests` sent at their intended times
+/// from the pods of `seam`, each outcome to `recorder`.
+pub(crate) fn start_generator(
+    plan: &Arc<Plan>,
+    requests: Vec<crate::workload::Planned>,
+    seam: &Arc<RealSeam>,
+    faults: &Arc<crate::net::Faults>,
+    recorder: &Arc<Recorder>,
+) {
+    let in_flight = Arc::new((0..plan.workloads.len()).map(|_| AtomicU32::new(0)).collect::<Vec<_>>());
+    let generator = Arc::new(Generator {
+        plan: plan.clone(),
+        requests,
+        seam: seam.clone(),
+        faults: faults.clone(),
+        recorder: recorder.clone(),
+        in_flight,
+    });
+    tokio::spawn(generator.run(async {}));
 }
 
 /// A real run's main loop, from the scenario's clock start to its end (the duration with
