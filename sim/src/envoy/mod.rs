@@ -42,10 +42,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use xds::translate::{Placement, Resources};
 
-use crate::driver::{Command, Context, Effects, Prepared, prepare};
+use crate::driver::{Command, Context, Prepared, prepare};
 use crate::pod::Pods;
 use crate::real::net::{Addrs, ENVOY_MAX_PODS, RealClock, Shared};
-use crate::real::{BOOT_LIMIT, Progress, RealSeam, drive, start_generator};
+use crate::real::{BOOT_LIMIT, Progress, RealEffects, RealSeam, drive, start_generator};
 use crate::recorder::Recorder;
 use crate::scenario::Plan;
 use crate::world::{RunError, RunOutput};
@@ -248,23 +248,6 @@ impl EnvoyPods {
             }
         }
         true
-    }
-}
-
-/// The driver's effects: pod commands to the pod set, istiod's to its task.
-struct EnvoyEffects {
-    pods: mpsc::UnboundedSender<Command>,
-    istiod: mpsc::UnboundedSender<Command>,
-    nodes: usize,
-    shared: Arc<Shared>,
-}
-
-impl Effects for EnvoyEffects {
-    fn command(&self, node: usize, command: Command) {
-        let _ = if node == self.nodes { self.istiod.send(command) } else { self.pods.send(command) };
-    }
-    fn link_latency(&self, from: usize, to: usize, latency: Option<Duration>) {
-        self.shared.set_link_latency(from, to, latency);
     }
 }
 
@@ -511,7 +494,7 @@ async fn run_world(
 
     start_generator(&plan, requests, &seam, &faults, &recorder);
 
-    let effects = EnvoyEffects { pods: pods_tx, istiod: istiod_tx, nodes: plan.nodes.len(), shared: shared.clone() };
+    let effects = RealEffects { pods: pods_tx, istiod: istiod_tx, nodes: plan.nodes.len(), shared: shared.clone() };
     let ctx = Context { plan: &plan, faults: &faults, recorder: &recorder, store: &store, ca: &ca };
     drive(&ctx, &clock, &effects, &intended, hard_stop, progress, || {
         tailer.poll();

@@ -94,13 +94,13 @@ impl Seam for RealSeam {
     }
 }
 
-/// The driver's effects in real mode: pod commands go to the run's pod set (or istiod's
-/// task), link latency to the seam.
-struct RealEffects {
-    pods: mpsc::UnboundedSender<Command>,
-    istiod: mpsc::UnboundedSender<Command>,
-    nodes: usize,
-    shared: Arc<Shared>,
+/// The driver's effects in real time (real and envoy): pod commands go to the run's pod
+/// set (or istiod's task), link latency to the seam.
+pub(crate) struct RealEffects {
+    pub pods: mpsc::UnboundedSender<Command>,
+    pub istiod: mpsc::UnboundedSender<Command>,
+    pub nodes: usize,
+    pub shared: Arc<Shared>,
 }
 
 impl Effects for RealEffects {
