@@ -5,7 +5,7 @@
 //! whose ejections and readmissions become the run's outlier events.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,7 +30,9 @@ struct Followed {
     pod: String,
     kind: Kind,
     path: PathBuf,
-    offset: u64,
+    /// Open once the file exists (Envoy creates it on its first line); read from where
+    /// the last poll stopped.
+    file: Option<std::fs::File>,
     partial: Vec<u8>,
 }
 
@@ -62,21 +64,20 @@ impl Tailer {
     }
 
     pub fn follow(&mut self, pod: &str, kind: Kind, path: PathBuf) {
-        self.files.push(Followed { pod: pod.to_string(), kind, path, offset: 0, partial: Vec::new() });
+        self.files.push(Followed { pod: pod.to_string(), kind, path, file: None, partial: Vec::new() });
     }
 
     /// Reads what every file gained since the last poll; returns how many lines.
     pub fn poll(&mut self) -> usize {
         let mut lines = Vec::new();
         for f in &mut self.files {
-            let Ok(mut file) = std::fs::File::open(&f.path) else { continue };
-            if file.seek(SeekFrom::Start(f.offset)).is_err() {
+            if f.file.is_none() {
+                f.file = std::fs::File::open(&f.path).ok();
+            }
+            let Some(file) = &mut f.file else { continue };
+            if file.read_to_end(&mut f.partial).is_err() {
                 continue;
             }
-            let mut buf = Vec::new();
-            let Ok(n) = file.read_to_end(&mut buf) else { continue };
-            f.offset += n as u64;
-            f.partial.extend_from_slice(&buf);
             while let Some(end) = f.partial.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = f.partial.drain(..=end).collect();
                 lines.push((f.pod.clone(), f.kind, String::from_utf8_lossy(&line).trim().to_string()));

@@ -253,7 +253,6 @@ impl EnvoyPods {
 
 /// istiod's ADS server (behind its relay); a crash ends it and its streams, a restart
 /// serves again from the same store.
-#[allow(clippy::too_many_arguments)]
 async fn istiod(
     shared: Arc<Shared>,
     views: Arc<Views>,
